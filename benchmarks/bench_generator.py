@@ -1,0 +1,90 @@
+"""Generator synthesis speed: gie's fast ops vs the reference-formula ops, at 256 and 1024 (config-f widths).
+
+Usage: python benchmarks/bench_generator.py [--sizes 256 1024] [--batch 1] [--reps 3] [--device cpu] [--json OUT]
+
+Weights are random (speed does not depend on them). Each configuration is warmed up once, then timed over
+``--reps`` runs (median). Prints ms/image per configuration and the ref/fast ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import time
+
+import torch
+
+from gie_cli import ops
+from gie_cli.models import Generator
+from gie_cli.models.stylegan2 import ModulatedConv2d
+
+
+def time_synthesis(g: Generator, batch: int, reps: int, device: torch.device) -> float:
+    wplus = g.broadcast(torch.randn(batch, g.style_dim, device=device))
+    times = []
+    with torch.no_grad():
+        for i in range(reps + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            g(wplus, noise_mode="const")
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i:  # first run is warm-up
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000 / batch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    env = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": commit,
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+    }
+    print(" ".join(f"{k}={v}" for k, v in env.items()))
+    rows = []
+    for size in args.sizes:
+        torch.manual_seed(0)
+        g = Generator(size).to(device).eval()
+        res = {}
+        for label, impl, fused in [("fast", "torch", False), ("fast-grouped", "torch", True), ("ref", "ref", True)]:
+            ops.set_default_impl(impl)
+            ModulatedConv2d.fused = fused
+            res[label] = time_synthesis(g, args.batch, args.reps, device)
+        ops.set_default_impl("auto")
+        ModulatedConv2d.fused = False
+        row = {
+            "size": size,
+            **{f"{k}_ms": round(v, 1) for k, v in res.items()},
+            "ratio": round(res["ref"] / res["fast"], 2),
+        }
+        rows.append(row)
+        print(
+            f"{size:5d}px  fast {res['fast']:8.1f} ms/img   fast (grouped modconv) {res['fast-grouped']:8.1f} ms/img   "
+            f"reference ops {res['ref']:8.1f} ms/img   ref/fast = {row['ratio']:.2f}x"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"env": env, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

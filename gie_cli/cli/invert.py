@@ -1,0 +1,260 @@
+"""`gie invert`: aligned face images in, reconstructions + latent files + a manifest out."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gie_cli.cli import command
+from gie_cli.cli.batch import (
+    ON_EXISTING,
+    BatchSizeOpt,
+    DryRunOpt,
+    FailFastOpt,
+    Item,
+    OnExistingOpt,
+    Record,
+    RecursiveOpt,
+    Reporter,
+    check_output_dir,
+    collect_inputs,
+    is_done,
+)
+from gie_cli.cli.options import DeviceOpt, DtypeOpt, JsonOpt
+from gie_cli.errors import GieError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+def parse_settings(settings: list[str]) -> dict[str, str]:
+    """``["steps=100", "space=w"]`` -> ``{"steps": "100", "space": "w"}``."""
+    out = {}
+    for s in settings:
+        key, sep, value = s.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {s!r} is not KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@command()
+def invert(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    inputs: Annotated[
+        list[str] | None, typer.Argument(help="Aligned face images, folders, or - to read paths from stdin.")
+    ] = None,
+    method: Annotated[str, typer.Option("--method", "-m", help="Inversion method (see `gie invert --help`).")] = "e4e",
+    weights: Annotated[str | None, typer.Option("--weights", "-w", help="Checkpoint file of the method.")] = None,
+    settings: Annotated[
+        list[str] | None, typer.Option("--set", help="Method setting KEY=VALUE (repeatable), e.g. --set steps=200.")
+    ] = None,
+    batch_size: BatchSizeOpt = 4,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    recursive: RecursiveOpt = False,
+    on_existing: OnExistingOpt = "skip",
+    alpha: Annotated[str, typer.Option("--alpha", help="Transparent inputs: white | black | drop | error.")] = "white",
+    ext: Annotated[str, typer.Option("--ext", help="Image format of reconstructions: png | jpg | webp.")] = "png",
+    dry_run: DryRunOpt = False,
+    fail_fast: FailFastOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Invert aligned face crops (square, FFHQ-aligned) into W+ latents and render their reconstructions.
+
+    Per input NAME it writes NAME.recon.<ext> and NAME.latent.safetensors under the output folder (mirroring input
+    sub-folders) and appends one line per item to manifest.jsonl. Re-running skips finished items.
+    """
+    import torch
+
+    from gie_cli.device import resolve_device, resolve_dtype
+    from gie_cli.io.images import IMAGE_SUFFIXES
+    from gie_cli.methods.base import create_method, list_methods
+
+    if on_existing not in ON_EXISTING:
+        raise UsageError(f"--on-existing must be one of {', '.join(ON_EXISTING)}")
+    if ext not in ("png", "jpg", "webp"):
+        raise UsageError(f"--ext must be png, jpg or webp, got {ext!r}")
+    if method not in list_methods():
+        raise UsageError(f"unknown method {method!r}", hint=f"choose one of: {', '.join(list_methods())}")
+    raw_inputs = inputs or []
+    check_output_dir(output, [Path(p) for p in raw_inputs if p != "-"])
+    found = collect_inputs(raw_inputs, recursive, IMAGE_SUFFIXES, exclude=output, stdin_keys=("image", "input"))
+    items = [
+        Item(src, name, {"image": output / f"{name}.recon.{ext}", "latent": output / f"{name}.latent.safetensors"})
+        for src, name in found
+    ]
+    if dry_run:
+        for it in items:
+            state = "exists" if is_done(it) else "todo"
+            typer.echo(f"{state}\t{it.source}\t" + "\t".join(str(p) for p in it.outputs.values()))
+        typer.echo(f"dry run: {len(items)} input(s), method {method}, weights {weights or '-'}", err=True)
+        return
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    reporter = Reporter(output, len(items), json_out, "invert")
+    todo: list[Item] = []
+    for it in items:
+        if is_done(it) and on_existing == "skip":
+            reporter.add(Record(str(it.source), "skipped", _strs(it.outputs), "outputs exist"))
+        elif any(p.exists() for p in it.outputs.values()) and on_existing == "error":
+            reporter.add(Record(str(it.source), "failed", _strs(it.outputs), "outputs exist (--on-existing error)"))
+        else:
+            todo.append(it)
+    if todo:
+        model = create_method(method, weights, dev, **parse_settings(settings or []))
+        if dt != torch.float32:
+            model = model.to(dt)
+        log.info(
+            "method %s, weights %s, input %dpx -> output %dpx",
+            method,
+            model.weights_id,
+            model.input_size,
+            model.output_size,
+        )
+        _run(model, todo, reporter, batch_size, dev, dt, alpha, fail_fast)
+    raise typer.Exit(reporter.finish())
+
+
+def _strs(outputs: dict[str, Path]) -> dict[str, str]:
+    return {k: str(v) for k, v in outputs.items()}
+
+
+def _run(model, items: list[Item], reporter: Reporter, batch_size: int, dev, dt, alpha: str, fail_fast: bool) -> None:
+    """Load, invert, render and save ``items`` batch by batch; CUDA out-of-memory halves the batch size."""
+    import torch
+
+    pending = list(items)
+    bs = batch_size
+    while pending:
+        chunk, pending = pending[:bs], pending[bs:]
+        loaded = []
+        for it in chunk:
+            t0 = time.perf_counter()
+            try:
+                x, info = _load_aligned(it.source, model.input_size, alpha)
+            except GieError as e:
+                reporter.add(Record(str(it.source), "failed", reason=_reason(e)))
+                if fail_fast:
+                    return
+                continue
+            loaded.append((it, x, info, (time.perf_counter() - t0) * 1000))
+        if not loaded:
+            continue
+        try:
+            results = _invert_batch(model, [x for _, x, _, _ in loaded], dev, dt)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if bs == 1:
+                for it, *_ in loaded:
+                    reporter.add(Record(str(it.source), "failed", reason="CUDA out of memory at batch size 1"))
+                continue
+            bs = max(1, bs // 2)
+            log.warning("CUDA out of memory: batch size reduced to %d", bs)
+            pending = [it for it, *_ in loaded] + pending
+            continue
+        except Exception as e:  # noqa: BLE001 - a model failure fails these items, the run goes on
+            log.debug("batch failed", exc_info=True)
+            for it, *_ in loaded:
+                reporter.add(Record(str(it.source), "failed", reason=f"{type(e).__name__}: {e}"))
+            if fail_fast:
+                return
+            continue
+        inv, images, t_inv, t_render = results
+        n = len(loaded)
+        for i, (it, _, info, t_load) in enumerate(loaded):
+            t0 = time.perf_counter()
+            try:
+                _save_item(model, it, inv.item(i), images[i], info)
+            except (GieError, OSError) as e:
+                reporter.add(Record(str(it.source), "failed", reason=_reason(e)))
+                if fail_fast:
+                    return
+                continue
+            timings = {
+                "load": t_load,
+                "invert": t_inv / n,
+                "render": t_render / n,
+                "save": (time.perf_counter() - t0) * 1000,
+            }
+            reporter.add(
+                Record(
+                    str(it.source), "ok", _strs(it.outputs), None, {k: round(v, 2) for k, v in timings.items()}, info
+                )
+            )
+
+
+def _reason(e: Exception) -> str:
+    return str(e)
+
+
+def _load_aligned(path: Path, size: int, alpha: str):
+    """Load an aligned square crop as ``[3, size, size]`` in [-1, 1] (PIL bilinear resize, as the official
+    encoders were trained) plus facts about the source."""
+    from PIL import Image
+
+    from gie_cli.io.images import image_to_tensor, load_image, sha256_file
+
+    img = load_image(path, alpha=alpha)
+    w, h = img.size
+    if w != h:
+        from gie_cli.errors import ImageLoadError
+
+        raise ImageLoadError(
+            path,
+            f"not a square aligned face crop ({w}x{h})",
+            hint="pass FFHQ-aligned square crops (align the photo first)",
+        )
+    x = image_to_tensor(img, size=size, resample=Image.Resampling.BILINEAR)
+    return x, {"source_size": [w, h], "source_sha256": sha256_file(path)}
+
+
+def _invert_batch(model, xs, dev, dt):
+    import torch
+
+    batch = torch.stack(xs).to(dev, dt)
+    t0 = time.perf_counter()
+    if model.needs_grad:
+        inv = model.invert(batch)
+    else:
+        with torch.no_grad():
+            inv = model.invert(batch)
+    _sync(dev)
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        images = model.render(inv)
+    _sync(dev)
+    t2 = time.perf_counter()
+    return inv, images.float().cpu(), (t1 - t0) * 1000, (t2 - t1) * 1000
+
+
+def _sync(dev) -> None:
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _save_item(model, it: Item, inv, image, info: dict) -> None:
+    from gie_cli import __version__
+    from gie_cli.io.atomic import atomic_save_image
+    from gie_cli.io.images import tensor_to_image
+    from gie_cli.io.latents import save_latent
+
+    meta = {
+        **model.describe(),
+        "generator": model.generator.config,
+        "source": str(Path(it.source).resolve()),
+        "source_sha256": info["source_sha256"],
+        "source_size": info["source_size"],
+        "input_size": model.input_size,
+        "gie_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    it.outputs["latent"].parent.mkdir(parents=True, exist_ok=True)
+    save_latent(it.outputs["latent"], inv.wplus, meta, inv.extras)
+    atomic_save_image(tensor_to_image(image), it.outputs["image"])

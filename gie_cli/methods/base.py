@@ -1,0 +1,151 @@
+"""The inversion-method interface and registry every method (e4e, pSp, optim, HFGI, GradStyle, ...) plugs into."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gie_cli.models.stylegan2 import Generator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Inversion:
+    """Result of inverting a batch.
+
+    Attributes:
+        wplus: ``[B, n_latent, style_dim]`` codes (``latent_avg`` already added).
+        extras: per-item tensors (first dim ``B``) the method's rendering/editing path needs later
+            (e.g. optimized noise maps ``noise_3``), saved in the latent file under ``extra.<name>``.
+    """
+
+    wplus: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.wplus.shape[0]
+
+    def item(self, i: int) -> Inversion:
+        """The ``i``-th item as a batch of one."""
+        return Inversion(self.wplus[i : i + 1], {k: v[i : i + 1] for k, v in self.extras.items()})
+
+    @staticmethod
+    def stack(items: list[Inversion]) -> Inversion:
+        """Concatenate batches (all must carry the same extras)."""
+        keys = set(items[0].extras)
+        if any(set(it.extras) != keys for it in items):
+            raise ValueError("cannot stack inversions with different extras")
+        return Inversion(
+            torch.cat([it.wplus for it in items]), {k: torch.cat([it.extras[k] for it in items]) for k in keys}
+        )
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Inversion:
+        return Inversion(
+            self.wplus.to(device, dtype),
+            {k: v.to(device, dtype if v.is_floating_point() else None) for k, v in self.extras.items()},
+        )
+
+
+class InversionMethod(nn.Module, ABC):
+    """A GAN-inversion method: aligned images in, W+ (+ extras) out; renders reconstructions and edits.
+
+    Subclasses set ``name`` and implement :meth:`invert`; the default :meth:`render` draws ``wplus + delta`` with the
+    shared generator using stored noise. Feature-level methods (HFGI, SFE, GradStyle, OOD) override :meth:`render`
+    and hook into the generator.
+
+    Args:
+        generator: the shared StyleGAN2 generator.
+        weights_id: a short id of the weights used (registry name or file name + hash prefix), recorded in outputs.
+    """
+
+    name: ClassVar[str] = ""
+    #: whether :meth:`invert` needs gradients (optimization methods) or runs under ``torch.no_grad``.
+    needs_grad: ClassVar[bool] = False
+
+    def __init__(self, generator: Generator, weights_id: str = "") -> None:
+        super().__init__()
+        self.generator = generator
+        self.weights_id = weights_id
+
+    @property
+    def input_size(self) -> int:
+        """Resolution of the aligned images :meth:`invert` expects (256 for the official encoders)."""
+        return min(256, self.generator.size)
+
+    @property
+    def output_size(self) -> int:
+        return self.generator.size
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.conv1.conv.weight.device
+
+    def prepare(self, images: Tensor) -> Tensor:
+        """Resize ``images [B,3,H,W]`` in [-1,1] to ``[B,3,input_size,input_size]`` (bilinear, antialiased)."""
+        assert images.ndim == 4 and images.shape[1] == 3, f"images must be [B,3,H,W], got {tuple(images.shape)}"
+        s = self.input_size
+        if images.shape[-2:] != (s, s):
+            images = F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        return images
+
+    @abstractmethod
+    def invert(self, images: Tensor) -> Inversion:
+        """Invert aligned ``images [B,3,H,W]`` in [-1,1]."""
+
+    def render(self, inv: Inversion, delta: Tensor | None = None) -> Tensor:
+        """Render ``inv`` (optionally edited by a W+ offset ``delta [B|1, n_latent, D]``) to ``[B,3,S,S]``."""
+        wplus = inv.wplus if delta is None else inv.wplus + delta.to(inv.wplus)
+        noise = [inv.extras.get(f"noise_{i}") for i in range(self.generator.num_layers)]
+        return self.generator(wplus, noise_mode="const", noise=noise)
+
+    def describe(self) -> dict:
+        """Facts recorded in manifests and latent files."""
+        return {"method": self.name, "weights": self.weights_id, "image_size": self.output_size}
+
+
+MethodFactory = Callable[..., InversionMethod]
+_METHODS: dict[str, tuple[MethodFactory, str]] = {}
+
+
+def register_method(name: str, summary: str) -> Callable[[MethodFactory], MethodFactory]:
+    """Decorator registering a loader ``factory(weights: str | None, device, **options) -> InversionMethod``."""
+
+    def deco(factory: MethodFactory) -> MethodFactory:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is already registered")
+        _METHODS[name] = (factory, summary)
+        return factory
+
+    return deco
+
+
+def list_methods() -> dict[str, str]:
+    """Registered method names -> one-line summaries."""
+    _load_builtin()
+    return {k: v[1] for k, v in sorted(_METHODS.items())}
+
+
+def create_method(
+    name: str, weights: str | None = None, device: torch.device | str = "cpu", **options
+) -> InversionMethod:
+    """Build method ``name`` with ``weights`` (a file path) on ``device``; ``options`` are method-specific."""
+    _load_builtin()
+    if name not in _METHODS:
+        from gie_cli.errors import UsageError
+
+        raise UsageError(f"unknown method {name!r}", hint=f"choose one of: {', '.join(sorted(_METHODS))}")
+    method = _METHODS[name][0](weights, **options)
+    return method.to(device).eval()
+
+
+def _load_builtin() -> None:
+    # Importing the modules registers them; later methods add their module here.
+    from gie_cli.methods import optim, psp_e4e  # noqa: F401

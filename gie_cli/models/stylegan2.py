@@ -1,0 +1,571 @@
+"""StyleGAN2 generator and discriminator (Karras et al., "Analyzing and Improving the Image Quality of StyleGAN", 2020).
+
+The module and parameter names follow the rosinality/stylegan2-pytorch layout that every official inversion checkpoint
+(e4e, pSp, HFGI, Style Transformer, SFE, OOD) stores, so an official ``g_ema`` loads with ``strict=True``. One generator
+class serves every method: methods read or modify intermediate feature maps through ``feature_hooks`` and never copy
+the synthesis loop.
+
+Layer indexing used throughout gie: *layer* ``l`` is the ``l``-th styled convolution, ``l = 0`` being ``conv1`` at 4x4,
+``l = 2k + 1`` the upsampling ``convs[2k]`` and ``l = 2k + 2`` the ``convs[2k + 1]`` of block ``k`` (resolution
+``8 * 2**k``). It equals the index of the noise buffer ``noises.noise_l`` that layer uses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gie_cli.ops import FusedLeakyReLU, fused_leaky_relu, upfirdn2d
+
+FeatureHook = Callable[[Tensor, int], Tensor]
+"""``hook(feature [B,C,R,R], layer) -> feature``: reads or replaces the output of a styled conv layer."""
+
+NOISE_MODES = ("const", "random", "none")
+BLUR_KERNEL = (1, 3, 3, 1)
+
+
+def default_channels(channel_multiplier: int = 2, channel_max: int | None = None) -> dict[int, int]:
+    """Channel width per resolution of the official configs (config-f: ``channel_multiplier=2``).
+
+    Args:
+        channel_multiplier: rosinality's multiplier for resolutions >= 64.
+        channel_max: optional cap applied to every width (tiny models keep the key names, with smaller shapes).
+    """
+    cm = channel_multiplier
+    ch = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm, 512: 32 * cm, 1024: 16 * cm}
+    if channel_max is not None:
+        ch = {r: min(c, channel_max) for r, c in ch.items()}
+    return ch
+
+
+def make_kernel(k: Sequence[float]) -> Tensor:
+    """Normalised 2-D FIR kernel ``[len(k), len(k)]`` (outer product of a 1-D kernel)."""
+    t = torch.tensor(k, dtype=torch.float32)
+    if t.ndim == 1:
+        t = t[None, :] * t[:, None]
+    return t / t.sum()
+
+
+class PixelNorm(nn.Module):
+    """Normalise each latent to unit mean square over the feature axis."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Linear layer with equalized learning rate (weights stored as N(0,1)/lr_mul, scaled at run time)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        bias: bool = True,
+        bias_init: float = 0.0,
+        lr_mul: float = 1.0,
+        activation: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
+        self.activation = activation
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = self.bias * self.lr_mul if self.bias is not None else None
+        if self.activation:
+            return fused_leaky_relu(F.linear(x, self.weight * self.scale), bias)
+        return F.linear(x, self.weight * self.scale, bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, lr_mul={self.lr_mul}, activation={self.activation}"
+
+
+class EqualConv2d(nn.Module):
+    """Conv2d with equalized learning rate."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
+        self.scale = 1 / math.sqrt(in_ch * kernel_size**2)
+        self.stride, self.padding = stride, padding
+        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+
+
+class Blur(nn.Module):
+    """FIR low-pass filter (``kernel`` buffer, scaled by ``factor**2`` after an upsampling conv)."""
+
+    def __init__(self, kernel: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1) -> None:
+        super().__init__()
+        self.register_buffer("kernel", make_kernel(kernel) * upsample_factor**2)
+        self.pad = pad
+
+    def forward(self, x: Tensor) -> Tensor:
+        return upfirdn2d(x, self.kernel, pad=self.pad)
+
+
+class Upsample(nn.Module):
+    """2x FIR upsampling (used on the RGB skip path)."""
+
+    def __init__(self, kernel: Sequence[float], factor: int = 2) -> None:
+        super().__init__()
+        self.factor = factor
+        self.register_buffer("kernel", make_kernel(kernel) * factor**2)
+        p = self.kernel.shape[0] - factor
+        self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
+
+
+class ModulatedConv2d(nn.Module):
+    """Style-modulated (and optionally demodulated) convolution, optionally with 2x upsampling.
+
+    The weight is stored ``[1, out, in, k, k]`` as in the official layout. Computation modulates the activations and
+    scales the output instead of building per-sample weights (``fused=False``, fast for batches on CPU), or builds
+    per-sample weights and runs a grouped convolution (``fused=True``, the official formulation); both are the same
+    function.
+    """
+
+    fused: bool = False
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        style_dim: int,
+        demodulate: bool = True,
+        upsample: bool = False,
+        blur_kernel: Sequence[float] = BLUR_KERNEL,
+    ) -> None:
+        super().__init__()
+        self.in_ch, self.out_ch, self.kernel_size = in_ch, out_ch, kernel_size
+        self.upsample, self.demodulate = upsample, demodulate
+        if upsample:
+            factor = 2
+            p = (len(blur_kernel) - factor) - (kernel_size - 1)
+            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
+        self.scale = 1 / math.sqrt(in_ch * kernel_size**2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_ch, bias_init=1)
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        """Args: x [B, in, H, W]; w [B, style_dim]. Returns [B, out, H', W'] (H' = 2H when upsampling)."""
+        b = x.shape[0]
+        style = self.modulation(w)  # [B, in]
+        weight = self.weight[0] * self.scale  # [out, in, k, k]
+        dcoef = None
+        if self.demodulate:
+            wsq = weight.square().sum(dim=(2, 3))  # [out, in]
+            dcoef = torch.rsqrt(style.square() @ wsq.t() + 1e-8)  # [B, out]
+        if self.fused:
+            return self._forward_fused(x, style, weight, dcoef)
+        x = x * style.reshape(b, -1, 1, 1)
+        if self.upsample:
+            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if dcoef is not None:
+            out = out * dcoef.reshape(b, -1, 1, 1)
+        return self.blur(out) if self.upsample else out
+
+    def _forward_fused(self, x: Tensor, style: Tensor, weight: Tensor, dcoef: Tensor | None) -> Tensor:
+        b, c, h, w = x.shape
+        wb = weight[None] * style[:, None, :, None, None]  # [B, out, in, k, k]
+        if dcoef is not None:
+            wb = wb * dcoef[:, :, None, None, None]
+        k = self.kernel_size
+        x = x.reshape(1, b * c, h, w)
+        if self.upsample:
+            wb = wb.transpose(1, 2).reshape(b * c, self.out_ch, k, k)
+            out = F.conv_transpose2d(x, wb, stride=2, groups=b)
+            return self.blur(out.reshape(b, self.out_ch, *out.shape[2:]))
+        out = F.conv2d(x, wb.reshape(b * self.out_ch, c, k, k), padding=self.padding, groups=b)
+        return out.reshape(b, self.out_ch, *out.shape[2:])
+
+
+class NoiseInjection(nn.Module):
+    """Adds per-pixel noise scaled by a learned strength ``weight [1]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor, noise: Tensor | None) -> Tensor:
+        if noise is None:
+            return x
+        return x + self.weight * noise
+
+
+class ConstantInput(nn.Module):
+    """Learned constant ``input [1, C, 4, 4]`` broadcast over the batch."""
+
+    def __init__(self, channels: int, size: int = 4) -> None:
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, batch: int) -> Tensor:
+        return self.input.expand(batch, -1, -1, -1)
+
+
+class StyledConv(nn.Module):
+    """Modulated conv + noise + bias/leaky-ReLU (keys ``conv``, ``noise``, ``activate``)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, style_dim: int, upsample: bool = False) -> None:
+        super().__init__()
+        self.conv = ModulatedConv2d(in_ch, out_ch, kernel_size, style_dim, upsample=upsample)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_ch)
+
+    def forward(self, x: Tensor, w: Tensor, noise: Tensor | None = None) -> Tensor:
+        return self.activate(self.noise(self.conv(x, w), noise))
+
+
+class ToRGB(nn.Module):
+    """1x1 modulated conv to RGB (no demodulation) added to the upsampled previous RGB."""
+
+    def __init__(self, in_ch: int, style_dim: int, upsample: bool = True) -> None:
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample(BLUR_KERNEL)
+        self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None) -> Tensor:
+        out = self.conv(x, w) + self.bias
+        if skip is not None:
+            out = out + self.upsample(skip)
+        return out
+
+
+@dataclass
+class SynthesisOutput:
+    """Result of :meth:`Generator.synthesis`.
+
+    Attributes:
+        image: ``[B, 3, size, size]`` (unclamped, nominally in [-1, 1]); ``None`` when synthesis stopped early.
+        features: layer index -> feature map ``[B, C, R, R]`` after hooks, for the requested layers.
+    """
+
+    image: Tensor | None
+    features: dict[int, Tensor] = field(default_factory=dict)
+
+
+class Generator(nn.Module):
+    """StyleGAN2 generator (rosinality layout: ``style``, ``input``, ``conv1``, ``to_rgb1``, ``convs``, ``to_rgbs``,
+    ``noises``).
+
+    Args:
+        size: output resolution, a power of two in 32..1024 (smaller powers work for tests).
+        style_dim: latent width (512 official).
+        n_mlp: mapping network depth (8 official).
+        channel_multiplier: 2 for config-f.
+        channel_max: cap on channel widths (tiny models; same key names).
+        channels: explicit ``{resolution: width}`` override (wins over the two above).
+        lr_mlp: mapping learning-rate multiplier (0.01 official; stored weights are divided by it).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        style_dim: int = 512,
+        n_mlp: int = 8,
+        channel_multiplier: int = 2,
+        channel_max: int | None = None,
+        channels: Mapping[int, int] | None = None,
+        lr_mlp: float = 0.01,
+    ) -> None:
+        super().__init__()
+        log_size = int(math.log2(size))
+        if 2**log_size != size or size < 8:
+            raise ValueError(f"generator size must be a power of two >= 8, got {size}")
+        self.size, self.style_dim, self.n_mlp = size, style_dim, n_mlp
+        self.log_size = log_size
+        ch = default_channels(channel_multiplier, channel_max)
+        if channels is not None:
+            ch.update({int(k): int(v) for k, v in channels.items()})
+        self.channels = {r: ch[r] for r in (2**i for i in range(2, log_size + 1))}
+        self.config = {
+            "size": size,
+            "style_dim": style_dim,
+            "n_mlp": n_mlp,
+            "channels": {str(r): c for r, c in self.channels.items()},
+            "lr_mlp": lr_mlp,
+        }
+
+        self.style = nn.Sequential(
+            PixelNorm(),
+            *[EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation="fused_lrelu") for _ in range(n_mlp)],
+        )
+        self.input = ConstantInput(ch[4])
+        self.conv1 = StyledConv(ch[4], ch[4], 3, style_dim)
+        self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False)
+        self.num_layers = (log_size - 2) * 2 + 1
+        self.n_latent = log_size * 2 - 2
+        self.convs = nn.ModuleList()
+        self.upsamples = nn.ModuleList()  # empty; kept for layout parity with the official module tree
+        self.to_rgbs = nn.ModuleList()
+        self.noises = nn.Module()
+        for layer in range(self.num_layers):
+            r = 2 ** ((layer + 5) // 2)
+            self.noises.register_buffer(f"noise_{layer}", torch.randn(1, 1, r, r))
+        in_ch = ch[4]
+        for i in range(3, log_size + 1):
+            out_ch = ch[2**i]
+            self.convs.append(StyledConv(in_ch, out_ch, 3, style_dim, upsample=True))
+            self.convs.append(StyledConv(out_ch, out_ch, 3, style_dim))
+            self.to_rgbs.append(ToRGB(out_ch, style_dim))
+            in_ch = out_ch
+        # Mean of W (not part of the official g_ema state dict; checkpoints store it beside as ``latent_avg``).
+        self.register_buffer("w_avg", torch.zeros(style_dim), persistent=False)
+
+    # ----------------------------------------------------------------------------------------------- layer facts
+    def layer_resolution(self, layer: int) -> int:
+        """Spatial size of the feature map produced by styled conv ``layer``."""
+        return 2 ** ((layer + 5) // 2)
+
+    def layer_channels(self, layer: int) -> int:
+        """Channel count of the feature map produced by styled conv ``layer``."""
+        return self.channels[self.layer_resolution(layer)]
+
+    # ----------------------------------------------------------------------------------------------- mapping
+    def mapping(self, z: Tensor, truncation: float = 1.0, truncation_latent: Tensor | None = None) -> Tensor:
+        """Map ``z [B, style_dim]`` to ``w [B, style_dim]``, optionally truncated toward ``truncation_latent``
+        (default: ``w_avg``)."""
+        assert z.ndim == 2 and z.shape[1] == self.style_dim, f"z must be [B, {self.style_dim}], got {tuple(z.shape)}"
+        w = self.style(z)
+        if truncation != 1.0:
+            center = self.w_avg if truncation_latent is None else truncation_latent.reshape(-1, self.style_dim)
+            w = center + truncation * (w - center)
+        return w
+
+    @torch.no_grad()
+    def mean_latent(self, n: int = 4096, seed: int = 0, set_avg: bool = True) -> Tensor:
+        """Estimate the mean of W from ``n`` samples (seeded); stores it in ``w_avg`` by default. Returns ``[D]``."""
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.style_dim, generator=gen).to(self.w_avg.device)
+        mean = self.style(z).mean(0)
+        if set_avg:
+            self.w_avg.copy_(mean)
+        return mean
+
+    def broadcast(self, w: Tensor) -> Tensor:
+        """``w [B, D]`` -> W+ ``[B, n_latent, D]``."""
+        return w[:, None, :].expand(-1, self.n_latent, -1)
+
+    # ----------------------------------------------------------------------------------------------- synthesis
+    def _noise_list(self, batch: int, noise_mode: str, noise: Sequence[Tensor | None] | None, ref: Tensor):
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        out: list[Tensor | None] = []
+        for layer in range(self.num_layers):
+            given = noise[layer] if noise is not None and layer < len(noise) else None
+            if given is not None:
+                out.append(given)
+            elif noise_mode == "const":
+                out.append(getattr(self.noises, f"noise_{layer}"))
+            elif noise_mode == "random":
+                r = self.layer_resolution(layer)
+                out.append(torch.randn(batch, 1, r, r, device=ref.device, dtype=ref.dtype))
+            else:
+                out.append(None)
+        return out
+
+    def synthesis(
+        self,
+        wplus: Tensor,
+        noise_mode: str = "const",
+        noise: Sequence[Tensor | None] | None = None,
+        feature_hooks: Mapping[int, FeatureHook] | None = None,
+        return_features: Sequence[int] | bool = False,
+        stop_at_layer: int | None = None,
+    ) -> SynthesisOutput:
+        """Render W+ codes.
+
+        Args:
+            wplus: ``[B, n_latent, style_dim]`` (a ``[B, style_dim]`` W code is broadcast).
+            noise_mode: ``const`` (stored ``noises.noise_l`` buffers, as official ``randomize_noise=False``),
+                ``random`` (fresh N(0,1)) or ``none`` (no noise).
+            noise: optional per-layer tensors (``[1|B, 1|C, R, R]``) overriding ``noise_mode`` where not None.
+            feature_hooks: layer -> ``hook(feature, layer) -> feature``; the returned map replaces the layer output
+                before the next layer and the layer's ToRGB (e.g. HFGI modulates layer 7, SFE replaces layer 8).
+            return_features: ``True`` for every layer, or the layer indices to return (after hooks).
+            stop_at_layer: stop after this layer (no image; used to read features only).
+
+        Returns:
+            :class:`SynthesisOutput` with ``image [B, 3, size, size]`` and the requested features.
+        """
+        if wplus.ndim == 2:
+            wplus = self.broadcast(wplus)
+        assert wplus.ndim == 3 and wplus.shape[1:] == (self.n_latent, self.style_dim), (
+            f"W+ must be [B, {self.n_latent}, {self.style_dim}], got {tuple(wplus.shape)}"
+        )
+        b = wplus.shape[0]
+        hooks = feature_hooks or {}
+        if return_features is True:
+            wanted = set(range(self.num_layers))
+        else:
+            wanted = set(return_features or ())
+        noises = self._noise_list(b, noise_mode, noise, wplus)
+        feats: dict[int, Tensor] = {}
+
+        def after(layer: int, x: Tensor) -> Tensor:
+            if layer in hooks:
+                x = hooks[layer](x, layer)
+            if layer in wanted:
+                feats[layer] = x
+            return x
+
+        x = self.conv1(self.input(b), wplus[:, 0], noises[0])
+        x = after(0, x)
+        if stop_at_layer == 0:
+            return SynthesisOutput(None, feats)
+        skip = self.to_rgb1(x, wplus[:, 1])
+        i = 1
+        for k, rgb in enumerate(self.to_rgbs):
+            x = after(2 * k + 1, self.convs[2 * k](x, wplus[:, i], noises[2 * k + 1]))
+            if stop_at_layer == 2 * k + 1:
+                return SynthesisOutput(None, feats)
+            x = after(2 * k + 2, self.convs[2 * k + 1](x, wplus[:, i + 1], noises[2 * k + 2]))
+            if stop_at_layer == 2 * k + 2:
+                return SynthesisOutput(None, feats)
+            skip = rgb(x, wplus[:, i + 2], skip)
+            i += 2
+        return SynthesisOutput(skip, feats)
+
+    def forward(self, wplus: Tensor, noise_mode: str = "const", **kwargs) -> Tensor:
+        """Render ``wplus [B, n_latent, D]`` (or ``[B, D]``) to ``[B, 3, size, size]``; see :meth:`synthesis`."""
+        return self.synthesis(wplus, noise_mode=noise_mode, **kwargs).image
+
+    def generate(self, z: Tensor, truncation: float = 1.0, noise_mode: str = "const") -> Tensor:
+        """Sample images from ``z [B, D]`` (W broadcast to every layer). Returns ``[B, 3, size, size]``."""
+        return self.synthesis(self.mapping(z, truncation), noise_mode=noise_mode).image
+
+
+# --------------------------------------------------------------------------------------------------- discriminator
+class ConvLayer(nn.Sequential):
+    """[Blur] + EqualConv2d + [FusedLeakyReLU]; Sequential indices match the official keys."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        downsample: bool = False,
+        bias: bool = True,
+        activate: bool = True,
+    ) -> None:
+        layers: list[nn.Module] = []
+        if downsample:
+            p = (len(BLUR_KERNEL) - 2) + (kernel_size - 1)
+            layers.append(Blur(BLUR_KERNEL, pad=((p + 1) // 2, p // 2)))
+            stride, padding = 2, 0
+        else:
+            stride, padding = 1, kernel_size // 2
+        layers.append(EqualConv2d(in_ch, out_ch, kernel_size, stride, padding, bias=bias and not activate))
+        if activate:
+            layers.append(FusedLeakyReLU(out_ch, bias=bias))
+        super().__init__(*layers)
+
+
+class ResBlock(nn.Module):
+    """Discriminator residual block: two 3x3 convs (second one downsampling) + 1x1 downsampling skip, / sqrt(2)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv1 = ConvLayer(in_ch, in_ch, 3)
+        self.conv2 = ConvLayer(in_ch, out_ch, 3, downsample=True)
+        self.skip = ConvLayer(in_ch, out_ch, 1, downsample=True, activate=False, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2)
+
+
+class Discriminator(nn.Module):
+    """StyleGAN2 residual discriminator (rosinality layout: ``convs``, ``final_conv``, ``final_linear``).
+
+    Args:
+        size: input resolution (power of two).
+        channel_multiplier, channel_max, channels: as for :class:`Generator`.
+        stddev_group: minibatch-stddev group size (4 official; the group is ``min(batch, stddev_group)``).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        channel_multiplier: int = 2,
+        channel_max: int | None = None,
+        channels: Mapping[int, int] | None = None,
+        stddev_group: int = 4,
+    ) -> None:
+        super().__init__()
+        log_size = int(math.log2(size))
+        if 2**log_size != size or size < 8:
+            raise ValueError(f"discriminator size must be a power of two >= 8, got {size}")
+        ch = default_channels(channel_multiplier, channel_max)
+        if channels is not None:
+            ch.update({int(k): int(v) for k, v in channels.items()})
+        self.size = size
+        self.config = {"size": size, "channels": {str(2**i): ch[2**i] for i in range(2, log_size + 1)}}
+        convs: list[nn.Module] = [ConvLayer(3, ch[size], 1)]
+        in_ch = ch[size]
+        for i in range(log_size, 2, -1):
+            convs.append(ResBlock(in_ch, ch[2 ** (i - 1)]))
+            in_ch = ch[2 ** (i - 1)]
+        self.convs = nn.Sequential(*convs)
+        self.stddev_group, self.stddev_feat = stddev_group, 1
+        self.final_conv = ConvLayer(in_ch + 1, ch[4], 3)
+        self.final_linear = nn.Sequential(
+            EqualLinear(ch[4] * 4 * 4, ch[4], activation="fused_lrelu"), EqualLinear(ch[4], 1)
+        )
+
+    def forward(self, img: Tensor) -> Tensor:
+        """Args: img [B, 3, size, size]. Returns logits [B, 1]."""
+        assert img.ndim == 4 and img.shape[1:] == (3, self.size, self.size), (
+            f"discriminator input must be [B, 3, {self.size}, {self.size}], got {tuple(img.shape)}"
+        )
+        out = self.convs(img)
+        b, c, h, w = out.shape
+        group = min(b, self.stddev_group)
+        if b % group:
+            group = 1
+        sd = out.view(group, -1, self.stddev_feat, c // self.stddev_feat, h, w)
+        sd = torch.sqrt(sd.var(0, unbiased=False) + 1e-8).mean(dim=(2, 3, 4), keepdim=True).squeeze(2)
+        sd = sd.repeat(group, 1, h, w)
+        out = self.final_conv(torch.cat([out, sd], 1))
+        return self.final_linear(out.reshape(b, -1))
+
+
+# --------------------------------------------------------------------------------------------------- checkpoints
+def generator_config_from_state_dict(sd: Mapping[str, Tensor]) -> dict:
+    """Infer :class:`Generator` kwargs (size, style_dim, n_mlp, channels) from a rosinality-layout state dict."""
+    n_mlp = sum(1 for k in sd if k.startswith("style.") and k.endswith(".weight"))
+    style_dim = int(sd["conv1.conv.modulation.weight"].shape[1])
+    n_rgb = sum(1 for k in sd if k.startswith("to_rgbs.") and k.endswith(".conv.weight"))
+    size = 2 ** (n_rgb + 2)
+    channels = {4: int(sd["conv1.conv.weight"].shape[1])}
+    for k in range(n_rgb):
+        channels[2 ** (k + 3)] = int(sd[f"convs.{2 * k}.conv.weight"].shape[1])
+    return {"size": size, "style_dim": style_dim, "n_mlp": n_mlp, "channels": channels}
+
+
+def discriminator_config_from_state_dict(sd: Mapping[str, Tensor]) -> dict:
+    """Infer :class:`Discriminator` kwargs (size, channels) from a rosinality-layout state dict."""
+    n_res = sum(1 for k in sd if k.startswith("convs.") and k.endswith(".conv1.0.weight"))
+    size = 2 ** (n_res + 2)
+    channels = {size: int(sd["convs.0.0.weight"].shape[0])}
+    for i in range(1, n_res + 1):
+        channels[size >> i] = int(sd[f"convs.{i}.conv2.1.weight"].shape[0])
+    channels[4] = int(sd["final_conv.0.weight"].shape[0])
+    return {"size": size, "channels": channels}

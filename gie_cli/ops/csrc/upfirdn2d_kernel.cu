@@ -1,0 +1,96 @@
+// Direct upfirdn2d CUDA kernel for gie's StyleGAN2 (Karras et al. 2020) ops (written for gie, MIT licence).
+//
+// One thread per output sample. Output (oy, ox) reads the padded, zero-inserted input at rows oy*down_y + i and
+// columns ox*down_x + j (i < kh, j < kw) and weights them with the flipped kernel (true convolution). Position u of
+// the padded signal is input sample (u - pad0) / up when (u - pad0) is a non-negative multiple of up that lands
+// inside the input, and zero otherwise; negative pads therefore crop without special cases.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <limits>
+
+namespace {
+
+int multiprocessor_count(int device) {
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count > 0 ? count : 1;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void upfirdn2d_direct_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ kernel,
+                                        scalar_t* __restrict__ y, int64_t planes, int in_h, int in_w, int out_h,
+                                        int out_w, int kh, int kw, int up_x, int up_y, int down_x, int down_y,
+                                        int pad_x0, int pad_y0) {
+  const int64_t total = planes * out_h * out_w;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += stride) {
+    const int ox = static_cast<int>(idx % out_w);
+    const int oy = static_cast<int>((idx / out_w) % out_h);
+    const int64_t plane = idx / (static_cast<int64_t>(out_w) * out_h);
+    const scalar_t* src = x + plane * in_h * in_w;
+    acc_t acc = 0;
+    for (int i = 0; i < kh; ++i) {
+      const int uy = oy * down_y + i - pad_y0;  // row in the zero-inserted (unpadded) signal
+      if (uy < 0 || uy % up_y != 0) continue;
+      const int iy = uy / up_y;
+      if (iy >= in_h) continue;
+      const acc_t* krow = kernel + static_cast<int64_t>(kh - 1 - i) * kw;  // flipped rows
+      const scalar_t* srow = src + static_cast<int64_t>(iy) * in_w;
+      for (int j = 0; j < kw; ++j) {
+        const int ux = ox * down_x + j - pad_x0;
+        if (ux < 0 || ux % up_x != 0) continue;
+        const int ix = ux / up_x;
+        if (ix >= in_w) continue;
+        acc += static_cast<acc_t>(srow[ix]) * krow[kw - 1 - j];  // flipped columns
+      }
+    }
+    y[idx] = static_cast<scalar_t>(acc);
+  }
+}
+
+}  // namespace
+
+at::Tensor upfirdn2d_cuda(const at::Tensor& x_in, const at::Tensor& kernel_in, int64_t up_x, int64_t up_y,
+                          int64_t down_x, int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0,
+                          int64_t pad_y1) {
+  const at::cuda::OptionalCUDAGuard device_guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor kernel = kernel_in.contiguous();
+  const int64_t batch = x.size(0), channels = x.size(1), in_h = x.size(2), in_w = x.size(3);
+  const int64_t kh = kernel.size(0), kw = kernel.size(1);
+  const int64_t out_h = (in_h * up_y + pad_y0 + pad_y1 - kh) / down_y + 1;
+  const int64_t out_w = (in_w * up_x + pad_x0 + pad_x1 - kw) / down_x + 1;
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  TORCH_CHECK(in_h * up_y + std::abs(pad_y0) + kh < kIntMax && in_w * up_x + std::abs(pad_x0) + kw < kIntMax &&
+                  out_h * down_y < kIntMax && out_w * down_x < kIntMax,
+              "upfirdn2d: spatial size too large");
+
+  at::Tensor y = at::empty({batch, channels, out_h, out_w}, x.options());
+  const int64_t total = y.numel();
+  if (total == 0) return y;
+  constexpr int threads = 256;
+  const int64_t max_blocks = static_cast<int64_t>(multiprocessor_count(x.device().index())) * 32;
+  const int blocks = static_cast<int>(std::min<int64_t>((total + threads - 1) / threads, max_blocks));
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upfirdn2d_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    TORCH_CHECK(kernel.scalar_type() == c10::CppTypeToScalarType<acc_t>::value, "upfirdn2d: wrong kernel dtype");
+    upfirdn2d_direct_kernel<scalar_t, acc_t><<<blocks, threads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), kernel.data_ptr<acc_t>(), y.data_ptr<scalar_t>(), batch * channels,
+        static_cast<int>(in_h), static_cast<int>(in_w), static_cast<int>(out_h), static_cast<int>(out_w),
+        static_cast<int>(kh), static_cast<int>(kw), static_cast<int>(up_x), static_cast<int>(up_y),
+        static_cast<int>(down_x), static_cast<int>(down_y), static_cast<int>(pad_x0), static_cast<int>(pad_y0));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return y;
+}
