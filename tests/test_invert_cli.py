@@ -35,8 +35,6 @@ def _tiny_e4e(kind: str = "e4e") -> EncoderMethod:
         "input_size": 64,
     }
     enc = create_encoder(kind, **cfg)
-    for p in enc.styles.parameters():  # keep codes near latent_avg so renders are O(1)
-        p.data.mul_(0.1)
     return EncoderMethod(g, enc, g.broadcast(g.w_avg[None])[0].clone(), kind, cfg, True, "tiny").eval()
 
 
@@ -260,3 +258,52 @@ def test_optim_method_runs_and_improves(photos, weights, tmp_path):
         "overwrite",
     )
     assert res.exit_code == 2 and "stepz" in res.stderr
+
+
+def test_out_of_memory_halves_the_batch(photos, weights, tmp_path, monkeypatch):
+    import gie_cli.cli.invert as inv_cli
+
+    real = inv_cli._invert_batch
+    sizes = []
+
+    def flaky(model, xs, dev, dt):
+        sizes.append(len(xs))
+        if len(xs) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, xs, dev, dt)
+
+    monkeypatch.setattr(inv_cli, "_invert_batch", flaky)
+    out = tmp_path / "o"
+    res = _invoke("invert", photos, "-o", out, "--weights", weights, "-b", "4", "--json")
+    assert res.exit_code == 0, res.output
+    assert sizes[:3] == [4, 2, 1] and set(sizes[3:]) == {1}
+    assert sum(json.loads(x)["status"] == "ok" for x in res.stdout.splitlines()) == 6
+    assert "batch size reduced to 2" in res.stderr
+
+
+def test_optim_initialised_from_encoder(photos, weights, tmp_path):
+    out = tmp_path / "o"
+    res = _invoke(
+        "invert",
+        photos / "a.png",
+        "-o",
+        out,
+        "--method",
+        "optim",
+        "--set",
+        f"init={weights}",
+        "--set",
+        "steps=2",
+        "--set",
+        "loss=l2",
+        "--set",
+        "lr=0.001",
+    )
+    assert res.exit_code == 0, res.output
+    w_optim = load_latent(out / "a.latent.safetensors")[0]
+    res = _invoke("invert", photos / "a.png", "-o", tmp_path / "e", "--weights", weights)
+    w_e4e = load_latent(tmp_path / "e" / "a.latent.safetensors")[0]
+    # two tiny steps from the e4e codes stay within lr of them; a mean-latent start would be much farther away
+    w_avg = create_method("e4e", str(weights)).generator.w_avg
+    assert 0 < (w_optim - w_e4e).abs().max() <= 0.0011
+    assert (w_e4e - w_avg).abs().mean() > 0.01

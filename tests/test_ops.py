@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -388,7 +389,8 @@ def test_env_var(monkeypatch):
         assert _cuda._impl_from_env() == "auto"
     env = {**os.environ, "GIE_OPS_IMPL": "ref"}
     code = "from gie_cli import ops; print(ops.get_default_impl())"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ref"
 
 

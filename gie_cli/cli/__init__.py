@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 import traceback
 from typing import Annotated
 
@@ -59,7 +58,7 @@ def _root(
 
 
 def command(*args, **kwargs):
-    """``app.command`` plus gie's error policy: a known error is one line on stderr and exit 1 (usage: 2).
+    """``app.command`` plus gie's error policy: an error is one line on stderr and exit 1 (usage errors: 2).
 
     Set ``GIE_DEBUG=1`` for the traceback.
     """
@@ -71,11 +70,21 @@ def command(*args, **kwargs):
 
             try:
                 return fn(*a, **k)
+            except (typer.Exit, typer.Abort, typer.TyperException):
+                raise
             except GieError as e:
                 if os.environ.get("GIE_DEBUG"):
                     traceback.print_exc()
                 typer.echo(f"error: {e}", err=True)
                 raise typer.Exit(e.exit_code) from None
+            except KeyboardInterrupt:
+                typer.echo("interrupted", err=True)
+                raise typer.Exit(130) from None
+            except Exception as e:  # an unexpected failure: one line, traceback on request
+                if os.environ.get("GIE_DEBUG"):
+                    traceback.print_exc()
+                typer.echo(f"error: {type(e).__name__}: {e} (set GIE_DEBUG=1 for the traceback)", err=True)
+                raise typer.Exit(1) from None
 
         return app.command(*args, **kwargs)(wrapper)
 
@@ -91,29 +100,5 @@ _register()
 
 
 def main() -> None:
-    """Console entry point: known errors become one line on stderr and exit 1 (usage errors: 2)."""
-    from gie_cli.errors import GieError
-
-    try:
-        app(standalone_mode=False)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        typer.echo("Aborted.", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo("Interrupted.", err=True)
-        sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - the top level turns every error into one line
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if os.environ.get("GIE_DEBUG"):
-            traceback.print_exc()
-        if isinstance(e, GieError):
-            typer.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
-        typer.echo(f"error: {type(e).__name__}: {e} (set GIE_DEBUG=1 for the traceback)", err=True)
-        sys.exit(1)
+    """Console entry point (``gie``)."""
+    app()

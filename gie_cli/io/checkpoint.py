@@ -244,7 +244,9 @@ def _top_level_names(keys: list[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
-def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, Any], source: str) -> None:
+def load_state_dict_strict(
+    module: torch.nn.Module, state_dict: Mapping[str, Any], source: str, assign: bool = False
+) -> None:
     """Loads ``state_dict`` into ``module`` after checking keys and shapes, with a readable error.
 
     Floating-point tensors are cast to the module's dtype for that key (e.g. fp16 weights into an fp32 model);
@@ -254,6 +256,8 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, Any
         module: Target module.
         state_dict: Flat state dict (already prefix-stripped).
         source: Where it came from, for messages, e.g. ``"e4e_ffhq_encode.pt (encoder.*)"``.
+        assign: Use the given tensors as the parameters (for modules built on the ``meta`` device, which skips
+            allocating and initialising weights that are replaced anyway).
 
     Raises:
         StateDictMismatchError: Missing, unexpected or wrongly shaped keys (all of them listed).
@@ -290,7 +294,7 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: Mapping[str, Any
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is not None:  # module version info used by some _load_from_state_dict hooks
         given._metadata = metadata  # type: ignore[attr-defined]
-    module.load_state_dict(given, strict=True)
+    module.load_state_dict(given, strict=True, assign=assign)
     logger.debug("loaded %d tensors from %s into %s", len(given), source, type(module).__name__)
 
 

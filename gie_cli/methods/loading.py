@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from gie_cli.errors import CheckpointError, UsageError
@@ -159,10 +160,12 @@ def build_encoder(comp: Components, kind: str, part: str = "encoder") -> tuple[n
     sd = comp.part(part)
     cfg = comp.config.get("encoder") or encoder_config_from_state_dict(sd)
     try:
-        enc = create_encoder(kind, **cfg)
+        with torch.device("meta"):  # no allocation/initialisation of weights that the checkpoint replaces
+            enc = create_encoder(kind, **cfg)
     except (TypeError, ValueError) as e:
         raise CheckpointError(comp.source, f"cannot build the {kind} encoder: {e}") from None
-    load_state_dict_strict(enc, sd, f"{comp.source} [{part}.*]")
+    load_state_dict_strict(enc, sd, f"{comp.source} [{part}.*]", assign=True)
+    assert not any(t.is_meta for t in [*enc.parameters(), *enc.buffers()]), "encoder has unloaded tensors"
     return enc, cfg
 
 

@@ -146,8 +146,12 @@ class LatentOptimization(InversionMethod):
         self._w_std: float | None = None
 
     @property
-    def input_size(self) -> int:
+    def loss_size(self) -> int:
         return min(self.config.loss_size, self.generator.size)
+
+    @property
+    def input_size(self) -> int:
+        return self.init_method.input_size if self.init_method is not None else self.loss_size
 
     def _resolve_loss(self, spec: str) -> tuple[str, ...]:
         if spec == "auto":
@@ -197,7 +201,11 @@ class LatentOptimization(InversionMethod):
 
     def invert(self, images: Tensor) -> Inversion:
         c, g = self.config, self.generator
-        target = self.prepare(images).to(self.device)
+        images = images.to(self.device)
+        target = images
+        if target.shape[-1] != self.loss_size:
+            size = (self.loss_size, self.loss_size)
+            target = F.interpolate(target, size=size, mode="bilinear", align_corners=False, antialias=True)
         b = target.shape[0]
         if self.init_method is not None:
             with torch.no_grad():

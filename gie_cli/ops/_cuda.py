@@ -141,7 +141,8 @@ def _warn_fallback() -> None:
             return
         _warned = True
     warnings.warn(
-        f"gie.ops: CUDA extension unavailable ({_error}); using the pure-PyTorch implementation instead",
+        f"gie.ops: CUDA extension unavailable ({_error}); using the pure-PyTorch implementation instead "
+        "(GIE_OPS_VERBOSE=1 shows the build log)",
         RuntimeWarning,
         stacklevel=4,
     )
