@@ -70,11 +70,11 @@ def main() -> None:
         for b in args.batches:
             x = torch.rand(b, 3, s, s, device=device) * 2 - 1
 
-            def encode(bs: int, x=x) -> None:
+            def encode(bs: int, x=x, m=m) -> None:
                 with torch.no_grad():
                     m.invert(x[:bs])
 
-            def encode_render(bs: int, x=x) -> None:
+            def encode_render(bs: int, x=x, m=m) -> None:
                 with torch.no_grad():
                     m.render(m.invert(x[:bs]))
 
