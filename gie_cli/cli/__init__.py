@@ -91,9 +91,18 @@ def command(*args, **kwargs):
     return decorate
 
 
+_NOT_COMMANDS = {"batch", "options"}
+
+
 def _register() -> None:
-    # Each command module adds itself to ``app``; modules import torch only inside command bodies.
-    from gie_cli.cli import info, invert  # noqa: F401
+    # Every module of this package except the helpers above defines commands with ``@command()``; importing it
+    # registers them. Command modules import torch only inside command bodies, so --help and --version stay fast.
+    import importlib
+    import pkgutil
+
+    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if mod.name not in _NOT_COMMANDS and not mod.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{mod.name}")
 
 
 _register()

@@ -6,6 +6,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -74,6 +75,8 @@ class InversionMethod(nn.Module, ABC):
         super().__init__()
         self.generator = generator
         self.weights_id = weights_id
+        self.weights_path = ""  # set by create_method; recorded so `gie edit` can rebuild the method
+        self.options: dict[str, str] = {}
 
     @property
     def input_size(self) -> int:
@@ -108,7 +111,13 @@ class InversionMethod(nn.Module, ABC):
 
     def describe(self) -> dict:
         """Facts recorded in manifests and latent files."""
-        return {"method": self.name, "weights": self.weights_id, "image_size": self.output_size}
+        return {
+            "method": self.name,
+            "weights": self.weights_id,
+            "weights_path": self.weights_path,
+            "method_options": self.options,
+            "image_size": self.output_size,
+        }
 
 
 MethodFactory = Callable[..., InversionMethod]
@@ -143,6 +152,8 @@ def create_method(
 
         raise UsageError(f"unknown method {name!r}", hint=f"choose one of: {', '.join(sorted(_METHODS))}")
     method = _METHODS[name][0](weights, **options)
+    method.weights_path = str(Path(weights).expanduser().resolve()) if weights else ""
+    method.options = {k: str(v) for k, v in options.items()}
     return method.to(device).eval()
 
 
