@@ -3,7 +3,8 @@
 Usage: python benchmarks/bench_generator.py [--sizes 256 1024] [--batch 1] [--reps 3] [--device cpu] [--json OUT]
 
 Weights are random (speed does not depend on them). Each configuration is warmed up once, then timed over
-``--reps`` runs (median). Prints ms/image per configuration and the ref/fast ratio (both with the default grouped modulated conv).
+``--reps`` runs (median). Prints ms/image per configuration and the ref/fast ratio (both with the default
+grouped modulated conv).
 """
 
 from __future__ import annotations
