@@ -162,7 +162,7 @@ class Reporter:
         self.out_dir = out_dir
         self.json_out = json_out
         self.counts: Counter[str] = Counter()
-        self.failed: list[tuple[str, str]] = []
+        self.problems: list[tuple[str, str, str]] = []  # (status, input, reason) of failed and no-face items
         self.run_id = time.strftime("%Y%m%dT%H%M%S")
         self.command = command
         self.manifest = out_dir / "manifest.jsonl"
@@ -188,7 +188,7 @@ class Reporter:
         """Record one finished item (written to the manifest immediately, so an interrupted run keeps its log)."""
         self.counts[rec.status] += 1
         if rec.status in ("failed", "no_face"):
-            self.failed.append((rec.input, rec.reason or rec.status))
+            self.problems.append((rec.status, rec.input, rec.reason or rec.status))
         line = json.dumps({"run": self.run_id, "command": self.command, **asdict(rec)})
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.manifest, "a", encoding="utf-8") as f:
@@ -206,8 +206,8 @@ class Reporter:
         secs = time.perf_counter() - self._t0
         parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
         typer.echo(f"{self.command}: {parts or 'nothing to do'} in {secs:.1f}s (manifest: {self.manifest})", err=True)
-        for path, reason in self.failed[:20]:
-            typer.echo(f"  failed: {path}: {reason}", err=True)
-        if len(self.failed) > 20:
-            typer.echo(f"  ... and {len(self.failed) - 20} more (see the manifest)", err=True)
+        for status, path, reason in self.problems[:20]:
+            typer.echo(f"  {status.replace('_', ' ')}: {path}: {reason}", err=True)
+        if len(self.problems) > 20:
+            typer.echo(f"  ... and {len(self.problems) - 20} more (see the manifest)", err=True)
         return 1 if self.counts["failed"] else 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -45,7 +47,8 @@ def parse_settings(settings: list[str]) -> dict[str, str]:
 def invert(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
     inputs: Annotated[
-        list[str] | None, typer.Argument(help="Aligned face images, folders, or - to read paths from stdin.")
+        list[str] | None,
+        typer.Argument(help="Face photos or aligned face crops, folders, or - to read paths from stdin."),
     ] = None,
     method: Annotated[str, typer.Option("--method", "-m", help="Inversion method (see `gie invert --help`).")] = "e4e",
     weights: Annotated[str | None, typer.Option("--weights", "-w", help="Checkpoint file of the method.")] = None,
@@ -59,17 +62,40 @@ def invert(
     on_existing: OnExistingOpt = "skip",
     alpha: Annotated[str, typer.Option("--alpha", help="Transparent inputs: white | black | drop | error.")] = "white",
     ext: Annotated[str, typer.Option("--ext", help="Image format of reconstructions: png | jpg | webp.")] = "png",
+    align: Annotated[
+        bool | None,
+        typer.Option(
+            "--align/--no-align",
+            help="FFHQ-align inputs first (largest face). Default (auto): inputs with a NAME.align.json beside them "
+            "(from `gie align`) and square images are taken as aligned crops, other (non-square) images are aligned. "
+            "--align aligns every input, --no-align none (non-square inputs then fail).",
+            show_default=False,
+        ),
+    ] = None,
+    align_backend: Annotated[
+        str,
+        typer.Option("--align-backend", help="Landmark detector for alignment: face-alignment | mediapipe | file."),
+    ] = "face-alignment",
+    landmarks: Annotated[
+        Path | None,
+        typer.Option("--landmarks", help="--align-backend file: landmarks JSON file or folder (see `gie align -h`)."),
+    ] = None,
     dry_run: DryRunOpt = False,
     fail_fast: FailFastOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Invert aligned face crops (square, FFHQ-aligned) into W+ latents and render their reconstructions.
+    """Invert face photos or aligned face crops into W+ latents and render their reconstructions.
 
     Per input NAME it writes NAME.recon.<ext> and NAME.latent.safetensors under the output folder (mirroring input
-    sub-folders) and appends one line per item to manifest.jsonl. Re-running skips finished items.
+    sub-folders) and appends one line per item to manifest.jsonl. Re-running skips finished items. Inputs that are
+    aligned here (see --align), or that come with a NAME.align.json record, also get NAME.align.json next to the
+    latent so `gie paste` / `gie edit --paste-back` can put edits back into the photo. A photo without a face gets
+    status no_face (not a failure; exit code 0 unless some item failed).
     """
     import torch
 
+    from gie_cli.alignment import BACKENDS
+    from gie_cli.alignment.auto import needs_alignment, own_sidecar
     from gie_cli.device import resolve_device, resolve_dtype
     from gie_cli.io.images import IMAGE_SUFFIXES
     from gie_cli.methods.base import create_method, list_methods
@@ -80,13 +106,23 @@ def invert(
         raise UsageError(f"--ext must be png, jpg or webp, got {ext!r}")
     if method not in list_methods():
         raise UsageError(f"unknown method {method!r}", hint=f"choose one of: {', '.join(list_methods())}")
+    if align_backend not in BACKENDS:
+        raise UsageError(f"unknown --align-backend {align_backend!r}", hint=f"choose one of: {', '.join(BACKENDS)}")
+    if landmarks is not None and align_backend != "file":
+        raise UsageError("--landmarks only applies to --align-backend file", hint="add --align-backend file")
     raw_inputs = inputs or []
     check_output_dir(output, [Path(p) for p in raw_inputs if p != "-"])
     found = collect_inputs(raw_inputs, recursive, IMAGE_SUFFIXES, exclude=output, stdin_keys=("image", "input"))
-    items = [
-        Item(src, name, {"image": output / f"{name}.recon.{ext}", "latent": output / f"{name}.latent.safetensors"})
-        for src, name in found
-    ]
+    items = []
+    plan = _AlignPlan()
+    for src, name in found:
+        outs = {"image": output / f"{name}.recon.{ext}", "latent": output / f"{name}.latent.safetensors"}
+        if needs_alignment(src, align):
+            plan.names.add(name)
+            outs["align"] = output / f"{name}.align.json"
+        elif align is None and own_sidecar(src) is not None:
+            outs["align"] = output / f"{name}.align.json"  # carry the record of `gie align` along
+        items.append(Item(src, name, outs))
     if dry_run:
         for it in items:
             state = "exists" if is_done(it) else "todo"
@@ -106,6 +142,18 @@ def invert(
         else:
             todo.append(it)
     if todo:
+        if any(it.name in plan.names for it in todo):
+            from gie_cli.alignment import create_backend
+
+            try:
+                plan.backend = create_backend(align_backend, landmarks, str(dev))
+            except GieError as e:
+                if align:  # alignment was asked for explicitly: a run-level error
+                    raise
+                plan.error = str(e)  # auto: only the non-square inputs fail, with this reason
+                log.warning("automatic alignment unavailable: %s", e)
+            else:
+                log.info("aligning %d input(s) with %s", sum(it.name in plan.names for it in todo), align_backend)
         model = create_method(method, weights, dev, **parse_settings(settings or []))
         if dt != torch.float32:
             model = model.to(dt)
@@ -116,17 +164,38 @@ def invert(
             model.input_size,
             model.output_size,
         )
-        _run(model, todo, reporter, batch_size, dev, dt, alpha, fail_fast)
+        _run(model, todo, reporter, batch_size, dev, dt, alpha, fail_fast, plan)
     raise typer.Exit(reporter.finish())
+
+
+@dataclass
+class _AlignPlan:
+    """Items (by output name) that get FFHQ-aligned before inversion, and the landmark backend doing it."""
+
+    names: set[str] = field(default_factory=set)
+    backend: object | None = None
+    error: str | None = None
 
 
 def _strs(outputs: dict[str, Path]) -> dict[str, str]:
     return {k: str(v) for k, v in outputs.items()}
 
 
-def _run(model, items: list[Item], reporter: Reporter, batch_size: int, dev, dt, alpha: str, fail_fast: bool) -> None:
+def _run(
+    model,
+    items: list[Item],
+    reporter: Reporter,
+    batch_size: int,
+    dev,
+    dt,
+    alpha: str,
+    fail_fast: bool,
+    plan: _AlignPlan | None = None,
+) -> None:
     """Load, invert, render and save ``items`` batch by batch; CUDA out-of-memory halves the batch size."""
     import torch
+
+    from gie_cli.alignment.auto import NoFaceError
 
     pending = list(items)
     bs = batch_size
@@ -136,7 +205,10 @@ def _run(model, items: list[Item], reporter: Reporter, batch_size: int, dev, dt,
         for it in chunk:
             t0 = time.perf_counter()
             try:
-                x, info = _load_aligned(it.source, model.input_size, alpha)
+                x, info = _load_input(it, model.input_size, alpha, plan or _AlignPlan())
+            except NoFaceError as e:
+                reporter.add(Record(str(it.source), "no_face", reason=_reason(e)))
+                continue
             except GieError as e:
                 reporter.add(Record(str(it.source), "failed", reason=_reason(e)))
                 if fail_fast:
@@ -207,10 +279,43 @@ def _load_aligned(path: Path, size: int, alpha: str):
         raise ImageLoadError(
             path,
             f"not a square aligned face crop ({w}x{h})",
-            hint="pass FFHQ-aligned square crops (align the photo first)",
+            hint="pass FFHQ-aligned square crops, or let gie align the photo (--align, or `gie align` first)",
         )
     x = image_to_tensor(img, size=size, resample=Image.Resampling.BILINEAR)
     return x, {"source_size": [w, h], "source_sha256": sha256_file(path)}
+
+
+def _load_input(it: Item, size: int, alpha: str, plan: _AlignPlan):
+    """Load an item as ``[3, size, size]`` in [-1, 1]: FFHQ-align it first when planned, or carry its record."""
+    from PIL import Image
+
+    from gie_cli.alignment import read_align_meta
+    from gie_cli.alignment.auto import align_for_inversion, own_sidecar
+    from gie_cli.io.images import image_to_tensor, load_image, sha256_file
+
+    if it.name in plan.names:
+        photo = load_image(it.source, alpha=alpha)
+        if plan.backend is None:
+            from gie_cli.errors import ImageLoadError
+
+            w, h = photo.size
+            raise ImageLoadError(
+                it.source,
+                f"not a square aligned face crop ({w}x{h}) and automatic alignment is unavailable: {plan.error}",
+            )
+        sha = sha256_file(it.source)
+        crop, meta = align_for_inversion(
+            photo, plan.backend, size, Path(it.source), sha, it.name, it.outputs["image"].name
+        )
+        x = image_to_tensor(crop, size=size, resample=Image.Resampling.BILINEAR)
+        return x, {"source_size": list(photo.size), "source_sha256": sha, "aligned": "invert", "align_meta": meta}
+    x, info = _load_aligned(it.source, size, alpha)
+    if "align" in it.outputs:
+        record = own_sidecar(it.source)
+        if record is not None:
+            info["align_meta"] = read_align_meta(record)
+            info["aligned"] = "record"
+    return x, info
 
 
 def _invert_batch(model, xs, dev, dt):
@@ -241,10 +346,11 @@ def _sync(dev) -> None:
 
 def _save_item(model, it: Item, inv, image, info: dict) -> None:
     from gie_cli import __version__
-    from gie_cli.io.atomic import atomic_save_image
+    from gie_cli.io.atomic import atomic_save_image, atomic_write_text
     from gie_cli.io.images import tensor_to_image
     from gie_cli.io.latents import save_latent
 
+    align_meta = info.pop("align_meta", None)
     meta = {
         **model.describe(),
         "generator": model.generator.config,
@@ -255,6 +361,10 @@ def _save_item(model, it: Item, inv, image, info: dict) -> None:
         "gie_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if align_meta is not None and "align" in it.outputs:
+        meta["alignment"] = it.outputs["align"].name
     it.outputs["latent"].parent.mkdir(parents=True, exist_ok=True)
     save_latent(it.outputs["latent"], inv.wplus, meta, inv.extras)
     atomic_save_image(tensor_to_image(image), it.outputs["image"])
+    if align_meta is not None and "align" in it.outputs:
+        atomic_write_text(it.outputs["align"], json.dumps(align_meta, indent=1) + "\n")

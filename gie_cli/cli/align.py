@@ -1,0 +1,257 @@
+"""`gie align`: photos in, FFHQ-aligned face crops + alignment records + a manifest out (FFHQ: Karras et al. 2019)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gie_cli.cli import command
+from gie_cli.cli.batch import (
+    ON_EXISTING,
+    DryRunOpt,
+    FailFastOpt,
+    Item,
+    OnExistingOpt,
+    Record,
+    RecursiveOpt,
+    Reporter,
+    check_output_dir,
+    collect_inputs,
+)
+from gie_cli.cli.options import DeviceOpt, JsonOpt
+from gie_cli.errors import GieError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="Landmark detector: face-alignment (FAN 68 points; needs its two weight files on disk) | mediapipe "
+        '(offline; pip install "gie\\[mediapipe]") | file (JSON landmarks, see below).',
+    ),
+]
+LandmarksOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--landmarks",
+        help="--backend file: a folder of <stem>.landmarks.json files, or one JSON file for all inputs. "
+        "Default: <stem>.landmarks.json next to each image.",
+    ),
+]
+
+_EPILOG = (
+    "Examples:\n\n"
+    "  gie align ./photos -o ./aligned                      # largest face per photo, 1024 px\n\n"
+    "  gie align group.jpg -o out --faces all --size 256    # every face: group_face1.png, group_face2.png, ...\n\n"
+    "  gie align ./photos -o out --backend file --landmarks ./lms\n\n"
+    'Landmarks JSON (--backend file): {"faces": [{"points": [[x, y], ...], "score": 0.9, "bbox": [x0, y0, x1, '
+    "y1]}]} with 5 points (left eye centre, right eye centre, nose tip, left mouth corner, right mouth corner; left "
+    "= image left) or 68 points (iBUG 300-W order), in pixels of the upright image (EXIF orientation applied), "
+    'pixel centres at integer coordinates. "faces": [] means no face. A bare list of faces also works.'
+).replace("[", "\\[")  # rich markup: literal brackets
+
+
+@command(epilog=_EPILOG)
+def align(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    inputs: Annotated[list[str] | None, typer.Argument(help="Photos, folders, or - to read paths from stdin.")] = None,
+    size: Annotated[
+        int, typer.Option("--size", "-s", min=16, max=4096, help="Side of the aligned crops (256 for the encoders).")
+    ] = 1024,
+    faces: Annotated[
+        str,
+        typer.Option(
+            "--faces",
+            help="Several faces in a photo: largest (the largest one) | all (NAME_face1, NAME_face2, ..., largest "
+            "first) | error (the item fails).",
+        ),
+    ] = "largest",
+    backend: BackendOpt = "face-alignment",
+    landmarks: LandmarksOpt = None,
+    device: DeviceOpt = "auto",
+    recursive: RecursiveOpt = False,
+    on_existing: OnExistingOpt = "skip",
+    alpha: Annotated[str, typer.Option("--alpha", help="Transparent inputs: white | black | drop | error.")] = "white",
+    ext: Annotated[str, typer.Option("--ext", help="Image format of the crops: png | jpg | webp.")] = "png",
+    dry_run: DryRunOpt = False,
+    fail_fast: FailFastOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Detect faces and crop them FFHQ-style (eyes and mouth at fixed places), ready for `gie invert`.
+
+    Per input NAME it writes NAME.png (or NAME_face1.png, NAME_face2.png, ... with --faces all) and NAME.align.json
+    (landmarks, the photo -> crop transform and its inverse, source path and sizes; `gie paste` uses it), and
+    appends one line per input to manifest.jsonl. Re-running skips finished inputs. Inputs are never modified.
+
+    A photo without a face gets status no_face (manifest, --json, summary). It is not a failure: the exit code is 0
+    when every input is ok, skipped or no_face; 1 when any input failed (unreadable image, missing landmarks file,
+    several faces with --faces error); 2 for usage errors.
+    """
+    from gie_cli.alignment import BACKENDS, FACE_POLICIES
+    from gie_cli.io.images import IMAGE_SUFFIXES
+
+    if on_existing not in ON_EXISTING:
+        raise UsageError(f"--on-existing must be one of {', '.join(ON_EXISTING)}")
+    if faces not in FACE_POLICIES:
+        raise UsageError(f"--faces must be one of {', '.join(FACE_POLICIES)}, got {faces!r}")
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown --backend {backend!r}", hint=f"choose one of: {', '.join(BACKENDS)}")
+    if landmarks is not None and backend != "file":
+        raise UsageError("--landmarks only applies to --backend file", hint="add --backend file")
+    if ext not in ("png", "jpg", "webp"):
+        raise UsageError(f"--ext must be png, jpg or webp, got {ext!r}")
+    raw_inputs = inputs or []
+    check_output_dir(output, [Path(p) for p in raw_inputs if p != "-"])
+    found = collect_inputs(raw_inputs, recursive, IMAGE_SUFFIXES, exclude=output)
+    items = [Item(src, name, _planned_outputs(output, name, faces, ext)) for src, name in found]
+    if dry_run:
+        for it in items:
+            state = "exists" if _is_done(it, faces) else "todo"
+            typer.echo(f"{state}\t{it.source}\t" + "\t".join(str(p) for p in it.outputs.values()))
+        typer.echo(f"dry run: {len(items)} input(s), backend {backend}, size {size}, faces {faces}", err=True)
+        return
+
+    reporter = Reporter(output, len(items), json_out, "align")
+    todo: list[Item] = []
+    for it in items:
+        if _is_done(it, faces) and on_existing == "skip":
+            reporter.add(Record(str(it.source), "skipped", _strs(it.outputs), "outputs exist"))
+        elif any(p.exists() for p in it.outputs.values()) and on_existing == "error":
+            reporter.add(Record(str(it.source), "failed", _strs(it.outputs), "outputs exist (--on-existing error)"))
+        else:
+            todo.append(it)
+    if todo:
+        from gie_cli.alignment import create_backend
+
+        dev = "cpu"
+        if backend == "face-alignment":
+            from gie_cli.device import resolve_device
+
+            dev = str(resolve_device(device))
+        detector = create_backend(backend, landmarks, dev)
+        log.info("align: backend %s, size %d, faces %s", backend, size, faces)
+        for it in todo:
+            rec = _align_one(it, detector, backend, size, faces, ext, alpha, output)
+            reporter.add(rec)
+            if fail_fast and rec.status == "failed":
+                break
+    raise typer.Exit(reporter.finish())
+
+
+def _strs(outputs: dict[str, Path]) -> dict[str, str]:
+    return {k: str(v) for k, v in outputs.items()}
+
+
+def _face_name(name: str, faces: str, index: int) -> str:
+    return f"{name}_face{index}" if faces == "all" else name
+
+
+def _planned_outputs(out: Path, name: str, faces: str, ext: str) -> dict[str, Path]:
+    """Outputs known before detection (with --faces all: those of the first face)."""
+    base = _face_name(name, faces, 1)
+    return {"image": out / f"{base}.{ext}", "meta": out / f"{base}.align.json"}
+
+
+def _is_done(it: Item, faces: str) -> bool:
+    """All outputs of the item exist; with --faces all, every face listed in the first record."""
+    if not all(p.exists() for p in it.outputs.values()):
+        return False
+    if faces != "all":
+        return True
+    try:
+        n = int(json.loads(it.outputs["meta"].read_text(encoding="utf-8")).get("faces_aligned", 1))
+    except (OSError, ValueError, AttributeError):
+        return False
+    img, meta = it.outputs["image"], it.outputs["meta"]
+    for k in range(2, n + 1):
+        stem = img.name[: -len(img.suffix)].rsplit("_face", 1)[0]
+        if not (
+            img.with_name(f"{stem}_face{k}{img.suffix}").exists()
+            and meta.with_name(f"{stem}_face{k}.align.json").exists()
+        ):
+            return False
+    return True
+
+
+def _align_one(it: Item, detector, backend: str, size: int, faces: str, ext: str, alpha: str, out_dir: Path) -> Record:
+    """Align one photo and write its crops and records; every problem becomes the item's status."""
+    from gie_cli.alignment import align_photo, build_align_meta
+    from gie_cli.io.atomic import atomic_save_image, atomic_write_text
+    from gie_cli.io.images import load_image, sha256_file
+
+    t0 = time.perf_counter()
+    src = str(it.source)
+    try:
+        photo = load_image(it.source, alpha=alpha)
+        t_load = time.perf_counter()
+        found, aligned = align_photo(photo, detector, size, faces, Path(it.source))
+    except GieError as e:
+        return Record(src, "failed", reason=str(e))
+    except Exception as e:  # noqa: BLE001 - a detector crash fails this item, the run goes on
+        log.debug("alignment failed", exc_info=True)
+        return Record(src, "failed", reason=f"{type(e).__name__}: {e}")
+    t_align = time.perf_counter()
+    info: dict = {"faces_found": len(found), "source_size": list(photo.size)}
+    if not aligned:
+        return Record(src, "no_face", reason="no face found", info=info, timings_ms=_ms(t0, t_load, t_align, t_align))
+    outputs: dict[str, str] = {}
+    sha = sha256_file(it.source)
+    try:
+        for af in aligned:
+            base = _face_name(it.name, faces, af.index)
+            img_path = out_dir / f"{base}.{ext}"
+            meta_path = out_dir / f"{base}.align.json"
+            meta = build_align_meta(
+                af.result,
+                af.face,
+                source=it.source,
+                source_size=photo.size,
+                backend=backend,
+                name=it.name,
+                image=img_path.name,
+                face_index=af.index,
+                faces_aligned=len(aligned),
+                faces_found=len(found),
+                source_sha256=sha,
+            )
+            atomic_save_image(af.result.image, img_path)
+            atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")  # written last: marks the face done
+            prefix = "" if af.index == 1 else f"face{af.index}."
+            outputs[f"{prefix}image"] = str(img_path)
+            outputs[f"{prefix}meta"] = str(meta_path)
+        if faces == "all":
+            _remove_stale_faces(out_dir, it.name, ext, len(aligned))
+    except (GieError, OSError) as e:
+        return Record(src, "failed", outputs, str(e), info=info)
+    info["faces_aligned"] = len(aligned)
+    info["faces"] = [
+        {"index": af.index, "score": af.face.score, "bbox": [round(v, 1) for v in af.face.bbox]} for af in aligned
+    ]
+    return Record(src, "ok", outputs, None, _ms(t0, t_load, t_align, time.perf_counter()), info)
+
+
+def _remove_stale_faces(out_dir: Path, name: str, ext: str, n: int) -> None:
+    """After an overwrite with fewer faces, drop NAME_face{n+1}... left over from an earlier run."""
+    k = n + 1
+    while True:
+        stale = [out_dir / f"{name}_face{k}.{ext}", out_dir / f"{name}_face{k}.align.json"]
+        if not any(p.exists() for p in stale):
+            return
+        for p in stale:
+            p.unlink(missing_ok=True)
+        k += 1
+
+
+def _ms(t0: float, t_load: float, t_align: float, t_end: float) -> dict[str, float]:
+    return {
+        "load": round((t_load - t0) * 1000, 2),
+        "align": round((t_align - t_load) * 1000, 2),
+        "save": round((t_end - t_align) * 1000, 2),
+    }
