@@ -50,7 +50,7 @@ _PICKLE_HINT = (
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, *, allow_tensor: bool = False) -> dict[str, Any]:
     """Reads a checkpoint without executing any pickled code.
 
     ``.pt``/``.pth``/``.ckpt`` files go through ``torch.load(map_location="cpu", weights_only=True)`` (zip and
@@ -59,6 +59,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
     Args:
         path: Checkpoint file.
+        allow_tensor: Accept a bare tensor at the top level (official direction files such as InterFaceGAN's
+            ``age.pt``), returned as ``{"": tensor}``.
 
     Returns:
         The top-level dict (a state dict, or e.g. ``{"state_dict": ..., "opts": {...}, "latent_avg": ...}``),
@@ -86,6 +88,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             p, f"truncated or corrupt file ({type(e).__name__}: {_first_line(str(e))})", _REDOWNLOAD
         ) from e
+    if allow_tensor and isinstance(obj, torch.Tensor):
+        return {"": obj}
     if not isinstance(obj, dict):
         raise CheckpointError(
             p, f"top level is a {type(obj).__name__}, expected a dict (a state dict or a checkpoint dict)"

@@ -1,0 +1,580 @@
+"""`gie directions list|show|import|fit`: the edit directions gie knows, official importers and fitting."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gie_cli.cli import app, command
+from gie_cli.cli.options import DeviceOpt, JsonOpt
+from gie_cli.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+dirs_app = typer.Typer(
+    name="directions",
+    help="List, inspect, import (official files) and fit edit directions.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+fit_app = typer.Typer(
+    help="Fit new directions the way the papers do (InterFaceGAN, GANSpace, StyleSpace, Style Transformer).",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+dirs_app.add_typer(fit_app, name="fit")
+app.add_typer(dirs_app, name="directions")
+
+OutDirOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Folder to write to (default: the user folder, see `gie directions list`)."),
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing direction files.")]
+WeightsOpt = Annotated[
+    str,
+    typer.Option(
+        "--weights", "-w", help="Checkpoint holding the generator (a method checkpoint or a StyleGAN2 g_ema file)."
+    ),
+]
+NameOpt = Annotated[str, typer.Option("--name", "-n", help="Direction name (letters, digits, _ and -).")]
+SamplesOpt = Annotated[int, typer.Option("--samples", min=2, help="Latents sampled from the mapping network.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Sampling seed.")]
+TruncationOpt = Annotated[float, typer.Option("--truncation", help="Truncation of the sampled W (1 = none).")]
+LayersOpt = Annotated[
+    str | None, typer.Option("--layers", help="W+ layers to change: START:END, a comma list, or all (default).")
+]
+RangeOpt = Annotated[str | None, typer.Option("--power-range", help="Recommended powers LOW,HIGH.")]
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def parse_layers(spec: str | None, n: int) -> list[int] | None:
+    """``"2:5"`` -> ``[2, 3, 4]``; ``"0,3"`` -> ``[0, 3]``; ``None``/``"all"`` -> None (all ``n`` layers).
+
+    Raises:
+        UsageError: malformed, empty or out of ``0..n-1``.
+    """
+    if spec is None or spec.strip().lower() == "all":
+        return None
+    try:
+        if ":" in spec:
+            a, b = spec.split(":", 1)
+            layers = list(range(int(a) if a.strip() else 0, int(b) if b.strip() else n))
+        else:
+            layers = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--layers {spec!r}: expected START:END or a comma list of integers") from None
+    if not layers or min(layers) < 0 or max(layers) >= n:
+        raise UsageError(f"--layers {spec!r}: need layers within 0..{n - 1}")
+    return layers
+
+
+def parse_range(spec: str | None) -> tuple[float, float] | None:
+    """``"-3,3"`` -> ``(-3.0, 3.0)``."""
+    if spec is None:
+        return None
+    try:
+        lo, hi = (float(x) for x in spec.split(","))
+    except ValueError:
+        raise UsageError(f"--power-range {spec!r}: expected LOW,HIGH") from None
+    return (min(lo, hi), max(lo, hi))
+
+
+def load_generator(weights: str, device: str = "cpu"):
+    """``(generator, weights_id)`` from any checkpoint gie reads (method checkpoints, rosinality ``g_ema`` files)."""
+    from gie_cli.device import resolve_device
+    from gie_cli.methods.loading import build_generator, read_components
+
+    comp = read_components(weights)
+    g = build_generator(comp).eval().requires_grad_(False)
+    return g.to(resolve_device(device)), comp.weights_id
+
+
+def _out_dir(output: Path | None) -> Path:
+    from gie_cli.editing.directions import user_directions_dir
+
+    return output if output is not None else user_directions_dir()
+
+
+def _write(directions: list, output: Path | None, overwrite: bool, json_out: bool) -> None:
+    """Save directions (refusing to replace files unless ``overwrite``) and print their paths (or JSON lines)."""
+    from gie_cli.editing.directions import DIRECTION_SUFFIX
+
+    folder = _out_dir(output)
+    targets = [folder / f"{d.name}{DIRECTION_SUFFIX}" for d in directions]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise UsageError(f"direction file(s) exist: {', '.join(existing)}", hint="pass --overwrite or --name")
+    for d, t in zip(directions, targets, strict=True):
+        path = d.save(t)
+        d.path = path
+        typer.echo(json.dumps(d.summary()) if json_out else str(path))
+    log.info("wrote %d direction(s) to %s", len(directions), folder)
+
+
+def _binding(weights: str | None, generator_id: str | None, device: str = "cpu") -> dict[str, Any] | None:
+    from gie_cli.editing.directions import generator_binding
+
+    if weights is None:
+        return None
+    g, wid = load_generator(weights, device)
+    return generator_binding(g, generator_id or wid)
+
+
+def _provenance(method: str, **extra: Any) -> dict:
+    from gie_cli.editing.directions import provenance
+
+    return provenance(method, **extra)
+
+
+# --------------------------------------------------------------------------------------------------- list / show
+@command(name="list", target=dirs_app)
+def list_(
+    show_all: Annotated[bool, typer.Option("--all", help="Also list files shadowed by a same-named one.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the directions found by name: $GIE_DIRECTIONS_PATH, the user folder (<gie cache>/directions, where
+    import and fit write), then the directions shipped with gie. The first file of a name wins."""
+    from gie_cli.editing.directions import list_directions, search_path
+
+    found = [d for d in list_directions() if show_all or not d["shadowed"]]
+    if json_out:
+        for d in found:
+            gen = d.get("generator") or {}
+            typer.echo(
+                json.dumps(
+                    {
+                        "name": d["name"],
+                        "space": d["space"],
+                        "layers": d["layers"],
+                        "scale": d["scale"],
+                        "power_range": d["power_range"],
+                        "generator": gen.get("id"),
+                        "fingerprint": gen.get("fingerprint"),
+                        "description": d.get("description", ""),
+                        "path": d["path"],
+                        "shadowed": d["shadowed"],
+                    }
+                )
+            )
+        return
+    if not found:
+        typer.echo("no directions found in: " + ", ".join(map(str, search_path())), err=True)
+        return
+    width = max(len(d["name"]) for d in found)
+    for d in found:
+        gen = d.get("generator") or {}
+        rng = d.get("power_range")
+        rng_s = f"[{rng[0]:g}, {rng[1]:g}]" if rng else "-"
+        fp = (gen.get("fingerprint") or "")[:12] or "unbound"
+        mark = " (shadowed)" if d["shadowed"] else ""
+        typer.echo(f"{d['name']:<{width}}  {d['space']:<10} {rng_s:<14} {gen.get('id') or '-'} [{fp}]{mark}")
+    typer.echo("searched: " + ", ".join(map(str, search_path())), err=True)
+
+
+@command(name="show", target=dirs_app)
+def show(
+    direction: Annotated[str, typer.Argument(help="Direction name or file.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Show one direction: space, layers, scale convention, power range, generator binding, provenance, tensors."""
+    from gie_cli.editing.directions import load_direction
+
+    d = load_direction(direction)
+    cfg = {**d.config(), "path": str(d.path)}
+    cfg["tensors"] = {
+        k: {"shape": list(v.shape), "norm": round(float(v.float().norm()), 6)}
+        for k, v in d.tensors.items()
+        if not k.startswith("classifier.")
+    }
+    n_clf = sum(v.numel() for k, v in d.tensors.items() if k.startswith("classifier."))
+    if n_clf:
+        cfg["tensors"]["classifier.*"] = {"parameters": n_clf}
+    if json_out:
+        typer.echo(json.dumps(cfg))
+        return
+    for k, v in cfg.items():
+        if isinstance(v, dict) and v:
+            typer.echo(f"{k}:")
+            for kk, vv in v.items():
+                typer.echo(f"  {kk}: {json.dumps(vv) if isinstance(vv, dict | list) else vv}")
+        else:
+            typer.echo(f"{k}: {json.dumps(v) if isinstance(v, list) else v}")
+
+
+# --------------------------------------------------------------------------------------------------- import
+@command(name="import", target=dirs_app)
+def import_(
+    files: Annotated[list[Path], typer.Argument(help="Official direction files (.pt tensors / PCA dicts, .npy).")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="auto | interfacegan | ganspace | boundary (SFE's [1,9216] .npy).")
+    ] = "auto",
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="Name of the direction (one file; default: its stem).")
+    ] = None,
+    convention: Annotated[
+        str,
+        typer.Option(
+            "--convention", help="InterFaceGAN .pt application: e4e / hfgi (w + p*d) or sfe (w + p/2*d, SFE's)."
+        ),
+    ] = "e4e",
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            "--weights",
+            "-w",
+            help="Checkpoint of the generator the files were made for: binds them to its fingerprint. Without it "
+            "the directions are unbound (FFHQ config-f shapes) and applied with a warning.",
+        ),
+    ] = None,
+    generator_id: Annotated[
+        str | None, typer.Option("--generator-id", help="Readable id of that generator (default: the weights id).")
+    ] = None,
+    layers: LayersOpt = None,
+    ganspace_mode: Annotated[
+        str, typer.Option("--ganspace-mode", help="set (official: power = target coordinate) | add.")
+    ] = "set",
+    edits: Annotated[
+        str | None, typer.Option("--edits", help="GANSpace: comma list of the named edits to import (default all).")
+    ] = None,
+    origin: Annotated[
+        str | None, typer.Option("--origin", help="Where the files came from (recorded instead of the local path).")
+    ] = None,
+    output: OutDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Import official direction files with their repository's convention made explicit.
+
+    InterFaceGAN tensors [1,512] (W, all layers) and [1,18,512] (W+) from e4e/HFGI/SFE; GANSpace ffhq_pca.pt
+    (mean/comp/std) as its named (component, start, end, strength) edits; SFE [1,9216] W+ boundaries (.npy).
+    """
+    from gie_cli.editing.directions import GANSPACE_MODES
+    from gie_cli.editing.importers import CONVENTIONS, FFHQ_GANSPACE_EDITS, FORMATS, import_file
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+    if convention not in CONVENTIONS:
+        raise UsageError(f"--convention must be one of {', '.join(CONVENTIONS)}")
+    if ganspace_mode not in GANSPACE_MODES:
+        raise UsageError(f"--ganspace-mode must be one of {', '.join(GANSPACE_MODES)}")
+    if name is not None and len(files) > 1:
+        raise UsageError("--name needs a single file")
+    for f in files:
+        if not f.is_file():
+            raise UsageError(f"file not found: {f}")
+    selected = None
+    if edits:
+        wanted = [e.strip() for e in edits.split(",") if e.strip()]
+        unknown = [e for e in wanted if e not in FFHQ_GANSPACE_EDITS]
+        if unknown:
+            raise UsageError(
+                f"unknown GANSpace edit(s) {', '.join(unknown)}", hint=f"known: {', '.join(FFHQ_GANSPACE_EDITS)}"
+            )
+        selected = {e: FFHQ_GANSPACE_EDITS[e] for e in wanted}
+    binding = _binding(weights, generator_id)
+    n_latent = int((binding or {}).get("n_latent") or 18)
+    layer_list = parse_layers(layers, n_latent)
+    out = []
+    for f in files:
+        out += import_file(f, fmt, name, convention, binding, layer_list, ganspace_mode, selected, origin)
+    _write(out, output, overwrite, json_out)
+
+
+# --------------------------------------------------------------------------------------------------- fit
+@command(name="interfacegan", target=fit_app)
+def fit_interfacegan(
+    name: NameOpt,
+    weights: WeightsOpt,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="Labelled latents: .csv rows LATENT_FILE,LABEL (gie latents) or .safetensors/.npz/.pt with 'w' "
+            "[N,D] (or 'wplus' [N,L,D]) and 'labels' [N].",
+        ),
+    ] = None,
+    classifier: Annotated[
+        str | None,
+        typer.Option(
+            "--classifier",
+            help="Labelling function MODULE:FUNCTION or FILE.py:FUNCTION scoring sampled latents (see --on).",
+        ),
+    ] = None,
+    on: Annotated[
+        str, typer.Option("--on", help="What --classifier receives: latent (w [B,D]) | image ([B,3,S,S] in [-1,1]).")
+    ] = "latent",
+    attribute: Annotated[
+        int | None, typer.Option("--attribute", help="Column of a classifier that returns [B,K] scores.")
+    ] = None,
+    solver: Annotated[str, typer.Option("--solver", help="svm (linear SVM, the paper's) | logistic.")] = "svm",
+    c: Annotated[float, typer.Option("--c", min=1e-9, help="Inverse regularisation strength C.")] = 1.0,
+    ratio: Annotated[
+        float | None,
+        typer.Option("--ratio", min=0.0, max=0.5, help="Fraction of extremes per side for scores (default 0.02)."),
+    ] = None,
+    split: Annotated[float, typer.Option("--split", min=0.1, max=1.0, help="Training fraction per class.")] = 0.7,
+    space: Annotated[
+        str, typer.Option("--space", help="For W+ latents: wplus (flattened, default) | w (mean).")
+    ] = "wplus",
+    samples: SamplesOpt = 10000,
+    seed: SeedOpt = 0,
+    truncation: TruncationOpt = 1.0,
+    layers: LayersOpt = None,
+    power_range: RangeOpt = None,
+    output: OutDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "cpu",
+    json_out: JsonOpt = False,
+) -> None:
+    """InterFaceGAN (Shen et al. 2020): the unit normal of a linear boundary separating labelled latents.
+
+    Latents come from --labels, or are sampled from the generator's mapping network and scored by --classifier.
+    """
+    from gie_cli.editing.directions import check_name, generator_binding
+    from gie_cli.editing.fit import interfacegan_direction, label_samples, linear_boundary, load_function, sample_w
+
+    check_name(name)
+    if (labels is None) == (classifier is None):
+        raise UsageError("give exactly one of --labels and --classifier")
+    if on not in ("latent", "image"):
+        raise UsageError("--on must be latent or image")
+    if space not in ("w", "wplus"):
+        raise UsageError("--space must be w or wplus")
+    g, wid = load_generator(weights, device)
+    if labels is not None:
+        x, y = load_labels_checked(labels, g)
+        if x.ndim == 3 and space == "w":
+            x = x.mean(1)
+        source: dict[str, Any] = {"labels": str(labels.resolve())}
+    else:
+        fn = load_function(classifier)
+        x = sample_w(g, samples, seed, truncation)
+        y = label_samples(g, x, fn, on, attribute=attribute)
+        source = {"classifier": classifier, "on": on, "samples": samples, "seed": seed, "truncation": truncation}
+    if y.ndim == 2:
+        if attribute is None:
+            raise UsageError("the labels have several columns: choose one with --attribute")
+        y = y[:, attribute]
+    fit = linear_boundary(x, y, solver, c, ratio, split, seed)
+    prov = _provenance("fit:interfacegan", **source)
+    d = interfacegan_direction(
+        name,
+        fit,
+        g.n_latent,
+        g.style_dim,
+        generator_binding(g, wid),
+        prov,
+        parse_layers(layers, g.n_latent),
+        parse_range(power_range) or (-3.0, 3.0),
+    )
+    log.info("InterFaceGAN %s: validation accuracy %s", name, fit.stats["val_accuracy"])
+    _write([d], output, overwrite, json_out)
+
+
+def load_labels_checked(path: Path, g):
+    """:func:`gie_cli.editing.fit.load_labels` plus a shape check against the generator."""
+    from gie_cli.editing.fit import load_labels
+
+    x, y = load_labels(path)
+    ok = (x.ndim == 2 and x.shape[1] == g.style_dim) or (
+        x.ndim == 3 and tuple(x.shape[1:]) == (g.n_latent, g.style_dim)
+    )
+    if not ok:
+        raise UsageError(
+            f"{path}: latents of shape {list(x.shape[1:])} do not fit the generator "
+            f"([{g.style_dim}] or [{g.n_latent}, {g.style_dim}])"
+        )
+    return x, y
+
+
+@command(name="ganspace", target=fit_app)
+def fit_ganspace(
+    weights: WeightsOpt,
+    name: Annotated[str, typer.Option("--name", "-n", help="Name prefix: writes NAME_pc00, NAME_pc01, ...")] = "pc",
+    components: Annotated[int, typer.Option("--components", "-k", min=1, help="How many components to write.")] = 10,
+    mode: Annotated[
+        str, typer.Option("--mode", help="add (power = std units moved, 0 = identity) | set (official formula).")
+    ] = "add",
+    samples: SamplesOpt = 20000,
+    seed: SeedOpt = 0,
+    truncation: TruncationOpt = 1.0,
+    layers: LayersOpt = None,
+    power_range: RangeOpt = None,
+    output: OutDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "cpu",
+    json_out: JsonOpt = False,
+) -> None:
+    """GANSpace (Härkönen et al. 2020): principal components of sampled W codes, one direction per component
+    (orthonormal, ordered by variance), applied to --layers."""
+    from gie_cli.editing.directions import GANSPACE_MODES, check_name, generator_binding
+    from gie_cli.editing.fit import pca, sample_w
+    from gie_cli.editing.importers import ganspace_direction
+
+    check_name(name)
+    if mode not in GANSPACE_MODES:
+        raise UsageError(f"--mode must be one of {', '.join(GANSPACE_MODES)}")
+    g, wid = load_generator(weights, device)
+    lay = parse_layers(layers, g.n_latent) or list(range(g.n_latent))
+    if lay != list(range(lay[0], lay[-1] + 1)):
+        raise UsageError("--layers must be a contiguous START:END range for GANSpace")
+    res = pca(sample_w(g, samples, seed, truncation), components)
+    binding = generator_binding(g, wid)
+    rng = parse_range(power_range) or (-3.0, 3.0)
+    out = []
+    for i in range(len(res.std)):
+        prov = _provenance(
+            "fit:ganspace", samples=samples, seed=seed, truncation=truncation, explained=float(res.explained[i])
+        )
+        out.append(
+            ganspace_direction(
+                f"{name}_pc{i:02d}", res.mean, res.components[i], float(res.std[i]), i, lay[0], lay[-1] + 1, mode,
+                rng, binding, prov, f"GANSpace component {i} ({100 * float(res.explained[i]):.1f}% of W variance)",
+            )
+        )  # fmt: skip
+    _write(out, output, overwrite, json_out)
+
+
+@command(name="stylespace", target=fit_app)
+def fit_stylespace(
+    name: NameOpt,
+    weights: WeightsOpt,
+    layer: Annotated[int | None, typer.Option("--layer", help="Conv layer (gie's 0..num_layers-1).")] = None,
+    channel: Annotated[int | None, typer.Option("--channel", help="Style channel of that layer.")] = None,
+    s_index: Annotated[
+        bool, typer.Option("--s-index", help="--layer is a StyleSpace paper index (ToRGB layers counted, as SFE).")
+    ] = False,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels", help="Labelled latents (as for interfacegan): pick the most attribute-specific channel."
+        ),
+    ] = None,
+    scale: Annotated[
+        float | None, typer.Option("--scale", help="Style units per power (default: the channel's std; SFE uses 3).")
+    ] = None,
+    samples: SamplesOpt = 5000,
+    seed: SeedOpt = 0,
+    power_range: RangeOpt = None,
+    output: OutDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "cpu",
+    json_out: JsonOpt = False,
+) -> None:
+    """StyleSpace (Wu et al. 2021): a single style channel of one conv layer, given by --layer/--channel or detected
+    from --labels (largest |mean_pos - mean| / std_pos)."""
+    from gie_cli.editing.directions import check_name, generator_binding
+    from gie_cli.editing.fit import detect_stylespace_channels, sample_w, style_statistics, stylespace_direction
+    from gie_cli.editing.stylespace import s_index_to_layer
+
+    check_name(name)
+    g, wid = load_generator(weights, device)
+    sign, extra = 1.0, {}
+    if labels is not None:
+        if layer is not None or channel is not None:
+            raise UsageError("give either --labels or --layer/--channel")
+        x, y = load_labels_checked(labels, g)
+        best = detect_stylespace_channels(g, x, y.reshape(len(y), -1)[:, 0])
+        layer, channel, theta, sign = best[0]
+        extra = {"labels": str(labels.resolve()), "theta": theta, "candidates": [list(b) for b in best]}
+        log.info("StyleSpace: most specific channel %d of layer %d (theta %.3f)", channel, layer, theta)
+    elif layer is None or channel is None:
+        raise UsageError("give --layer and --channel, or --labels")
+    elif s_index:
+        try:
+            layer = s_index_to_layer(layer)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    if not 0 <= layer < g.num_layers:
+        raise UsageError(f"conv layer {layer} out of range 0..{g.num_layers - 1}")
+    if scale is None:
+        _, std = style_statistics(g, sample_w(g, samples, seed))[layer]
+        scale = float(std[channel]) if 0 <= channel < len(std) else 1.0
+    prov = _provenance("fit:stylespace", samples=samples, seed=seed, **extra)
+    d = stylespace_direction(
+        name, g, layer, channel, scale, generator_binding(g, wid), prov, sign, parse_range(power_range) or (-10.0, 10.0)
+    )
+    _write([d], output, overwrite, json_out)
+
+
+@command(name="label", target=fit_app)
+def fit_label(
+    name: NameOpt,
+    weights: WeightsOpt,
+    attribute: Annotated[str, typer.Option("--attribute", help="Attribute index, or name (e.g. Smiling).")],
+    classifier: Annotated[
+        Path | None,
+        typer.Option(
+            "--classifier",
+            help="Trained latent classifier: an official LCNet_40 checkpoint ({'state_dict': ...}) or a gie "
+            "safetensors file. Without it one is trained on --labels.",
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="Labelled W+ latents to train a classifier on (see interfacegan).")
+    ] = None,
+    activation: Annotated[
+        str, typer.Option("--activation", help="Classifier activation: leakyrelu (official editing) | relu.")
+    ] = "leakyrelu",
+    target: Annotated[float, typer.Option("--target", min=0.0, max=1.0, help="Target label y_t.")] = 1.0,
+    order: Annotated[int, typer.Option("--order", min=1, max=2, help="1: first-order, 2: second-order edit.")] = 1,
+    xi: Annotated[float, typer.Option("--xi", help="Second-order finite-difference step (supplement: 1e-3).")] = 1e-3,
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, help="Training steps of a classifier fitted on --labels.")
+    ] = 500,
+    seed: SeedOpt = 0,
+    layers: LayersOpt = None,
+    power_range: RangeOpt = None,
+    output: OutDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "cpu",
+    json_out: JsonOpt = False,
+) -> None:
+    """Style Transformer (Hu et al. 2022) label-based editing: a per-latent path along the (first- or second-order)
+    gradient of a latent attribute classifier toward --target; the classifier is stored in the direction file."""
+    from gie_cli.editing.directions import check_name, generator_binding
+    from gie_cli.editing.fit import label_direction, train_latent_classifier
+    from gie_cli.editing.label import LatentClassifier, classifier_config_from_state_dict
+    from gie_cli.io.checkpoint import get_prefixed, load_state_dict_strict, read_checkpoint
+
+    check_name(name)
+    if (classifier is None) == (labels is None):
+        raise UsageError("give exactly one of --classifier and --labels")
+    g, wid = load_generator(weights, device)
+    if classifier is not None:
+        ck = read_checkpoint(classifier)
+        sd = ck["state_dict"] if isinstance(ck.get("state_dict"), dict) else ck
+        if any(k.startswith("classifier.") for k in sd):
+            sd = get_prefixed(sd, "classifier")
+        try:
+            cfg = classifier_config_from_state_dict(sd)
+        except ValueError as e:
+            raise UsageError(f"--classifier {classifier}: {e}") from None
+        clf = LatentClassifier(**cfg, activation=activation)
+        load_state_dict_strict(clf, sd, str(classifier))
+        clf.eval().requires_grad_(False)
+        source: dict[str, Any] = {"classifier": str(classifier.resolve())}
+    else:
+        x, y = load_labels_checked(labels, g)
+        if x.ndim != 3:
+            raise UsageError("--labels must hold W+ latents [N, L, D] to train a latent classifier")
+        clf = train_latent_classifier(x, y, steps=steps, seed=seed, activation=activation)
+        source = {"labels": str(labels.resolve()), "steps": steps}
+    if clf.fmaps[0] != g.n_latent * g.style_dim:
+        raise UsageError(
+            f"the classifier takes {clf.fmaps[0]} inputs; this generator's W+ has {g.n_latent * g.style_dim}"
+        )
+    try:
+        idx = clf.attribute_index(attribute)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    prov = _provenance(f"fit:label[order={order}]", **source)
+    d = label_direction(
+        name, clf, idx, generator_binding(g, wid), prov, target, order, xi, seed,
+        parse_layers(layers, g.n_latent), parse_range(power_range) or (0.0, 5.0),
+    )  # fmt: skip
+    _write([d], output, overwrite, json_out)
