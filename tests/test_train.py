@@ -104,3 +104,43 @@ def test_train_usage_errors(world, tmp_path):
     assert res.exit_code == 2 and "not a folder" in res.stderr
     res = _train(gen, data, tmp_path / "r2", "--steps", "2", "--resume", "latest")
     assert res.exit_code == 2 and "no snapshot" in res.stderr
+
+
+def test_world_generator_regression_lowers_loss(tmp_path):
+    runs = tmp_path / "runs"
+    args = [
+        "train",
+        "--method",
+        "generator",
+        "--data",
+        "synthface",
+        "--steps",
+        "25",
+        "--batch-size",
+        "8",
+        "--run-dir",
+        runs,
+        "--set",
+        "pool=32",
+        "--set",
+        "size=32",
+        "--set",
+        "channel_max=32",
+        "--set",
+        "style_dim=32",
+        "--set",
+        "n_mlp=2",
+        "--set",
+        "lr=0.005",
+    ]
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    m = _metrics(runs / "00000-generator")
+    assert m[-1]["loss"] < 0.7 * m[0]["loss"], (m[0], m[-1])
+    from gie_cli.methods.loading import build_generator, read_components
+
+    comp = read_components(Path(res.stdout.strip()))
+    g = build_generator(comp)
+    assert g.size == 32 and comp.config["world"]["z_attributes"][0] == "yaw"
+    res = runner.invoke(app, ["train", "--method", "generator", "--data", str(tmp_path), "--steps", "1"])
+    assert res.exit_code == 2 and "synthface" in res.stderr
