@@ -91,6 +91,7 @@ def create_trainer(name: str, **kwargs) -> Trainer:
 
 def _load_builtin() -> None:
     from gie_cli.methods import base as _methods
-    from gie_cli.synth import train as _world  # noqa: F401 - the synthetic-world generator trainer
+    from gie_cli.synth import estimator as _estimator  # noqa: F401 - the synthetic world's trainers
+    from gie_cli.synth import train as _world  # noqa: F401
 
     _methods._load_builtin()  # method modules register their trainers next to their inference code
