@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -246,20 +245,18 @@ class MediapipeBackend:
 def face_alignment_weight_files() -> dict[str, list[Path]]:
     """Where the face-alignment weights are looked for: file name -> candidate paths in lookup order.
 
-    ``$GIE_CACHE_DIR/torch/<file>`` (when ``GIE_CACHE_DIR`` is set), then ``torch.hub.get_dir()/checkpoints/<file>``
-    (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``).
+    ``<gie cache>/torch/<file>`` (where `gie weights download face_alignment.fan4 face_alignment.s3fd` puts them),
+    then ``torch.hub.get_dir()/checkpoints/<file>`` (``$TORCH_HOME/hub/checkpoints``, default
+    ``~/.cache/torch/hub/checkpoints``).
     """
     import torch
 
-    out = {}
-    for name in FACE_ALIGNMENT_FILES:
-        cands = []
-        cache = os.environ.get("GIE_CACHE_DIR")
-        if cache:
-            cands.append(Path(cache).expanduser() / "torch" / name)
-        cands.append(Path(torch.hub.get_dir()) / "checkpoints" / name)
-        out[name] = cands
-    return out
+    from gie_cli.weights import cache_dir
+
+    return {
+        name: [cache_dir() / "torch" / name, Path(torch.hub.get_dir()) / "checkpoints" / name]
+        for name in FACE_ALIGNMENT_FILES
+    }
 
 
 def _find_face_alignment_weights() -> dict[str, Path]:

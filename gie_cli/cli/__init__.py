@@ -57,9 +57,10 @@ def _root(
     setup_logging(-1 if quiet else verbose)
 
 
-def command(*args, **kwargs):
+def command(*args, target: typer.Typer | None = None, **kwargs):
     """``app.command`` plus gie's error policy: an error is one line on stderr and exit 1 (usage errors: 2).
 
+    ``target`` registers the command on a sub-app (e.g. ``gie weights``) instead of the root app.
     Set ``GIE_DEBUG=1`` for the traceback.
     """
 
@@ -86,7 +87,7 @@ def command(*args, **kwargs):
                 typer.echo(f"error: {type(e).__name__}: {e} (set GIE_DEBUG=1 for the traceback)", err=True)
                 raise typer.Exit(1) from None
 
-        return app.command(*args, **kwargs)(wrapper)
+        return (app if target is None else target).command(*args, **kwargs)(wrapper)
 
     return decorate
 

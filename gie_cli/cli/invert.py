@@ -51,7 +51,12 @@ def invert(
         typer.Argument(help="Face photos or aligned face crops, folders, or - to read paths from stdin."),
     ] = None,
     method: Annotated[str, typer.Option("--method", "-m", help="Inversion method (see `gie invert --help`).")] = "e4e",
-    weights: Annotated[str | None, typer.Option("--weights", "-w", help="Checkpoint file of the method.")] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            "--weights", "-w", help="Weights of the method: a registry name (gie weights list) or a checkpoint file."
+        ),
+    ] = None,
     settings: Annotated[
         list[str] | None, typer.Option("--set", help="Method setting KEY=VALUE (repeatable), e.g. --set steps=200.")
     ] = None,

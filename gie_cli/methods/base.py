@@ -6,7 +6,6 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -151,8 +150,12 @@ def create_method(
         from gie_cli.errors import UsageError
 
         raise UsageError(f"unknown method {name!r}", hint=f"choose one of: {', '.join(sorted(_METHODS))}")
+    if weights:  # a registry name or a path -> the file (downloaded if needed; offline: a clear error)
+        from gie_cli.weights import resolve_weights
+
+        weights = str(resolve_weights(weights, method=name).resolve())
     method = _METHODS[name][0](weights, **options)
-    method.weights_path = str(Path(weights).expanduser().resolve()) if weights else ""
+    method.weights_path = weights or ""
     method.options = {k: str(v) for k, v in options.items()}
     return method.to(device).eval()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gie_cli.errors import CheckpointError, UsageError
+from gie_cli.errors import CheckpointError
 from gie_cli.io.checkpoint import (
     get_prefixed,
     latent_avg_as_wplus,
@@ -22,6 +22,7 @@ from gie_cli.io.checkpoint import (
 from gie_cli.io.images import sha256_file
 from gie_cli.models.encoders import UNIT_COUNTS, create_encoder
 from gie_cli.models.stylegan2 import Generator, generator_config_from_state_dict
+from gie_cli.weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +179,10 @@ def save_components(path: str | Path, modules: dict[str, nn.Module], config: dic
 
 
 def require_weights(weights: str | None, method: str, what: str) -> Path:
-    """The ``--weights`` path, or a usage error saying what the method needs."""
-    if not weights:
-        raise UsageError(f"--method {method} needs --weights", hint=f"pass {what}")
-    p = Path(weights).expanduser()
-    if not p.is_file():
-        raise UsageError(f"--weights {weights}: file not found", hint=f"pass {what}")
-    return p
+    """Resolve ``--weights`` through the weights registry: a file path, or a registry name (e.g. ``e4e.ffhq``).
+
+    A registry name that is not cached is downloaded (verified); offline (``GIE_OFFLINE=1``) it raises
+    :class:`~gie_cli.errors.WeightsUnavailableError` naming the expected path, URLs and sha256. Nothing given is a
+    usage error listing the registry names for ``method`` (gie has no embedded default weights yet).
+    """
+    return resolve_weights(weights, method=method, what=what)

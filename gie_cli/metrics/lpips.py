@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -147,7 +146,9 @@ def backbone_weight_candidates(net: str, path: str | Path | None = None) -> list
     """The paths checked for the backbone checkpoint of ``net``, in lookup order.
 
     An explicit ``path`` is the only candidate (a directory means ``<path>/<file>``); otherwise
-    ``$GIE_CACHE_DIR/torch/<file>`` (when ``GIE_CACHE_DIR`` is set), then ``torch.hub.get_dir()/checkpoints/<file>``.
+    ``<gie weights cache>/torch/<file>`` (where ``gie weights download lpips.vgg|lpips.alex`` puts it; the cache is
+    ``GIE_CACHE_DIR``, else ``$XDG_CACHE_HOME/gie``, else the platform cache folder), then
+    ``torch.hub.get_dir()/checkpoints/<file>``.
 
     Args:
         net: ``"vgg"`` or ``"alex"``.
@@ -160,10 +161,9 @@ def backbone_weight_candidates(net: str, path: str | Path | None = None) -> list
     if path is not None:
         p = Path(path).expanduser()
         return [p / name if p.is_dir() else p]
-    out: list[Path] = []
-    cache = os.environ.get("GIE_CACHE_DIR")
-    if cache:
-        out.append(Path(cache).expanduser() / "torch" / name)
+    from gie_cli.weights.cache import cache_dir
+
+    out = [cache_dir() / "torch" / name]
     out.append(Path(torch.hub.get_dir()) / "checkpoints" / name)
     return out
 
@@ -185,7 +185,13 @@ def find_backbone_weights(net: str, path: str | Path | None = None) -> Path:
     for p in candidates:
         if p.is_file():
             return p
-    raise WeightsUnavailableError(BACKBONE_FILES[net], candidates[0], [BACKBONE_URLS[net]], candidates)
+    raise WeightsUnavailableError(
+        BACKBONE_FILES[net],
+        candidates[0],
+        [BACKBONE_URLS[net]],
+        candidates,
+        hint=f"or run `gie weights download lpips.{net}`" if path is None else None,
+    )
 
 
 def head_weights_path(net: str) -> Path:
@@ -251,7 +257,7 @@ class LPIPS(nn.Module):
     Args:
         net: Backbone, ``"vgg"`` (VGG16: relu1_2, relu2_2, relu3_3, relu4_3, relu5_3) or ``"alex"`` (relu1..relu5).
         backbone_weights: Explicit torchvision checkpoint (file or folder holding it). None looks in
-            ``$GIE_CACHE_DIR/torch/`` then ``torch.hub.get_dir()/checkpoints/``.
+            ``<gie weights cache>/torch/`` then ``torch.hub.get_dir()/checkpoints/``.
         pretrained_backbone: False leaves the backbone randomly initialised (tests only); the heads are always
             the pretrained v0.1 ones.
 

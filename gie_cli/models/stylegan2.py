@@ -569,3 +569,87 @@ def discriminator_config_from_state_dict(sd: Mapping[str, Tensor]) -> dict:
         channels[size >> i] = int(sd[f"convs.{i}.conv2.1.weight"].shape[0])
     channels[4] = int(sd["final_conv.0.weight"].shape[0])
     return {"size": size, "channels": channels}
+
+
+def convert_nvidia_ada_generator(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Tensor | None]:
+    """Convert an NVIDIA stylegan2-ada-pytorch ``G_ema`` state dict to the rosinality layout of :class:`Generator`.
+
+    Pure renames and reshapes, no value changes except the resampling kernels (NVIDIA stores the normalised
+    ``[1,3,3,1]`` filter and applies the upsampling gain 4 at run time; rosinality bakes the x4 into its buffers).
+    No kernel flips, transposes or gains: both layouts store the same values. The unused ``resample_filter``
+    buffers are dropped; ``mapping.w_avg`` is returned separately as the checkpoint-level ``latent_avg``. Only the
+    ``skip`` architecture without class conditioning is supported.
+
+    Args:
+        state_dict: ``G_ema.state_dict()`` keys (``mapping.fc{i}.*``, ``mapping.w_avg``, ``synthesis.b{R}.*``).
+
+    Returns:
+        ``(rosinality_state_dict, w_avg)``: the state dict (in rosinality's key order) loads strictly into
+        ``Generator(**generator_config_from_state_dict(sd))``; ``w_avg`` is ``[w_dim]``, or None if absent.
+
+    Raises:
+        ValueError: The keys are not those of an unconditional NVIDIA StyleGAN2 generator with skip ToRGBs.
+    """
+    import re
+
+    sd = dict(state_dict)
+    if "synthesis.b4.const" not in sd or "mapping.fc0.weight" not in sd:
+        raise ValueError("not an NVIDIA StyleGAN2 G_ema state dict (missing synthesis.b4.const / mapping.fc0.weight)")
+    if any(k.startswith("mapping.embed.") for k in sd):
+        raise ValueError("class-conditional generators (mapping.embed.*) have no rosinality equivalent")
+    res = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(r"synthesis\.b(\d+)\.conv1\.weight", k)))
+    if not res or res != [4 * 2**i for i in range(len(res))]:
+        raise ValueError(f"unexpected synthesis blocks {res}; expected b4, b8, b16, ...")
+    if any(f"synthesis.b{r}.torgb.weight" not in sd for r in res):
+        raise ValueError("every block needs a torgb layer ('skip' architecture); 'orig'/'resnet' are not supported")
+    used: set[str] = set()
+
+    def take(key: str) -> Tensor:
+        used.add(key)
+        return sd[key]
+
+    def styled(src: str, dst: str, blur: bool) -> dict[str, Tensor]:
+        out = {f"{dst}.conv.weight": take(f"{src}.weight").unsqueeze(0)}
+        if blur:
+            out[f"{dst}.conv.blur.kernel"] = take(f"{src}.resample_filter") * 4
+        out[f"{dst}.conv.modulation.weight"] = take(f"{src}.affine.weight")
+        out[f"{dst}.conv.modulation.bias"] = take(f"{src}.affine.bias")
+        out[f"{dst}.noise.weight"] = take(f"{src}.noise_strength").reshape(1)
+        out[f"{dst}.activate.bias"] = take(f"{src}.bias")
+        return out
+
+    def to_rgb(src: str, dst: str, upsample_filter: str | None) -> dict[str, Tensor]:
+        out = {f"{dst}.bias": take(f"{src}.bias").reshape(1, -1, 1, 1)}
+        if upsample_filter is not None:
+            out[f"{dst}.upsample.kernel"] = take(upsample_filter) * 4
+        out[f"{dst}.conv.weight"] = take(f"{src}.weight").unsqueeze(0)
+        out[f"{dst}.conv.modulation.weight"] = take(f"{src}.affine.weight")
+        out[f"{dst}.conv.modulation.bias"] = take(f"{src}.affine.bias")
+        return out
+
+    head: dict[str, Tensor] = {}
+    n_fc = sum(1 for k in sd if re.fullmatch(r"mapping\.fc\d+\.weight", k))
+    for i in range(n_fc):
+        head[f"style.{i + 1}.weight"] = take(f"mapping.fc{i}.weight")
+        head[f"style.{i + 1}.bias"] = take(f"mapping.fc{i}.bias")
+    w_avg = take("mapping.w_avg") if "mapping.w_avg" in sd else None
+    head["input.input"] = take("synthesis.b4.const").unsqueeze(0)
+    head.update(styled("synthesis.b4.conv1", "conv1", blur=False))
+    head.update(to_rgb("synthesis.b4.torgb", "to_rgb1", None))
+    convs: dict[str, Tensor] = {}
+    rgbs: dict[str, Tensor] = {}
+    noise_srcs = ["synthesis.b4.conv1"]
+    for k, r in enumerate(res[1:]):
+        convs.update(styled(f"synthesis.b{r}.conv0", f"convs.{2 * k}", blur=True))
+        convs.update(styled(f"synthesis.b{r}.conv1", f"convs.{2 * k + 1}", blur=False))
+        rgbs.update(to_rgb(f"synthesis.b{r}.torgb", f"to_rgbs.{k}", f"synthesis.b{r}.resample_filter"))
+        noise_srcs += [f"synthesis.b{r}.conv0", f"synthesis.b{r}.conv1"]
+    noises = {}
+    for i, src in enumerate(noise_srcs):  # noise_i feeds styled layer i: b4.conv1, then conv0/conv1 per block
+        n = take(f"{src}.noise_const")
+        noises[f"noises.noise_{i}"] = n.reshape(1, 1, *n.shape[-2:])
+    unused = [k for k in sd if k not in used and not k.endswith("resample_filter")]
+    if unused:
+        raise ValueError(f"unexpected NVIDIA generator keys: {', '.join(unused[:8])}")
+    out = {**head, **convs, **rgbs, **noises}  # rosinality's module order
+    return {k: v.contiguous() for k, v in out.items()}, w_avg

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ __all__ = [
     "entry_path",
     "meta_path",
     "lock_path",
+    "partial_path",
     "file_lock",
     "sha256_file",
     "Verification",
@@ -35,8 +37,10 @@ logger = logging.getLogger(__name__)
 
 CACHE_ENV = "GIE_CACHE_DIR"
 OFFLINE_ENV = "GIE_OFFLINE"
+APPROX_MIN_FRACTION = 0.5
+"""A file smaller than this fraction of ``size_approx`` is rejected (truncated, or not the expected file)."""
 APPROX_TOLERANCE = 0.25
-"""Relative deviation from ``size_approx`` beyond which a file is rejected as not the expected one."""
+"""Relative deviation from ``size_approx`` beyond which a warning says the file may not be the expected one."""
 _TRUE = {"1", "true", "yes", "on"}
 _CHUNK = 1 << 20
 
@@ -55,10 +59,10 @@ def cache_dir(override: str | Path | None = None) -> Path:
         Absolute path of the cache folder.
     """
     if override is not None and str(override):
-        return Path(override).expanduser().resolve()
+        return Path(override).expanduser().absolute()
     env = os.environ.get(CACHE_ENV)
     if env:
-        return Path(env).expanduser().resolve()
+        return Path(env).expanduser().absolute()
     xdg = os.environ.get("XDG_CACHE_HOME")
     if xdg and Path(xdg).expanduser().is_absolute():
         return Path(xdg).expanduser() / "gie"
@@ -145,11 +149,14 @@ def file_lock(path: Path, poll: float = 0.1, timeout: float | None = None) -> It
     Raises:
         TimeoutError: ``timeout`` passed.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     told = False
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder does not exist (yet, or again after a failed download removed it)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
         if _lock_fd(fd, blocking=False):
             try:
                 same = os.path.samestat(os.fstat(fd), os.stat(path))
@@ -211,7 +218,7 @@ def write_meta(path: Path, entry: WeightEntry, sha256: str, how: str, url: str =
         "registry_sha256": entry.sha256 or "unknown",
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    tmp = meta_path(path).with_name(meta_path(path).name + f".tmp-{os.getpid()}")
+    tmp = meta_path(path).with_name(meta_path(path).name + f".tmp-{os.getpid()}-{threading.get_ident()}")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, meta_path(path))
 
@@ -266,8 +273,9 @@ def check_file(
     """Checks a file's size and hash against ``entry``.
 
     The strongest available check decides: the full upstream SHA-256; else its known prefix/suffix digits; else a
-    hash recorded earlier by gie (``recorded_sha256``); else the exact size; else the approximate size (+-25%) and
-    a sniff for HTML/LFS pointers. The hash is always computed (it is recorded for later checks).
+    hash recorded earlier by gie (``recorded_sha256``); else the exact size; else a sniff for HTML/LFS pointers and
+    the approximate size (less than half of it is rejected; more than 25% off is only noted). The hash is always
+    computed (it is recorded for later checks).
 
     Args:
         path: The file.
@@ -287,13 +295,13 @@ def check_file(
         junk = _html_or_text(path)
         if junk:
             return Verification(False, "none", "", size, junk)
-        if entry.size_approx and abs(size - entry.size_approx) > APPROX_TOLERANCE * entry.size_approx:
+        if entry.size_approx and size < APPROX_MIN_FRACTION * entry.size_approx:
             return Verification(
                 False,
                 "approx",
                 "",
                 size,
-                f"size {size} bytes is far from the expected ~{entry.size_approx} bytes",
+                f"size {size} bytes is far below the expected ~{entry.size_approx} bytes (truncated or wrong file)",
             )
     digest = sha256_file(path, on_bytes)
     if entry.sha256:
@@ -313,8 +321,10 @@ def check_file(
         return Verification(True, "recorded", digest, size, "no upstream sha256; matches the hash recorded earlier")
     if entry.size:
         return Verification(True, "size", digest, size, "no upstream sha256; verified by size only")
-    level = "approx" if entry.size_approx else "none"
-    return Verification(True, level, digest, size, "no upstream sha256 or exact size; content not verified")
+    note = "no upstream sha256 or exact size; content not verified"
+    if entry.size_approx and abs(size - entry.size_approx) > APPROX_TOLERANCE * entry.size_approx:
+        note += f" (size {size} bytes differs from the expected ~{entry.size_approx} by more than 25%)"
+    return Verification(True, "approx" if entry.size_approx else "none", digest, size, note)
 
 
 def verify_cached(

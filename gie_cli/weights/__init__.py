@@ -1,0 +1,37 @@
+"""Weights registry (``weights.toml``), cache, verified resumable downloads, imports and format conversion."""
+
+from gie_cli.weights.cache import Verification, cache_dir, entry_path, is_offline, verify_cached
+from gie_cli.weights.download import DownloadError, DownloadOptions, download_entry
+from gie_cli.weights.registry import Registry, RegistryError, WeightEntry, load_registry, registry_path
+from gie_cli.weights.store import (
+    converted_path,
+    ensure,
+    entry_status,
+    import_file,
+    offline_error,
+    remove,
+    resolve_weights,
+)
+
+__all__ = [
+    "DownloadError",
+    "DownloadOptions",
+    "Registry",
+    "RegistryError",
+    "Verification",
+    "WeightEntry",
+    "cache_dir",
+    "converted_path",
+    "download_entry",
+    "ensure",
+    "entry_path",
+    "entry_status",
+    "import_file",
+    "is_offline",
+    "load_registry",
+    "offline_error",
+    "registry_path",
+    "remove",
+    "resolve_weights",
+    "verify_cached",
+]

@@ -1,0 +1,341 @@
+"""High-level weights API: resolve a name or path to a verified local file, download, import, remove."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from gie_cli.errors import CheckpointError, UsageError, WeightsUnavailableError
+from gie_cli.weights.cache import (
+    Verification,
+    cache_dir,
+    check_file,
+    entry_path,
+    file_lock,
+    is_offline,
+    lock_path,
+    meta_path,
+    partial_path,
+    verify_cached,
+    write_meta,
+)
+from gie_cli.weights.download import DownloadOptions, ProgressCallback, download_entry, rich_progress
+from gie_cli.weights.registry import Registry, WeightEntry, load_registry
+
+__all__ = [
+    "EntryStatus",
+    "converted_path",
+    "ensure",
+    "entry_status",
+    "import_file",
+    "offline_error",
+    "remove",
+    "resolve_weights",
+]
+
+logger = logging.getLogger(__name__)
+
+_PATH_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt", ".safetensors", ".npy", ".bin")
+
+
+def converted_path(entry: WeightEntry, cache: str | Path | None = None) -> Path:
+    """Where ``gie weights import --convert`` stores the gie-format conversion of ``entry``'s file."""
+    p = entry_path(entry, cache)
+    return p.with_name(p.stem + ".gie.safetensors")
+
+
+def offline_error(entry: WeightEntry, path: Path, reason: str = "") -> WeightsUnavailableError:
+    """The error for a weights file that is not in the cache while downloads are off.
+
+    It names the entry, the exact path to put the file at, the mirrors and the expected sha256/size, so the file
+    can be placed by hand.
+    """
+    sha = entry.sha256 or (
+        f"unknown (known digits: {entry.sha256_prefix or ''}...{entry.sha256_suffix or ''})"
+        if entry.sha256_prefix or entry.sha256_suffix
+        else "unknown"
+    )
+    size = f"{entry.size} bytes" if entry.size else (f"~{entry.size_approx} bytes" if entry.size_approx else "unknown")
+    why = f"{reason}; " if reason else ""
+    err = WeightsUnavailableError(
+        f"{entry.name} ({entry.filename})",
+        path,
+        entry.urls,
+        hint=(
+            f"{why}offline mode (--offline / GIE_OFFLINE=1) makes no network calls; expected sha256 {sha}, size "
+            f"{size}; or place the file with `gie weights import FILE --name {entry.name}`"
+        ),
+    )
+    err.entry = entry.name  # type: ignore[attr-defined]
+    err.sha256 = entry.sha256 or "unknown"  # type: ignore[attr-defined]
+    return err
+
+
+def ensure(
+    entry: WeightEntry | str,
+    registry: Registry | None = None,
+    cache: str | Path | None = None,
+    offline: bool | None = None,
+    options: DownloadOptions | None = None,
+    progress: ProgressCallback | None = None,
+    force: bool = False,
+) -> Path:
+    """The verified local file of a registry entry, downloading it when needed.
+
+    Args:
+        entry: The entry or its name.
+        registry: Registry to look names up in (default: :func:`load_registry`).
+        cache: Cache folder override (``--cache-dir``).
+        offline: Force offline mode (None: ``GIE_OFFLINE``).
+        options: Download settings.
+        progress: Byte progress callback (None: a rich bar on stderr when enabled).
+        force: Download again even when a verified copy exists.
+
+    Returns:
+        Path of the verified file in the cache.
+
+    Raises:
+        UsageError: Unknown name.
+        WeightsUnavailableError: Offline and the file is missing or fails verification (no network call is made).
+        DownloadError: Online and the download failed.
+    """
+    if isinstance(entry, str):
+        entry = (registry or load_registry()).get(entry)
+    path = entry_path(entry, cache)
+    if is_offline(offline):
+        v = verify_cached(path, entry)
+        if not v.ok:
+            raise offline_error(entry, path, "" if v.reason == "missing" else f"the cached file is bad: {v.reason}")
+        _warn_weak(entry, v)
+        return path
+    if not force and path.is_file():
+        v = verify_cached(path, entry)
+        if v.ok:
+            _warn_weak(entry, v)
+            return path
+    if progress is None:
+        with rich_progress(f"{entry.name}") as bar:
+            download_entry(entry, path, options, bar, force=force)
+    else:
+        download_entry(entry, path, options, progress, force=force)
+    return path
+
+
+def _warn_weak(entry: WeightEntry, v: Verification) -> None:
+    if v.level in ("size", "approx", "none"):
+        logger.warning("%s: %s", entry.name, v.reason)
+    elif v.weak:
+        logger.debug("%s: %s", entry.name, v.reason)
+
+
+def _looks_like_path(spec: str) -> bool:
+    return any(sep in spec for sep in ("/", "\\")) or spec.startswith(("~", ".")) or spec.endswith(_PATH_SUFFIXES)
+
+
+def resolve_weights(
+    spec: str | None,
+    method: str | None = None,
+    what: str = "weights",
+    registry: Registry | None = None,
+    cache: str | Path | None = None,
+    offline: bool | None = None,
+) -> Path:
+    """Resolves a ``--weights`` value: an existing file path, or a registry name (downloaded when not cached).
+
+    Args:
+        spec: File path or registry name; None/empty means the embedded default, which does not exist yet.
+        method: The method asking (for messages and a consistency warning).
+        what: Description of what the method needs (for messages).
+        registry: Registry (default: :func:`load_registry`).
+        cache: Cache folder override.
+        offline: Force offline mode (None: ``GIE_OFFLINE``).
+
+    Returns:
+        Path of the file to load.
+
+    Raises:
+        UsageError: Nothing given, a path that does not exist, an unknown name, or an entry that needs
+            ``gie weights import --convert`` first.
+        WeightsUnavailableError: Offline and the named file is not cached.
+        DownloadError: The named file could not be downloaded.
+    """
+    flag = f"--method {method} " if method else ""
+    if not spec:
+        reg = registry or _try_registry()
+        names = [e.name for e in reg.for_method(method)] if reg is not None and method else []
+        listing = f"registry names for {method}: {', '.join(names)}; " if names else ""
+        raise UsageError(
+            f"{flag}needs --weights ({what}); gie has no built-in default weights yet",
+            hint=f"pass --weights NAME or --weights FILE; {listing}see `gie weights list`",
+        )
+    p = Path(spec).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        raise UsageError(f"--weights {spec}: is a folder, expected a checkpoint file", hint=f"pass {what}")
+    reg = registry or load_registry()
+    if spec not in reg:
+        if _looks_like_path(spec):
+            raise UsageError(f"--weights {spec}: file not found", hint=f"pass {what}")
+        reg.get(spec)  # raises UsageError with close names
+    entry = reg.get(spec)
+    if method and entry.method and method not in entry.method:
+        logger.warning("--weights %s is registered for %s, not for %s", entry.name, ", ".join(entry.method), method)
+    if entry.convert:
+        conv = converted_path(entry, cache)
+        if conv.is_file():
+            return conv
+        raw = entry_path(entry, cache)
+        raise UsageError(
+            f"--weights {entry.name}: the {entry.format} file needs a one-time conversion to gie's format",
+            hint=(
+                f"run `gie weights download {entry.name}` and then `gie weights import --convert {raw} "
+                f"--name {entry.name}` (reading a pickle executes no code in gie, but read the warning it prints)"
+            ),
+        )
+    return ensure(entry, reg, cache, offline)
+
+
+def _try_registry() -> Registry | None:
+    try:
+        return load_registry()
+    except Exception:  # a broken registry must not hide the real message
+        return None
+
+
+@dataclass
+class EntryStatus:
+    """State of an entry in the cache.
+
+    Attributes:
+        entry: The registry entry.
+        path: Where the file lives (or would live).
+        cached: The file exists.
+        partial: Bytes of an unfinished download (0 if none).
+        verified: Verification result, when checked.
+    """
+
+    entry: WeightEntry
+    path: Path
+    cached: bool
+    partial: int = 0
+    verified: Verification | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-friendly view (entry facts + cache state)."""
+        d = self.entry.to_dict()
+        d.update(path=str(self.path), cached=self.cached, partial_bytes=self.partial)
+        if self.verified is not None:
+            d.update(
+                ok=self.verified.ok,
+                check=self.verified.level,
+                file_sha256=self.verified.sha256,
+                file_size=self.verified.size,
+                reason=self.verified.reason,
+            )
+        return d
+
+
+def entry_status(entry: WeightEntry, cache: str | Path | None = None, verify: bool = False) -> EntryStatus:
+    """Where ``entry`` is and whether it is there; with ``verify``, re-hash it against the registry."""
+    path = entry_path(entry, cache)
+    part = partial_path(path)
+    st = EntryStatus(entry, path, path.is_file(), part.stat().st_size if part.is_file() else 0)
+    if verify:
+        st.verified = verify_cached(path, entry, rehash=True)
+    return st
+
+
+def import_file(
+    src: str | Path,
+    entry: WeightEntry,
+    cache: str | Path | None = None,
+    link: bool = False,
+    force: bool = False,
+) -> tuple[Path, Verification]:
+    """Verifies a file the user already has and places it in the cache as ``entry``.
+
+    Args:
+        src: The file.
+        entry: The registry entry it should be.
+        cache: Cache folder override.
+        link: Hard-link instead of copying (falls back to a copy across filesystems).
+        force: Replace a cached copy that verifies too.
+
+    Returns:
+        ``(cache path, verification)``.
+
+    Raises:
+        UsageError: ``src`` does not exist.
+        CheckpointError: ``src`` fails verification (nothing is written).
+    """
+    s = Path(src).expanduser()
+    if not s.is_file():
+        raise UsageError(f"{src}: file not found")
+    dest = entry_path(entry, cache)
+    v = check_file(s, entry)
+    if not v.ok:
+        raise CheckpointError(
+            s,
+            f"is not {entry.name} ({entry.filename}): {v.reason}",
+            hint="check you have the right file; `gie weights list --json` shows the expected sha256 and size",
+        )
+    if v.weak:
+        logger.warning("%s: %s (sha256 %s recorded for later checks)", entry.name, v.reason, v.sha256)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(lock_path(dest)):
+        if dest.exists() and not force:
+            with contextlib.suppress(OSError):
+                if os.path.samefile(dest, s):
+                    write_meta(dest, entry, v.sha256, "import", str(s.resolve()))
+                    return dest, v
+            cur = verify_cached(dest, entry)
+            if cur.ok and cur.sha256 == v.sha256:
+                logger.info("%s is already in the cache at %s", entry.name, dest)
+                return dest, v
+        tmp = dest.with_name(dest.name + f".import-{os.getpid()}")
+        try:
+            done = False
+            if link:
+                try:
+                    os.link(s, tmp)
+                    done = True
+                except OSError as e:
+                    logger.info("cannot hard-link %s into the cache (%s); copying", s, e.strerror or e)
+            if not done:
+                shutil.copyfile(s, tmp)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        write_meta(dest, entry, v.sha256, "import", str(s.resolve()))
+    logger.info("imported %s into %s (%s)", entry.name, dest, "linked" if link else "copied")
+    return dest, v
+
+
+def remove(entry: WeightEntry, cache: str | Path | None = None) -> list[Path]:
+    """Deletes ``entry``'s file, its record, partial download and conversion from the cache.
+
+    Returns:
+        The paths that were removed.
+    """
+    path = entry_path(entry, cache)
+    removed: list[Path] = []
+    with file_lock(lock_path(path)):
+        for p in (
+            path,
+            meta_path(path),
+            partial_path(path),
+            partial_path(path).with_name(partial_path(path).name + ".url"),
+            converted_path(entry, cache),
+        ):
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+                removed.append(p)
+    with contextlib.suppress(OSError):
+        if path.parent != cache_dir(cache):
+            path.parent.rmdir()
+    return removed
