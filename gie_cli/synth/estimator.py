@@ -20,6 +20,7 @@ from gie_cli.io.checkpoint import load_safetensors, load_state_dict_strict, save
 from gie_cli.synth.params import ATTRIBUTES, attribute_vector, sample_params
 from gie_cli.synth.render import render
 from gie_cli.training.base import Trainer, register_trainer
+from gie_cli.training.data import index_batches
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +117,7 @@ class EstimatorTrainer(Trainer):
         self.attrs = torch.from_numpy(attrs)
 
     def batches(self) -> Iterator[Tensor]:
-        gen = torch.Generator().manual_seed(self.seed)
-        while True:
-            perm = torch.randperm(len(self.images), generator=gen)
-            for i in range(0, len(perm) - self.batch_size + 1, self.batch_size):
-                yield perm[i : i + self.batch_size]
+        return index_batches(len(self.images), self.batch_size, self.seed)
 
     def train_step(self, batch: Tensor, step: int) -> dict[str, float]:
         x = self.images[batch].to(self.device).float() / 127.5 - 1  # no flips: yaw and lighting are not symmetric

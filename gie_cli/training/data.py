@@ -62,3 +62,12 @@ def endless(dataset: Dataset, batch_size: int, seed: int) -> Iterator[torch.Tens
     bs = min(batch_size, len(dataset))
     while True:
         yield from DataLoader(dataset, batch_size=bs, shuffle=True, drop_last=True, generator=gen, num_workers=0)
+
+
+def index_batches(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Yield shuffled index batches ``[batch_size]`` over ``range(n)`` forever (for in-memory pools)."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield perm[i : i + batch_size]

@@ -33,35 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gie_cli.models.encoders.ir_se import IRSEBackbone
-
-try:  # the generator module owns the canonical EqualLinear; the fallback below is numerically identical
-    from gie_cli.models.stylegan2 import EqualLinear
-except ImportError:  # pragma: no cover - only while the generator module (or gie_cli.ops) is unavailable
-
-    class EqualLinear(nn.Module):  # type: ignore[no-redef]
-        """Equalized-lr linear layer: ``F.linear(x, weight * lr_mul / sqrt(in_dim), bias * lr_mul)``."""
-
-        def __init__(
-            self,
-            in_dim: int,
-            out_dim: int,
-            bias: bool = True,
-            bias_init: float = 0.0,
-            lr_mul: float = 1.0,
-            activation: str | None = None,
-        ) -> None:
-            super().__init__()
-            if activation is not None:
-                raise NotImplementedError("the encoder fallback EqualLinear has no activation")
-            self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
-            self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init))) if bias else None
-            self.scale = lr_mul / math.sqrt(in_dim)
-            self.lr_mul = lr_mul
-
-        def forward(self, x: Tensor) -> Tensor:
-            bias = self.bias * self.lr_mul if self.bias is not None else None
-            return F.linear(x, self.weight * self.scale, bias)
-
+from gie_cli.models.stylegan2 import EqualLinear
 
 __all__ = [
     "ENCODER_CONFIGS",
