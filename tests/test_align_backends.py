@@ -112,7 +112,7 @@ def test_face_alignment_without_weights_is_one_clear_error(no_weights, tmp_path)
     assert str(no_weights / "2DFAN4-11f355bf06.pth.tar") in msg and "--backend mediapipe" in msg
     photo = tmp_path / "p.png"
     Image.new("RGB", (64, 48)).save(photo)
-    res = CliRunner().invoke(app, ["align", str(photo), "-o", str(tmp_path / "out")])
+    res = CliRunner().invoke(app, ["align", str(photo), "-o", str(tmp_path / "out"), "--backend", "face-alignment"])
     assert res.exit_code == 1
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: weights file 2DFAN4") and "s3fd" in errors[0]

@@ -261,6 +261,31 @@ def test_invert_auto_alignment_without_detector_weights(tmp_path, weights, monke
     assert res.exit_code == 1  # auto: the square input is inverted, the non-square one fails with the reason
     recs = _lines(res)
     assert recs["square.png"]["status"] == "ok" and recs["wide.png"]["status"] == "failed"
-    assert "not a square" in recs["wide.png"]["reason"] and "2DFAN4-11f355bf06.pth.tar" in recs["wide.png"]["reason"]
-    res = _invoke("invert", d / "square.png", "-o", tmp_path / "inv2", "--weights", weights, "--align")
-    assert res.exit_code == 1 and "error: weights file 2DFAN4" in res.stderr  # explicit --align: one run-level error
+    assert "2DFAN4-11f355bf06.pth.tar" in recs["wide.png"]["reason"]  # the missing detector file, by name
+    res = _invoke(
+        "invert",
+        d / "square.png",
+        "-o",
+        tmp_path / "inv2",
+        "--weights",
+        weights,
+        "--align",
+        "--align-backend",
+        "face-alignment",
+    )
+    assert res.exit_code == 1 and "error: weights file 2DFAN4" in res.stderr  # explicit detector: run-level error
+
+
+def test_auto_backend_uses_sidecars_and_reports_missing_detector(tmp_path, monkeypatch):
+    from gie_cli.synth import write_dataset
+
+    monkeypatch.setenv("GIE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    photos = tmp_path / "photos"
+    write_dataset(photos, 2, seed=3, size=96, photos=True)
+    (photos / "000001.landmarks.json").unlink()  # this one needs the detector, whose weights are not on disk
+    res = CliRunner().invoke(app, ["align", str(photos), "-o", str(tmp_path / "out"), "--size", "64", "--json"])
+    assert res.exit_code == 1
+    recs = {Path(r["input"]).name: r for r in map(json.loads, res.stdout.splitlines())}
+    assert recs["000000.png"]["status"] == "ok"
+    assert recs["000001.png"]["status"] == "failed" and "2DFAN4" in recs["000001.png"]["reason"]

@@ -46,7 +46,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("face-alignment", "mediapipe", "file")
+BACKENDS: tuple[str, ...] = ("auto", "face-alignment", "mediapipe", "file")
 DEFAULT_BACKEND = "face-alignment"
 LANDMARKS_SUFFIX = ".landmarks.json"
 
@@ -352,11 +352,34 @@ class FaceAlignmentBackend:
 # ----------------------------------------------------------------------------------------------- factory
 
 
+class AutoBackend:
+    """An image's ``<stem>.landmarks.json`` sidecar when it has one, else face-alignment (built on first need, so a
+    folder of photos with sidecars aligns offline without the detector's weights).
+
+    Args:
+        device: torch device for face-alignment.
+    """
+
+    name = "auto"
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.file = LandmarksFileBackend(None)
+        self.device = device
+        self._detector: FaceAlignmentBackend | None = None
+
+    def detect(self, image: Image.Image, source: Path | None = None) -> list[Face]:
+        if source is not None and self.file.file_for(Path(source)).is_file():
+            return self.file.detect(image, source)
+        if self._detector is None:
+            self._detector = FaceAlignmentBackend(device=self.device)  # WeightsUnavailableError names the files
+        return self._detector.detect(image, source)
+
+
 def create_backend(name: str, landmarks: str | Path | None = None, device: str = "cpu") -> LandmarkBackend:
     """Build a landmark backend by name.
 
     Args:
-        name: one of :data:`BACKENDS`.
+        name: one of :data:`BACKENDS` (``auto``: sidecar landmarks when present, else face-alignment).
         landmarks: landmarks file or folder (file backend only).
         device: torch device (face-alignment only).
 
@@ -372,6 +395,8 @@ def create_backend(name: str, landmarks: str | Path | None = None, device: str =
         return LandmarksFileBackend(landmarks)
     if name == "mediapipe":
         return MediapipeBackend()
+    if name == "auto":
+        return AutoBackend(device=device)
     return FaceAlignmentBackend(device=device)
 
 

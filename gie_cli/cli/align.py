@@ -33,7 +33,8 @@ BackendOpt = Annotated[
     str,
     typer.Option(
         "--backend",
-        help="Landmark detector: face-alignment (FAN 68 points; needs its two weight files on disk) | mediapipe "
+        help="Landmark detector: auto (a <stem>.landmarks.json beside the image, else face-alignment) | "
+        "face-alignment (FAN 68 points; needs its two weight files on disk) | mediapipe "
         '(offline; pip install "gie\\[mediapipe]") | file (JSON landmarks, see below).',
     ),
 ]
@@ -73,7 +74,7 @@ def align(
             "first) | error (the item fails).",
         ),
     ] = "largest",
-    backend: BackendOpt = "face-alignment",
+    backend: BackendOpt = "auto",
     landmarks: LandmarksOpt = None,
     device: DeviceOpt = "auto",
     recursive: RecursiveOpt = False,
@@ -131,7 +132,7 @@ def align(
         from gie_cli.alignment import create_backend
 
         dev = "cpu"
-        if backend == "face-alignment":
+        if backend in ("auto", "face-alignment"):
             from gie_cli.device import resolve_device
 
             dev = str(resolve_device(device))

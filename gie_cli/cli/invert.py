@@ -79,8 +79,12 @@ def invert(
     ] = None,
     align_backend: Annotated[
         str,
-        typer.Option("--align-backend", help="Landmark detector for alignment: face-alignment | mediapipe | file."),
-    ] = "face-alignment",
+        typer.Option(
+            "--align-backend",
+            help="Landmarks for alignment: auto (a NAME.landmarks.json beside the photo, else face-alignment) | "
+            "face-alignment | mediapipe | file.",
+        ),
+    ] = "auto",
     landmarks: Annotated[
         Path | None,
         typer.Option("--landmarks", help="--align-backend file: landmarks JSON file or folder (see `gie align -h`)."),
@@ -295,7 +299,7 @@ def _load_input(it: Item, size: int, alpha: str, plan: _AlignPlan):
     from PIL import Image
 
     from gie_cli.alignment import read_align_meta
-    from gie_cli.alignment.auto import align_for_inversion, own_sidecar
+    from gie_cli.alignment.auto import NoFaceError, align_for_inversion, own_sidecar
     from gie_cli.io.images import image_to_tensor, load_image, sha256_file
 
     if it.name in plan.names:
@@ -309,9 +313,18 @@ def _load_input(it: Item, size: int, alpha: str, plan: _AlignPlan):
                 f"not a square aligned face crop ({w}x{h}) and automatic alignment is unavailable: {plan.error}",
             )
         sha = sha256_file(it.source)
-        crop, meta = align_for_inversion(
-            photo, plan.backend, size, Path(it.source), sha, it.name, it.outputs["image"].name
-        )
+        try:
+            crop, meta = align_for_inversion(
+                photo, plan.backend, size, Path(it.source), sha, it.name, it.outputs["image"].name
+            )
+        except NoFaceError:
+            raise
+        except GieError as e:  # e.g. the detector's weights are missing: this item fails with the reason
+            from gie_cli.errors import ImageLoadError
+
+            w, h = photo.size
+            shape = f"not a square aligned face crop ({w}x{h}) and " if w != h else ""
+            raise ImageLoadError(it.source, f"{shape}aligning it failed: {e}") from None
         x = image_to_tensor(crop, size=size, resample=Image.Resampling.BILINEAR)
         return x, {"source_size": list(photo.size), "source_sha256": sha, "aligned": "invert", "align_meta": meta}
     x, info = _load_aligned(it.source, size, alpha)
