@@ -36,6 +36,8 @@ class WorldGeneratorConfig:
     Attributes:
         size: output resolution.
         style_dim, n_mlp, channel_max: architecture (official layout, reduced widths).
+        lr_mlp: mapping-network learning-rate multiplier. StyleGAN2 uses 0.01, which all but freezes the mapping;
+            regression from attributes needs the mapping to learn to separate them from the noise dimensions.
         lr: Adam learning rate (betas 0, 0.99 as StyleGAN2).
         pool: number of pre-rendered faces cycled through (fresh random noise dims every step).
         detail_strength: 0 renders the clean world (no image-specific detail), as the generator cannot model it.
@@ -46,6 +48,7 @@ class WorldGeneratorConfig:
     style_dim: int = 128
     n_mlp: int = 4
     channel_max: int = 128
+    lr_mlp: float = 1.0
     lr: float = 2e-3
     pool: int = 4096
     detail_strength: float = 0.0
@@ -79,7 +82,7 @@ class WorldGeneratorTrainer(Trainer):
         if weights:
             self.g = build_generator(read_components(require_weights(weights, "generator", "a generator checkpoint")))
         else:
-            self.g = Generator(c.size, style_dim=c.style_dim, n_mlp=c.n_mlp, channel_max=c.channel_max)
+            self.g = Generator(c.size, style_dim=c.style_dim, n_mlp=c.n_mlp, channel_max=c.channel_max, lr_mlp=c.lr_mlp)
         self.g = self.g.to(self.device).train()
         self.opt = torch.optim.Adam(self.g.parameters(), lr=c.lr, betas=(0.0, 0.99))
         self.batch_size, self.seed = batch_size, seed
