@@ -41,6 +41,7 @@ def test_info_json_on_stdout_and_device_log_on_stderr():
     assert res.exit_code == 0
     facts = json.loads(res.stdout)
     assert facts["device"] in ("cpu", "cuda") and facts["torch"] == torch.__version__
+    assert {"e4e", "psp", "optim"} <= set(facts["methods"]) and "e4e" in facts["trainable"]
     assert "device:" in res.stderr and "auto" in res.stderr  # --device auto says what it chose
     quiet = runner.invoke(app, ["-q", "info", "--json"])
     assert quiet.exit_code == 0 and quiet.stderr == ""

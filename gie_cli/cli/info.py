@@ -14,11 +14,13 @@ from gie_cli.cli.options import DeviceOpt, JsonOpt
 
 @command()
 def info(device: DeviceOpt = "auto", json_out: JsonOpt = False) -> None:
-    """Show the resolved device, the ops implementation and library versions."""
+    """Show the resolved device, the ops implementation, library versions, methods and trainable parts."""
     import torch
 
     from gie_cli.device import resolve_device
+    from gie_cli.methods.base import list_methods
     from gie_cli.ops import active_impl
+    from gie_cli.training.base import list_trainers
 
     dev = resolve_device(device)
     facts = {
@@ -30,9 +32,16 @@ def info(device: DeviceOpt = "auto", json_out: JsonOpt = False) -> None:
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
         "ops_impl": active_impl(dev),
+        "methods": list_methods(),
+        "trainable": sorted(list_trainers()),
     }
     if json_out:
         typer.echo(json.dumps(facts))
     else:
         for k, v in facts.items():
-            typer.echo(f"{k:12s} {v}")
+            if isinstance(v, dict):
+                typer.echo(f"{k}:")
+                for name, summary in v.items():
+                    typer.echo(f"  {name:10s} {summary}")
+            else:
+                typer.echo(f"{k:12s} {', '.join(v) if isinstance(v, list) else v}")

@@ -50,7 +50,7 @@ def invert(
         list[str] | None,
         typer.Argument(help="Face photos or aligned face crops, folders, or - to read paths from stdin."),
     ] = None,
-    method: Annotated[str, typer.Option("--method", "-m", help="Inversion method (see `gie invert --help`).")] = "e4e",
+    method: Annotated[str, typer.Option("--method", "-m", help="Inversion method (`gie info` lists them).")] = "e4e",
     weights: Annotated[
         str | None,
         typer.Option(
