@@ -64,15 +64,15 @@ class Components:
 
 
 def read_components(path: str | Path) -> Components:
-    """Read a checkpoint into :class:`Components`.
+    """Read a checkpoint (a file, or a weights-registry name) into :class:`Components`.
 
     Accepted layouts: official pSp-family (``state_dict`` with ``encoder.``/``decoder.``/... prefixes, ``opts``,
     ``latent_avg``; DataParallel ``.module.`` infixes are removed), rosinality generator files (``g_ema``,
     ``latent_avg``; optional ``g``/``d``), and gie's safetensors (prefixed tensors + config in the metadata).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(p, "file not found", hint="check --weights")
+    p = Path(path).expanduser()
+    if not p.is_file():  # a registry name (downloaded when needed; offline: an error naming path, URLs, sha256)
+        p = resolve_weights(str(path))
     digest = sha256_file(p)
     if p.suffix == ".safetensors":
         tensors, config = load_safetensors(p)
