@@ -12,7 +12,6 @@ import typer
 
 from gie_cli.cli import command
 from gie_cli.cli.batch import (
-    ON_EXISTING,
     DryRunOpt,
     FailFastOpt,
     Item,
@@ -20,8 +19,10 @@ from gie_cli.cli.batch import (
     Record,
     RecursiveOpt,
     Reporter,
+    check_on_existing,
     check_output_dir,
     collect_inputs,
+    split_existing,
 )
 from gie_cli.cli.options import DeviceOpt, JsonOpt
 from gie_cli.errors import GieError, UsageError
@@ -98,8 +99,7 @@ def align(
     from gie_cli.alignment import BACKENDS, FACE_POLICIES
     from gie_cli.io.images import IMAGE_SUFFIXES
 
-    if on_existing not in ON_EXISTING:
-        raise UsageError(f"--on-existing must be one of {', '.join(ON_EXISTING)}")
+    check_on_existing(on_existing)
     if faces not in FACE_POLICIES:
         raise UsageError(f"--faces must be one of {', '.join(FACE_POLICIES)}, got {faces!r}")
     if backend not in BACKENDS:
@@ -120,14 +120,7 @@ def align(
         return
 
     reporter = Reporter(output, len(items), json_out, "align")
-    todo: list[Item] = []
-    for it in items:
-        if _is_done(it, faces) and on_existing == "skip":
-            reporter.add(Record(str(it.source), "skipped", _strs(it.outputs), "outputs exist"))
-        elif any(p.exists() for p in it.outputs.values()) and on_existing == "error":
-            reporter.add(Record(str(it.source), "failed", _strs(it.outputs), "outputs exist (--on-existing error)"))
-        else:
-            todo.append(it)
+    todo = split_existing(items, on_existing, reporter, done=lambda it: _is_done(it, faces))
     if todo:
         from gie_cli.alignment import create_backend
 
@@ -144,10 +137,6 @@ def align(
             if fail_fast and rec.status == "failed":
                 break
     raise typer.Exit(reporter.finish())
-
-
-def _strs(outputs: dict[str, Path]) -> dict[str, str]:
-    return {k: str(v) for k, v in outputs.items()}
 
 
 def _face_name(name: str, faces: str, index: int) -> str:

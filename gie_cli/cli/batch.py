@@ -155,6 +155,36 @@ def is_done(item: Item) -> bool:
     return all(p.exists() for p in item.outputs.values())
 
 
+def check_on_existing(value: str) -> None:
+    """Validate ``--on-existing``."""
+    if value not in ON_EXISTING:
+        raise UsageError(f"--on-existing must be one of {', '.join(ON_EXISTING)}")
+
+
+def existing_record(item: Item, on_existing: str, done: bool | None = None) -> Record | None:
+    """The record of an item whose outputs exist and must not be (re)done: ``skipped`` when all exist under
+    ``skip``, ``failed`` when any exists under ``error``; None when the item is to be processed."""
+    done = is_done(item) if done is None else done
+    outs = {k: str(v) for k, v in item.outputs.items()}
+    if done and on_existing == "skip":
+        return Record(str(item.source), "skipped", outs, "outputs exist")
+    if on_existing == "error" and any(p.exists() for p in item.outputs.values()):
+        return Record(str(item.source), "failed", outs, "outputs exist (--on-existing error)")
+    return None
+
+
+def split_existing(items: Sequence[Item], on_existing: str, reporter: Reporter, done=is_done) -> list[Item]:
+    """Report the items :func:`existing_record` settles; return the rest (the work to do)."""
+    todo = []
+    for it in items:
+        rec = existing_record(it, on_existing, done(it))
+        if rec is None:
+            todo.append(it)
+        else:
+            reporter.add(rec)
+    return todo
+
+
 class Reporter:
     """Per-item records -> manifest (JSON lines), stdout JSON lines (``--json``), progress and a summary on stderr."""
 

@@ -11,7 +11,6 @@ import typer
 
 from gie_cli.cli import command
 from gie_cli.cli.batch import (
-    ON_EXISTING,
     BatchSizeOpt,
     DryRunOpt,
     FailFastOpt,
@@ -20,9 +19,11 @@ from gie_cli.cli.batch import (
     Record,
     RecursiveOpt,
     Reporter,
+    check_on_existing,
     check_output_dir,
     collect_inputs,
     is_done,
+    split_existing,
 )
 from gie_cli.cli.options import DeviceOpt, DtypeOpt, JsonOpt
 from gie_cli.errors import GieError, UsageError
@@ -126,8 +127,7 @@ def edit(
     from gie_cli.editing.directions import load_direction
     from gie_cli.io.latents import LATENT_SUFFIX
 
-    if on_existing not in ON_EXISTING:
-        raise UsageError(f"--on-existing must be one of {', '.join(ON_EXISTING)}")
+    check_on_existing(on_existing)
     if ext not in ("png", "jpg", "webp"):
         raise UsageError(f"--ext must be png, jpg or webp, got {ext!r}")
     if not direction:
@@ -158,14 +158,7 @@ def edit(
         return
 
     reporter = Reporter(output, len(items), json_out, "edit")
-    todo: list[Item] = []
-    for it in items:
-        if is_done(it) and on_existing == "skip":
-            reporter.add(Record(str(it.source), "skipped", _strs(it.outputs), "outputs exist"))
-        elif any(p.exists() for p in it.outputs.values()) and on_existing == "error":
-            reporter.add(Record(str(it.source), "failed", _strs(it.outputs), "outputs exist (--on-existing error)"))
-        else:
-            todo.append(it)
+    todo = split_existing(items, on_existing, reporter)
     if todo:
         from gie_cli.device import resolve_device, resolve_dtype
 

@@ -13,7 +13,6 @@ import typer
 
 from gie_cli.cli import command
 from gie_cli.cli.batch import (
-    ON_EXISTING,
     BatchSizeOpt,
     DryRunOpt,
     FailFastOpt,
@@ -22,9 +21,11 @@ from gie_cli.cli.batch import (
     Record,
     RecursiveOpt,
     Reporter,
+    check_on_existing,
     check_output_dir,
     collect_inputs,
     is_done,
+    split_existing,
 )
 from gie_cli.cli.options import DeviceOpt, DtypeOpt, JsonOpt
 from gie_cli.errors import GieError, UsageError
@@ -109,8 +110,7 @@ def invert(
     from gie_cli.io.images import IMAGE_SUFFIXES
     from gie_cli.methods.base import create_method, list_methods
 
-    if on_existing not in ON_EXISTING:
-        raise UsageError(f"--on-existing must be one of {', '.join(ON_EXISTING)}")
+    check_on_existing(on_existing)
     if ext not in ("png", "jpg", "webp"):
         raise UsageError(f"--ext must be png, jpg or webp, got {ext!r}")
     if method not in list_methods():
@@ -142,14 +142,7 @@ def invert(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     reporter = Reporter(output, len(items), json_out, "invert")
-    todo: list[Item] = []
-    for it in items:
-        if is_done(it) and on_existing == "skip":
-            reporter.add(Record(str(it.source), "skipped", _strs(it.outputs), "outputs exist"))
-        elif any(p.exists() for p in it.outputs.values()) and on_existing == "error":
-            reporter.add(Record(str(it.source), "failed", _strs(it.outputs), "outputs exist (--on-existing error)"))
-        else:
-            todo.append(it)
+    todo = split_existing(items, on_existing, reporter)
     if todo:
         if any(it.name in plan.names for it in todo):
             from gie_cli.alignment import create_backend

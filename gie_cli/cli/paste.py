@@ -11,7 +11,6 @@ import typer
 
 from gie_cli.cli import command
 from gie_cli.cli.batch import (
-    ON_EXISTING,
     DryRunOpt,
     FailFastOpt,
     Item,
@@ -19,8 +18,10 @@ from gie_cli.cli.batch import (
     Record,
     RecursiveOpt,
     Reporter,
+    check_on_existing,
     check_output_dir,
     collect_inputs,
+    existing_record,
     is_done,
 )
 from gie_cli.cli.options import JsonOpt
@@ -68,8 +69,7 @@ def paste(
     """
     from gie_cli.io.images import IMAGE_SUFFIXES
 
-    if on_existing not in ON_EXISTING:
-        raise UsageError(f"--on-existing must be one of {', '.join(ON_EXISTING)}")
+    check_on_existing(on_existing)
     if ext not in ("png", "jpg", "webp"):
         raise UsageError(f"--ext must be png, jpg or webp, got {ext!r}")
     for opt, p in (("--meta", meta), ("--photo", photo)):
@@ -91,12 +91,7 @@ def paste(
         except GieError as e:
             rec = Record(str(it.source), "failed", reason=str(e))
         else:
-            if is_done(it) and on_existing == "skip":
-                rec = Record(str(it.source), "skipped", {"image": str(it.outputs["image"])}, "outputs exist")
-            elif it.outputs["image"].exists() and on_existing == "error":
-                rec = Record(str(it.source), "failed", {}, "outputs exist (--on-existing error)")
-            else:
-                rec = _paste_one(it, record, meta_dict, photo_file, feather)
+            rec = existing_record(it, on_existing) or _paste_one(it, record, meta_dict, photo_file, feather)
         reporter.add(rec)
         if fail_fast and rec.status == "failed":
             break
