@@ -4,6 +4,7 @@ generator binding (refused / --force), grid, resume, StyleSpace edits, paste-bac
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,9 @@ def test_edit_from_stdin_json_lines_matches_the_method_render(setup, tmp_path):
     assert [Path(r["input"]).name for r in recs] == ["p1.latent.safetensors", "p2.latent.safetensors"]
     assert all(r["status"] == "ok" for r in recs)
     assert set(recs[0]["outputs"]) == {"tilt-2", "tilt+3", "chan-2", "chan+3"}
-    assert recs[0]["info"]["directions"]["chan"] == {"space": "stylespace", "powers": [-2.0, 3.0]}
+    chan = recs[0]["info"]["directions"]["chan"]
+    assert {k: chan[k] for k in ("space", "powers")} == {"space": "stylespace", "powers": [-2.0, 3.0]}
+    assert chan["generator"]  # the id of the generator the direction is bound to
     for name in ("p1", "p2"):
         latent = setup["root"] / "inv" / f"{name}.latent.safetensors"
         for d, p in (("tilt", 3.0), ("chan", -2.0)):
@@ -108,6 +111,32 @@ def test_wrong_generator_is_refused_unless_forced(setup, tmp_path):
         "edit", latent, "-d", ffhq / "smile.direction.safetensors", "-p", "1", "-o", tmp_path / "c", "--force"
     )
     assert res.exit_code == 1 and "width 512" in res.stderr and "--force cannot" in res.stderr
+
+
+def test_a_direction_name_resolves_to_the_file_bound_to_the_latents_generator(setup, tmp_path):
+    """Two folders on the search path hold a direction called "tilt": the first is bound to another generator, the
+    second to the latent's; the name picks the second (no --force needed) and the record says which generator."""
+    g = setup["method"].generator
+    vec = setup["vec"]
+    other = _tiny_e4e()
+    with torch.no_grad():
+        other.generator.convs[0].conv.weight.mul_(1.1)
+    first, second = tmp_path / "first", tmp_path / "second"
+    Direction(
+        "tilt", "w", {"vector": -vec}, list(range(g.n_latent)), generator=generator_binding(other.generator, "other")
+    ).save(first)
+    Direction.load(setup["dirs"] / "tilt.direction.safetensors").save(second)
+    latent = setup["root"] / "inv" / "p1.latent.safetensors"
+    env = {"GIE_DIRECTIONS_PATH": f"{first}{os.pathsep}{second}"}
+    res = _invoke("edit", latent, "-d", "tilt", "-p", "2", "-o", tmp_path / "out", "--json", env=env)
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout.splitlines()[0])
+    assert rec["info"]["directions"]["tilt"]["generator"] == setup["method"].weights_id
+    want = _render(setup["method"], latent, Direction.load(second / "tilt.direction.safetensors"), 2.0)
+    assert np.abs(_pixels(Image.open(tmp_path / "out" / "p1.tilt+2.png")) - _pixels(want)).max() <= 1
+    # a generator none of them is bound to gets the search-path winner, refused as usual
+    res = _invoke("edit", latent, "-d", first / "tilt.direction.safetensors", "-p", "2", "-o", tmp_path / "o2")
+    assert res.exit_code == 1 and "--force" in res.stderr
 
 
 def test_grid_resume_and_dry_run(setup, tmp_path):

@@ -191,11 +191,18 @@ def test_usage_errors_exit_2(photos, weights, tmp_path, args, needle):
     assert needle in res.stderr
 
 
-def test_output_folder_is_input_folder_and_missing_input(photos, weights, tmp_path):
+def test_output_folder_is_input_folder_and_missing_input(photos, weights, tmp_path, monkeypatch):
     res = _invoke("invert", photos, "-o", photos, "--weights", weights)
     assert res.exit_code == 2 and "input folder" in res.stderr
     res = _invoke("invert", tmp_path / "missing.png", "-o", tmp_path / "o", "--weights", weights)
     assert res.exit_code == 2 and "not found" in res.stderr
+    # no --weights and a registry without an embedded default for e4e (tests/test_weights_embedded.py: with one)
+    reg = tmp_path / "weights.toml"
+    reg.write_text(
+        '[[weight]]\nname = "x.e4e"\nfilename = "x.pt"\nurls = ["http://127.0.0.1:9/x"]\nsha256 = "unknown"\n'
+        'size = "unknown"\nformat = "pt"\nmethod = ["e4e"]\n'
+    )
+    monkeypatch.setenv("GIE_WEIGHTS_TOML", str(reg))
     res = _invoke("invert", photos, "-o", tmp_path / "o")
     assert res.exit_code == 2 and "--weights" in res.stderr
 

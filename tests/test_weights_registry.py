@@ -61,7 +61,7 @@ def test_registry_covers_the_official_weights(clean_env):
     assert reg.path == ROOT / "weights.toml"
     assert REQUIRED <= set(reg.names)
     for e in reg:
-        assert e.urls and e.license and e.source and e.format and e.method, e.name
+        assert (e.urls or e.embedded) and e.license and e.source and e.format and e.method, e.name
         for u in e.urls:
             if "drive.google.com" in u:
                 assert u.startswith("https://drive.google.com/uc?export=download&id="), u

@@ -308,7 +308,12 @@ def fit_interfacegan(
         str, typer.Option("--on", help="What --classifier receives: latent (w [B,D]) | image ([B,3,S,S] in [-1,1]).")
     ] = "latent",
     attribute: Annotated[
-        int | None, typer.Option("--attribute", help="Column of a classifier that returns [B,K] scores.")
+        str | None,
+        typer.Option(
+            "--attribute",
+            help="Column of a classifier that returns [B,K] scores: an index, or a name when the function lists its "
+            "columns in a `columns` attribute (e.g. smile with gie_cli.synth.estimator:world_attributes).",
+        ),
     ] = None,
     solver: Annotated[str, typer.Option("--solver", help="svm (linear SVM, the paper's) | logistic.")] = "svm",
     c: Annotated[float, typer.Option("--c", min=1e-9, help="Inverse regularisation strength C.")] = 1.0,
@@ -352,13 +357,14 @@ def fit_interfacegan(
         source: dict[str, Any] = {"labels": str(labels.resolve())}
     else:
         fn = load_function(classifier)
+        col = _column(attribute, getattr(fn, "columns", None), classifier)
         x = sample_w(g, samples, seed, truncation)
-        y = label_samples(g, x, fn, on, attribute=attribute)
+        y = label_samples(g, x, fn, on, attribute=col)
         source = {"classifier": classifier, "on": on, "samples": samples, "seed": seed, "truncation": truncation}
     if y.ndim == 2:
         if attribute is None:
             raise UsageError("the labels have several columns: choose one with --attribute")
-        y = y[:, attribute]
+        y = y[:, _column(attribute, None, str(labels))]
     fit = linear_boundary(x, y, solver, c, ratio, split, seed)
     prov = _provenance("fit:interfacegan", **source)
     d = interfacegan_direction(
@@ -373,6 +379,18 @@ def fit_interfacegan(
     )
     log.info("InterFaceGAN %s: validation accuracy %s", name, fit.stats["val_accuracy"])
     _write([d], output, overwrite, json_out)
+
+
+def _column(attribute: str | None, columns: list[str] | None, source: str | None) -> int | None:
+    """``--attribute`` as a column index: an int, or a name looked up in ``columns``."""
+    if attribute is None:
+        return None
+    if attribute.lstrip("-").isdigit():
+        return int(attribute)
+    if not columns or attribute not in columns:
+        known = f"known: {', '.join(columns)}" if columns else "this labelling function has no named columns"
+        raise UsageError(f"--attribute {attribute!r} is not a column of {source}", hint=f"pass an index; {known}")
+    return list(columns).index(attribute)
 
 
 def load_labels_checked(path: Path, g):

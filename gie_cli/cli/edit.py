@@ -124,7 +124,7 @@ def edit(
     generator is refused unless --force. Re-running skips finished inputs. Exit code 0 when all inputs are ok or
     skipped, 1 when any failed, 2 for usage errors.
     """
-    from gie_cli.editing.directions import load_direction
+    from gie_cli.editing.directions import load_direction_candidates
     from gie_cli.io.latents import LATENT_SUFFIX
 
     check_on_existing(on_existing)
@@ -132,7 +132,8 @@ def edit(
         raise UsageError(f"--ext must be png, jpg or webp, got {ext!r}")
     if not direction:
         raise UsageError("no --direction given", hint="see `gie directions list`")
-    dirs = [load_direction(d) for d in direction]
+    candidates = [load_direction_candidates(d) for d in direction]  # same-named files for other generators
+    dirs = [c[0] for c in candidates]
     names = [d.name for d in dirs]
     if len(set(names)) != len(names):
         raise UsageError(f"direction names repeat: {', '.join(names)}")
@@ -164,6 +165,7 @@ def edit(
 
         dev = resolve_device(device)
         editor = _Editor(plan, dev, resolve_dtype(dtype, dev), weights, force, batch_size, grid_size)
+        editor.candidates = {c[0].name: c for c in candidates}
         for it in todo:
             rec = editor.run(it, grid, paste_back)
             reporter.add(rec)
@@ -206,6 +208,7 @@ class _Editor:
         self.weights, self.force, self.batch_size, self.grid_size = weights, force, batch_size, grid_size
         self._methods: dict[tuple, Any] = {}  # key -> (method, fingerprint) or the GieError that building raised
         self._checked: dict[tuple, GieError | None] = {}
+        self.candidates: dict[str, list] = {}  # direction name -> same-named directions (search-path order)
 
     # ------------------------------------------------------------------------------------------- methods
     def method_for(self, meta: dict, source: Path):
@@ -242,6 +245,19 @@ class _Editor:
             log.info("method %s, weights %s", name, method.weights_id)
             hit = self._methods[key] = (method, fp)
         return hit[0], key, hit[1]
+
+    def plan_for(self, fp: str) -> list:
+        """The plan with each direction name resolved for the generator ``fp`` (a same-named file bound to it wins)."""
+        from gie_cli.editing.directions import pick_for_generator
+
+        out = []
+        for d, ps in self.plan:
+            chosen = pick_for_generator(self.candidates.get(d.name, [d]), fp)
+            if chosen is not d and ("pick", d.name, fp) not in self._checked:
+                self._checked[("pick", d.name, fp)] = None
+                log.info("direction %s: using %s (bound to this generator)", d.name, chosen.path or d.name)
+            out.append((chosen, ps))
+        return out
 
     def check(self, d, method, key: tuple, fp: str) -> None:
         from gie_cli.editing.directions import check_generator
@@ -285,7 +301,8 @@ class _Editor:
             raise UsageError(
                 f"latent W+ is {list(wplus.shape[1:])}, the method's generator takes [{g.n_latent}, {g.style_dim}]"
             )
-        for d, _ in self.plan:
+        plan = self.plan_for(fp)
+        for d, _ in plan:
             self.check(d, method, key, fp)
         t_load = time.perf_counter()
         inv = Inversion(wplus, extras).to(self.dev, self.dt)
@@ -293,7 +310,7 @@ class _Editor:
         rows = []
         with torch.no_grad():
             recon = tensor_to_image(method.render(inv)[0].float().cpu()) if grid else None
-            for d, ps in self.plan:
+            for d, ps in plan:
                 edit = Edit.cat([apply(d, p, inv.wplus) for p in ps])
                 row = []
                 for i in range(0, len(ps), self.batch_size):
@@ -313,7 +330,9 @@ class _Editor:
         info: dict[str, Any] = {
             "method": meta.get("method"),
             "weights": method.weights_id,
-            "directions": {d.name: {"space": d.space, "powers": ps} for d, ps in self.plan},
+            "directions": {
+                d.name: {"space": d.space, "powers": ps, "generator": (d.generator or {}).get("id")} for d, ps in plan
+            },
         }
         if paste_back:
             info["align_record"] = self._paste(it, meta, images)

@@ -20,7 +20,8 @@ weights_app = typer.Typer(
     help=(
         "Official checkpoints: list the registry, download (verified, resumable), verify, locate, import, remove. "
         "Cache: --cache-dir > GIE_CACHE_DIR > $XDG_CACHE_HOME/gie > the platform cache folder; "
-        "GIE_OFFLINE=1 forbids network access."
+        "GIE_OFFLINE=1 forbids network access. Embedded entries (world.*) are small demo models shipped inside "
+        "gie: the defaults when --weights is omitted; never downloaded or cached."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -58,7 +59,17 @@ def _human(n: int) -> str:
 def _size_text(entry) -> str:
     if entry.size:
         return _human(entry.size)
+    if entry.embedded and entry.embedded_path.is_file():
+        return _human(entry.embedded_path.stat().st_size)
     return f"~{_human(entry.size_approx)}" if entry.size_approx else "?"
+
+
+def _state_text(st) -> str:
+    e = st.entry
+    if e.embedded:
+        state = "embedded" if st.path.is_file() else "embedded (MISSING)"
+        return f"{state}, default for {', '.join(e.default_for)}" if e.default_for else state
+    return "cached" if st.cached else (f"partial {_human(st.partial)}" if st.partial else "-")
 
 
 def _emit(obj: dict) -> None:
@@ -88,7 +99,7 @@ def list_cmd(
     registry: RegistryOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List the registry: name, size, whether it is cached, licence (--json: every field, one object per line)."""
+    """List the registry: name, size, state (cached / embedded, default for ...), licence (--json: every field)."""
     from gie_cli.weights import entry_status
 
     reg = _registry(registry)
@@ -99,7 +110,7 @@ def list_cmd(
         if json_out:
             _emit(st.to_dict())
             continue
-        state = "cached" if st.cached else (f"partial {_human(st.partial)}" if st.partial else "-")
+        state = _state_text(st)
         check = "sha256" if e.sha256 else "sha256 (partial)" if e.sha256_prefix or e.sha256_suffix else "no hash"
         rows.append((e.name, _size_text(e), state, check, e.license.split(" (")[0]))
     if not json_out and rows:
@@ -119,12 +130,32 @@ def download_cmd(
     registry: RegistryOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Download entries into the cache (resumes partial files, verifies before use); prints each file's path."""
-    from gie_cli.weights import ensure, entry_path, verify_cached
+    """Download entries into the cache (resumes partial files, verifies before use); prints each file's path.
+
+    Embedded entries are not downloaded: their package file is checked and its path printed.
+    """
+    from gie_cli.weights import embedded_file, ensure, entry_path, verify_cached
 
     reg = _registry(registry)
     failed = 0
     for e in _select(reg, names, all_):
+        if e.embedded:
+            try:
+                path = embedded_file(e)
+            except GieError as err:
+                failed += 1
+                typer.echo(f"error: {err}", err=True)
+                if json_out:
+                    _emit(
+                        {"name": e.name, "path": str(e.embedded_path), "ok": False, "embedded": True, "error": str(err)}
+                    )
+                continue
+            log.info("%s is embedded in the gie package: nothing to download", e.name)
+            if json_out:
+                _emit({"name": e.name, "path": str(path), "ok": True, "embedded": True})
+            else:
+                typer.echo(str(path))
+            continue
         try:
             path = ensure(e, reg, cache_dir, offline=offline or None, force=force)
         except GieError as err:
@@ -152,7 +183,7 @@ def verify_cmd(
     registry: RegistryOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Re-hash cached files against the registry (default: every cached entry). Exit 1 if any is missing or bad."""
+    """Re-hash cached (and embedded) files against the registry (default: every file present). Exit 1 if any is bad."""
     from gie_cli.weights import entry_status
 
     reg = _registry(registry)
@@ -162,7 +193,7 @@ def verify_cmd(
     checked = 0
     for e in chosen:
         st = entry_status(e, cache_dir, verify=False)
-        if not st.cached and not explicit:
+        if not (st.cached or (e.embedded and st.path.is_file())) and not explicit:
             continue
         st = entry_status(e, cache_dir, verify=True)
         v = st.verified
@@ -190,10 +221,15 @@ def path_cmd(
     cache_dir: CacheDirOpt = None,
     registry: RegistryOpt = None,
 ) -> None:
-    """Print where an entry's file lives in the cache (whether or not it is there yet)."""
+    """Print where an entry's file lives in the cache (whether or not it is there yet); embedded: in the package."""
     from gie_cli.weights import converted_path, entry_path
 
     e = _registry(registry).get(name)
+    if e.embedded:
+        typer.echo(str(e.embedded_path))
+        if not e.embedded_path.is_file():
+            log.warning("%s is missing from the gie package: `pip install --force-reinstall gie`", name)
+        return
     p = entry_path(e, cache_dir)
     typer.echo(str(p))
     if not p.is_file():
@@ -301,12 +337,21 @@ def rm_cmd(
     registry: RegistryOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Delete entries from the cache (file, verification record, partial download, conversion)."""
+    """Delete entries from the cache (file, verification record, partial download, conversion).
+
+    Embedded entries live in the package, not the cache: naming one is an error, --all skips them.
+    """
     from gie_cli.weights import remove
 
     reg = _registry(registry)
+    chosen = _select(reg, names, all_)
+    if all_:
+        chosen = [e for e in chosen if not e.embedded]
+    for e in chosen:
+        if e.embedded:
+            remove(e, cache_dir)  # raises the UsageError, before anything is deleted
     total = 0
-    for e in _select(reg, names, all_):
+    for e in chosen:
         removed = remove(e, cache_dir)
         total += len(removed)
         if json_out:

@@ -582,6 +582,44 @@ def find_direction(name_or_path: str) -> Path:
     )
 
 
+def find_direction_candidates(name_or_path: str) -> list[Path]:
+    """Every file a direction name could mean, in search-path order (a path gives just itself).
+
+    Names can repeat across folders, e.g. the world's ``smile`` (bound to the embedded generator) and the official
+    FFHQ ``smile``; :func:`pick_for_generator` chooses among them for a given generator.
+
+    Raises:
+        UsageError: not found.
+    """
+    first = find_direction(name_or_path)
+    p = Path(name_or_path).expanduser()
+    if p.is_file() or os.sep in name_or_path or name_or_path.endswith((".safetensors", ".pt", ".npy")):
+        return [first]
+    out = [first]
+    for folder in search_path():
+        cand = folder / f"{name_or_path}{DIRECTION_SUFFIX}"
+        if cand.is_file() and cand.resolve() not in {c.resolve() for c in out}:
+            out.append(cand)
+    return out
+
+
+def load_direction_candidates(name_or_path: str) -> list[Direction]:
+    """:func:`load_direction` for every candidate of :func:`find_direction_candidates` (first = search-path winner)."""
+    paths = find_direction_candidates(name_or_path)
+    first = load_direction(str(paths[0]))
+    rest = [Direction.load(p) for p in paths[1:] if p.name.endswith(".safetensors")]
+    return [first, *rest]
+
+
+def pick_for_generator(candidates: Sequence[Direction], fingerprint: str | None) -> Direction:
+    """The first candidate bound to the generator with ``fingerprint``, else the first one (whose binding check then
+    warns or refuses as usual)."""
+    for d in candidates:
+        if fingerprint and (d.generator or {}).get("fingerprint") == fingerprint:
+            return d
+    return candidates[0]
+
+
 def load_direction(name_or_path: str) -> Direction:
     """Load a direction by name or path (see :func:`find_direction`).
 

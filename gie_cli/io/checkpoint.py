@@ -381,7 +381,8 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         path: Safetensors file.
 
     Returns:
-        ``(tensors, config)``; config is ``{}`` when the file has no ``"gie_config"`` metadata.
+        ``(tensors, config)``; config is ``{}`` when the file has no ``"gie_config"`` metadata. Half-precision
+        tensors (the embedded zoo stores fp16 to save space, see :func:`half_precision_copy`) come back as float32.
 
     Raises:
         CheckpointError: Missing/empty/corrupt file, or invalid config JSON.
@@ -389,6 +390,7 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     p = Path(path)
     _read_head(p)
     tensors, metadata = _read_safetensors(p)
+    tensors = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in tensors.items()}
     raw = metadata.get(GIE_CONFIG_KEY)
     if raw is None:
         logger.debug("%s has no %r metadata", p, GIE_CONFIG_KEY)
@@ -400,3 +402,22 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     if not isinstance(config, dict):
         raise CheckpointError(p, f"{GIE_CONFIG_KEY} metadata is a {type(config).__name__}, expected a JSON object")
     return tensors, config
+
+
+def half_precision_copy(src: str | Path, dst: str | Path, keep_fp32: tuple[str, ...] = ()) -> None:
+    """Writes ``src`` (a gie safetensors file) to ``dst`` with float32 tensors stored as float16 (same config).
+
+    Args:
+        src: Input file.
+        dst: Output file (written atomically).
+        keep_fp32: Substrings of tensor names that stay float32 (e.g. ``"latent_avg"``).
+    """
+    p = Path(src)
+    _read_head(p)
+    tensors, metadata = _read_safetensors(p)
+    out = {
+        k: v.half() if v.dtype == torch.float32 and not any(s in k for s in keep_fp32) else v
+        for k, v in tensors.items()
+    }
+    raw = metadata.get(GIE_CONFIG_KEY)
+    save_safetensors(dst, out, json.loads(raw) if raw else {})

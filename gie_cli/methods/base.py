@@ -144,7 +144,8 @@ def list_methods() -> dict[str, str]:
 def create_method(
     name: str, weights: str | None = None, device: torch.device | str = "cpu", **options
 ) -> InversionMethod:
-    """Build method ``name`` with ``weights`` (a file path) on ``device``; ``options`` are method-specific."""
+    """Build method ``name`` with ``weights`` (a file path or registry name; None = the method's embedded default) on
+    ``device``; ``options`` are method-specific."""
     _load_builtin()
     if name not in _METHODS:
         from gie_cli.errors import UsageError
@@ -155,7 +156,8 @@ def create_method(
 
         weights = str(resolve_weights(weights, method=name).resolve())
     method = _METHODS[name][0](weights, **options)
-    method.weights_path = weights or ""
+    # without weights the factory picks the method's embedded default (the demo zoo) and records it
+    method.weights_path = weights or getattr(method, "weights_path", "")
     method.options = {k: str(v) for k, v in options.items()}
     return method.to(device).eval()
 

@@ -183,6 +183,6 @@ def require_weights(weights: str | None, method: str, what: str) -> Path:
 
     A registry name that is not cached is downloaded (verified); offline (``GIE_OFFLINE=1``) it raises
     :class:`~gie_cli.errors.WeightsUnavailableError` naming the expected path, URLs and sha256. Nothing given is a
-    usage error listing the registry names for ``method`` (gie has no embedded default weights yet).
+    usage error listing the registry names for ``method``, unless the method has an embedded default (the demo zoo).
     """
     return resolve_weights(weights, method=method, what=what)

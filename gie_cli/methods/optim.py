@@ -12,7 +12,7 @@ from torch import Tensor
 
 from gie_cli.errors import UsageError
 from gie_cli.methods.base import Inversion, InversionMethod, create_method, register_method
-from gie_cli.methods.loading import build_generator, read_components
+from gie_cli.methods.loading import build_generator, read_components, require_weights
 from gie_cli.models.stylegan2 import Generator
 
 log = logging.getLogger(__name__)
@@ -263,14 +263,15 @@ def _load_optim(weights: str | None, **options: object) -> LatentOptimization:
     if config.init != "mean":
         kind = "e4e"
         init_method = create_method(kind, config.init)
+    path = ""
     if weights:
         comp = read_components(weights)
-        generator, wid = build_generator(comp), comp.weights_id
+        generator, wid, path = build_generator(comp), comp.weights_id, str(comp.source)
     elif init_method is not None:
-        generator, wid = init_method.generator, init_method.weights_id
-    else:
-        raise UsageError(
-            "--method optim needs --weights (a generator or pSp/e4e checkpoint)",
-            hint="or --set init=PATH to an e4e checkpoint whose generator is used",
-        )
-    return LatentOptimization(generator, config, init_method, wid)
+        generator, wid, path = init_method.generator, init_method.weights_id, init_method.weights_path
+    else:  # the embedded default generator (or a usage error naming the registry entries)
+        comp = read_components(require_weights(None, "optim", "a generator or pSp/e4e checkpoint"))
+        generator, wid, path = build_generator(comp), comp.weights_id, str(comp.source.resolve())
+    method = LatentOptimization(generator, config, init_method, wid)
+    method.weights_path = path
+    return method

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +103,9 @@ def load_encoder_method(kind: str, weights: str | None) -> EncoderMethod:
     else:
         avg = generator.w_avg[None].expand(generator.n_latent, -1)
     start = bool(comp.opts.get("start_from_latent_avg", True))
-    return EncoderMethod(generator, encoder, avg.float(), kind, cfg, start, comp.weights_id)
+    method = EncoderMethod(generator, encoder, avg.float(), kind, cfg, start, comp.weights_id)
+    method.weights_path = str(Path(path).resolve())
+    return method
 
 
 @register_method("e4e", "encoder for editing (Tov et al. 2021): fast, editable W+ codes")

@@ -79,7 +79,9 @@ class AttributeEstimator(nn.Module):
 
 @dataclass
 class EstimatorConfig:
-    """Settings (``--set key=value``): pool of renders, resolution, width, lr, detail and OOD probability."""
+    """Settings (``--set key=value``): pool of renders, resolution, width, lr, detail and OOD probability, and
+    ``blur``: the largest Gaussian blur sigma (pixels at ``size``) of a random per-image blur, so the estimator also
+    reads the smoother images of a generator trained on the world (0 = no blur)."""
 
     pool: int = 4096
     size: int = 64
@@ -87,6 +89,24 @@ class EstimatorConfig:
     lr: float = 2e-3
     detail_strength: float = 1.0
     ood_prob: float = 0.2
+    blur: float = 1.2
+
+
+def random_blur(x: Tensor, max_sigma: float, generator: torch.Generator | None = None) -> Tensor:
+    """Blurs each image of ``x [B,C,H,W]`` with a Gaussian of sigma uniform in ``[0, max_sigma]`` (5x5 kernel,
+    reflect padding); half the images are left sharp."""
+    if max_sigma <= 0:
+        return x
+    b, c = x.shape[:2]
+    sig = torch.rand(b, generator=generator) * max_sigma
+    sig = torch.where(torch.rand(b, generator=generator) < 0.5, torch.zeros_like(sig), sig).clamp_min(1e-3)
+    t = torch.arange(-2, 3, dtype=x.dtype)
+    k1 = torch.exp(-(t[None] ** 2) / (2 * sig[:, None].to(x.dtype) ** 2))
+    k1 = k1 / k1.sum(1, keepdim=True)  # [B, 5]
+    k2 = (k1[:, :, None] * k1[:, None, :]).to(x.device)  # [B, 5, 5]
+    w = k2[:, None].repeat_interleave(c, 0)  # [B*C, 1, 5, 5]
+    y = F.conv2d(F.pad(x.reshape(1, b * c, *x.shape[2:]), (2, 2, 2, 2), mode="reflect"), w, groups=b * c)
+    return y.reshape_as(x)
 
 
 class EstimatorTrainer(Trainer):
@@ -121,6 +141,7 @@ class EstimatorTrainer(Trainer):
 
     def train_step(self, batch: Tensor, step: int) -> dict[str, float]:
         x = self.images[batch].to(self.device).float() / 127.5 - 1  # no flips: yaw and lighting are not symmetric
+        x = random_blur(x, self.cfg.blur)
         loss = (self.net(x) - self.attrs[batch].to(self.device)).square().mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -145,3 +166,34 @@ class EstimatorTrainer(Trainer):
 @register_trainer("attributes", "train the synthetic world's attribute estimator (image -> attributes)")
 def _train_attributes(**kwargs) -> EstimatorTrainer:
     return EstimatorTrainer(**kwargs)
+
+
+_ESTIMATORS: dict[str, AttributeEstimator] = {}
+
+
+@torch.no_grad()
+def world_attributes(images: Tensor) -> Tensor:
+    """The embedded attribute estimator (``world.attributes``) as a labelling function.
+
+    For ``gie directions fit interfacegan --classifier gie_cli.synth.estimator:world_attributes --on image
+    --attribute smile``; ``$GIE_WORLD_ESTIMATOR`` names another estimator file.
+
+    Args:
+        images: ``[B, 3, H, W]`` in [-1, 1].
+
+    Returns:
+        ``[B, A]`` attribute estimates (columns: :data:`world_attributes.columns`).
+    """
+    import os
+
+    from gie_cli.weights import resolve_weights
+
+    spec = os.environ.get("GIE_WORLD_ESTIMATOR") or None
+    path = str(resolve_weights(spec, method="attributes", what="an attribute estimator"))
+    if path not in _ESTIMATORS:
+        _ESTIMATORS[path] = AttributeEstimator.load(path)
+    net = _ESTIMATORS[path].to(images.device)
+    return net(images.float())
+
+
+world_attributes.columns = [a.name for a in ATTRIBUTES]  # type: ignore[attr-defined]

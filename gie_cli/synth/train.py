@@ -1,13 +1,18 @@
 """Training a StyleGAN2 generator on the synthetic face world by regression (``gie train --method generator``).
 
 Each training face is rendered from sampled attributes; its latent ``z`` holds the attribute vector (scaled to unit
-variance) in the first dimensions and Gaussian noise in the rest, so ``z ~ N(0, I)`` samples the world's attribute
-prior and ``G(mapping(z))`` is fitted to the render with L1 + L2 losses. This converges far faster on a CPU than
-adversarial training and gives a W space organised by the world's attributes.
+variance) in the first dimensions and a random direction in the rest, scaled so that ``|z|^2 = style_dim``. The
+mapping network starts with pixel normalisation, which only sees the direction of ``z``; such a ``z`` passes through it
+unchanged, so the attributes reach the MLP exactly, while ``z ~ N(0, I)`` (normalised: uniform on that sphere, whose
+first coordinates are close to ``N(0, 1)``) still samples the world's attribute prior. ``G(mapping(z))`` is fitted to
+the render with L1 + L2 losses. This converges far faster on a CPU than adversarial training and gives a W space
+organised by the world's attributes. The clean world renders every face with the same detail seed, so an image is a
+function of its attributes alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator
@@ -19,6 +24,7 @@ from torch import Tensor, nn
 
 from gie_cli.methods.loading import build_generator, read_components, require_weights, save_components
 from gie_cli.models.stylegan2 import Generator
+from gie_cli.synth.dataset import WORLD_VERSION
 from gie_cli.synth.params import ATTRIBUTES, attribute_vector, sample_params
 from gie_cli.synth.render import render
 from gie_cli.training.base import Trainer, register_trainer
@@ -36,11 +42,15 @@ class WorldGeneratorConfig:
     Attributes:
         size: output resolution.
         style_dim, n_mlp, channel_max: architecture (official layout, reduced widths).
+        channels: explicit widths per resolution from 4 px up, comma-separated (e.g. ``128,128,128,96,48`` for 64 px:
+            wide at low resolution, narrow at high, ~4x faster than 128 everywhere); empty = ``channel_max``.
         lr_mlp: mapping-network learning-rate multiplier. StyleGAN2 uses 0.01, which all but freezes the mapping;
             regression from attributes needs the mapping to learn to separate them from the noise dimensions.
         lr: Adam learning rate (betas 0, 0.99 as StyleGAN2).
         pool: number of pre-rendered faces cycled through (fresh random noise dims every step).
         detail_strength: 0 renders the clean world (no image-specific detail), as the generator cannot model it.
+        detail_seed: the detail seed of every training face (hairline waves, background blobs); negative = random
+            per face, which the attributes cannot predict.
         l1, l2: loss weights.
     """
 
@@ -48,20 +58,46 @@ class WorldGeneratorConfig:
     style_dim: int = 128
     n_mlp: int = 4
     channel_max: int = 128
+    channels: str = "128,128,128,96,48"
     lr_mlp: float = 1.0
     lr: float = 2e-3
     pool: int = 4096
     detail_strength: float = 0.0
+    detail_seed: int = 0
     l1: float = 1.0
     l2: float = 1.0
 
 
 def world_latent(attrs: Tensor, style_dim: int, noise: Tensor | None = None) -> Tensor:
-    """``z [B, style_dim]`` from attribute vectors ``[B, A]`` in [-1, 1] (+ noise for the remaining dims)."""
+    """``z [B, style_dim]`` with ``|z|^2 = style_dim`` from attribute vectors ``[B, A]`` in [-1, 1].
+
+    The first ``A`` dims are ``attrs * sqrt(3)``; the rest point in the direction of ``noise [B, style_dim - A]``
+    (Gaussian if omitted) with the length that completes the norm, so pixel normalisation leaves ``z`` unchanged.
+    """
     b, a = attrs.shape
+    head = attrs * Z_SCALE
     if noise is None:
         noise = torch.randn(b, style_dim - a, device=attrs.device)
-    return torch.cat([attrs * Z_SCALE, noise], dim=1)
+    room = (style_dim - head.square().sum(1, keepdim=True)).clamp_min(0.0)
+    tail = noise / noise.norm(dim=1, keepdim=True).clamp_min(1e-8) * room.sqrt()
+    return torch.cat([head, tail], dim=1)
+
+
+def parse_channels(spec: str, size: int) -> dict[int, int] | None:
+    """``"128,128,96"`` -> ``{4: 128, 8: 128, 16: 96, ...}`` (the last width repeats up to ``size``); ``""`` -> None."""
+    if not spec.strip():
+        return None
+    from gie_cli.errors import UsageError
+
+    hint = "e.g. channels=128,128,128,96,48"
+    try:
+        widths = [int(v) for v in spec.split(",")]
+    except ValueError:
+        raise UsageError(f"channels={spec!r} is not a comma-separated list of ints", hint=hint) from None
+    if min(widths) < 1:
+        raise UsageError(f"channels={spec!r}: widths must be positive", hint=hint)
+    res = [2**i for i in range(2, int(math.log2(size)) + 1)]
+    return {r: widths[min(i, len(widths) - 1)] for i, r in enumerate(res)}
 
 
 class WorldGeneratorTrainer(Trainer):
@@ -82,7 +118,10 @@ class WorldGeneratorTrainer(Trainer):
         if weights:
             self.g = build_generator(read_components(require_weights(weights, "generator", "a generator checkpoint")))
         else:
-            self.g = Generator(c.size, style_dim=c.style_dim, n_mlp=c.n_mlp, channel_max=c.channel_max, lr_mlp=c.lr_mlp)
+            chans = parse_channels(c.channels, c.size)
+            self.g = Generator(
+                c.size, style_dim=c.style_dim, n_mlp=c.n_mlp, channel_max=c.channel_max, channels=chans, lr_mlp=c.lr_mlp
+            )
         self.g = self.g.to(self.device).train()
         self.opt = torch.optim.Adam(self.g.parameters(), lr=c.lr, betas=(0.0, 0.99))
         self.batch_size, self.seed = batch_size, seed
@@ -94,6 +133,8 @@ class WorldGeneratorTrainer(Trainer):
         attrs = np.empty((n, len(ATTRIBUTES)), np.float32)
         for i in range(n):
             p = sample_params(rng, 0.0, detail_strength=self.cfg.detail_strength)
+            if self.cfg.detail_seed >= 0:
+                p = dataclasses.replace(p, detail_seed=self.cfg.detail_seed)
             imgs[i] = render(p, size=self.g.size).image
             attrs[i] = attribute_vector(p)
         log.info("rendered %d world faces at %dpx", n, self.g.size)
@@ -127,7 +168,12 @@ class WorldGeneratorTrainer(Trainer):
     def export(self, path) -> None:
         g = self.g.eval()
         g.mean_latent(4096)
-        world = {"z_attributes": [a.name for a in ATTRIBUTES], "z_scale": Z_SCALE}
+        world = {
+            "z_attributes": [a.name for a in ATTRIBUTES],
+            "z_scale": Z_SCALE,
+            "detail_seed": self.cfg.detail_seed,
+            "world_version": WORLD_VERSION,
+        }
         save_components(path, {"decoder": g}, {"generator": g.config, "world": world}, g.w_avg.clone())
         g.train()
 

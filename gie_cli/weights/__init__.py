@@ -2,15 +2,25 @@
 
 from gie_cli.weights.cache import Verification, cache_dir, entry_path, is_offline, verify_cached
 from gie_cli.weights.download import DownloadError, DownloadOptions, download_entry
-from gie_cli.weights.registry import Registry, RegistryError, WeightEntry, load_registry, registry_path
+from gie_cli.weights.registry import (
+    Registry,
+    RegistryError,
+    WeightEntry,
+    load_registry,
+    package_dir,
+    registry_path,
+)
 from gie_cli.weights.store import (
     converted_path,
+    embedded_file,
+    embedded_notice,
     ensure,
     entry_status,
     import_file,
     offline_error,
     remove,
     resolve_weights,
+    verify_embedded,
 )
 
 __all__ = [
@@ -23,6 +33,8 @@ __all__ = [
     "cache_dir",
     "converted_path",
     "download_entry",
+    "embedded_file",
+    "embedded_notice",
     "ensure",
     "entry_path",
     "entry_status",
@@ -30,8 +42,10 @@ __all__ = [
     "is_offline",
     "load_registry",
     "offline_error",
+    "package_dir",
     "registry_path",
     "remove",
     "resolve_weights",
     "verify_cached",
+    "verify_embedded",
 ]

@@ -8,7 +8,7 @@ import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from gie_cli.errors import GieError, UsageError
@@ -26,6 +26,7 @@ __all__ = [
     "RegistryError",
     "registry_path",
     "load_registry",
+    "package_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ _KNOWN_KEYS = {
     "subdir",
     "convert",
     "notes",
+    "embedded",
+    "default_for",
+    "real",
 }
 
 
@@ -91,6 +95,10 @@ class WeightEntry:
         subdir: Folder under the cache dir (default: the entry name).
         convert: Converter needed before gie can use the file (e.g. ``nvidia-ada-generator``), or ``""``.
         notes: Free-form remarks.
+        embedded: Path of a file shipped inside the ``gie_cli`` package, relative to the package folder (e.g.
+            ``zoo/world-e4e.safetensors``), or ``""``. Embedded files are never downloaded or cached.
+        default_for: Methods for which this (embedded) entry is used when ``--weights`` is omitted.
+        real: Registry name of the real-world counterpart of an embedded demo model (e.g. ``e4e.ffhq``), or ``""``.
     """
 
     name: str
@@ -112,6 +120,14 @@ class WeightEntry:
     subdir: str = ""
     convert: str = ""
     notes: str = ""
+    embedded: str = ""
+    default_for: tuple[str, ...] = ()
+    real: str = ""
+
+    @property
+    def embedded_path(self) -> Path | None:
+        """Absolute path of the embedded file (inside the installed package), or None for a downloadable entry."""
+        return package_dir() / self.embedded if self.embedded else None
 
     @property
     def hash_known(self) -> bool:
@@ -148,6 +164,9 @@ class WeightEntry:
             "paper": self.paper,
             "description": self.description,
             "convert": self.convert,
+            "embedded": self.embedded,
+            "default_for": list(self.default_for),
+            "real": self.real,
         }
 
 
@@ -198,6 +217,23 @@ class Registry:
     def find_file(self, filename: str) -> list[WeightEntry]:
         """Entries whose file name is ``filename``."""
         return [e for e in self if e.filename == filename]
+
+    def default_for(self, method: str) -> WeightEntry | None:
+        """The embedded entry used for ``method`` when ``--weights`` is omitted, or None if there is none."""
+        for e in self:
+            if method in e.default_for:
+                return e
+        return None
+
+    @property
+    def defaults(self) -> dict[str, str]:
+        """Method -> name of its embedded default entry, for every method that has one."""
+        return {m: e.name for e in self for m in e.default_for}
+
+
+def package_dir() -> Path:
+    """The folder of the installed ``gie_cli`` package (what ``embedded`` paths are relative to)."""
+    return Path(__file__).resolve().parents[1]
 
 
 def _source_checkout_registry() -> Path | None:
@@ -270,14 +306,22 @@ def load_registry(path: str | Path | None = None) -> Registry:
             problems.append(f"entry {label}: {e}")
     seen: dict[str, str] = {}
     places: dict[tuple[str, str], str] = {}
+    defaults: dict[str, str] = {}
     for e in entries:
         if e.name in seen:
             problems.append(f"entry {e.name}: name used twice")
         seen[e.name] = e.name
-        where = (e.folder, e.filename)
+        where = ("<package>", e.embedded) if e.embedded else (e.folder, e.filename)
         if where in places:
-            problems.append(f"entry {e.name}: same cache path {e.folder}/{e.filename} as {places[where]}")
+            problems.append(f"entry {e.name}: same file {'/'.join(where)} as {places[where]}")
         places[where] = e.name
+        for m in e.default_for:
+            if m in defaults:
+                problems.append(f"entry {e.name}: {defaults[m]} is already the default for {m}")
+            defaults.setdefault(m, e.name)
+    for e in entries:
+        if e.real and e.real not in seen:
+            problems.append(f"entry {e.name}: real {e.real!r} is not a registry name")
     if problems:
         raise RegistryError(f"weights registry {p} is invalid: " + "; ".join(problems))
     logger.debug("weights registry %s: %d entries", p, len(entries))
@@ -341,12 +385,13 @@ def parse_entry(item: Any) -> WeightEntry:
     name = _str(item, "name", required=True)
     if not _NAME_RE.match(name):
         raise ValueError(f"name {name!r} must look like 'arch.tag' (lowercase letters, digits, _ and -)")
-    filename = _str(item, "filename", required=True)
+    embedded = _embedded(item)
+    filename = _str(item, "filename", required=not embedded) or PurePosixPath(embedded).name
     if "/" in filename or "\\" in filename or filename.startswith("."):
         raise ValueError(f"filename {filename!r} must be a plain file name")
     urls = _str_list(item, "urls")
-    if not urls:
-        raise ValueError("'urls' needs at least one mirror")
+    if not urls and not embedded:
+        raise ValueError("'urls' needs at least one mirror (or 'embedded' for a file shipped in the package)")
     for u in urls:
         if not u.startswith(("https://", "http://")):
             raise ValueError(f"url {u!r} must be http(s)")
@@ -366,6 +411,18 @@ def parse_entry(item: Any) -> WeightEntry:
     subdir = _str(item, "subdir")
     if subdir and (subdir.startswith((".", "/")) or "\\" in subdir or ".." in subdir.split("/")):
         raise ValueError(f"subdir {subdir!r} must be a relative folder inside the cache")
+    method = _str_list(item, "method")
+    default_for = _str_list(item, "default_for")
+    real = _str(item, "real")
+    if (default_for or real) and not embedded:
+        raise ValueError("'default_for' and 'real' need 'embedded' (only files shipped in the package are defaults)")
+    if embedded and (convert or subdir):
+        raise ValueError("an 'embedded' entry takes no 'convert' or 'subdir' (it is never downloaded or cached)")
+    stray = [m for m in default_for if method and m not in method]
+    if stray:
+        raise ValueError(f"default_for {', '.join(stray)} not in method ({', '.join(method)})")
+    if real and not _NAME_RE.match(real):
+        raise ValueError(f"real {real!r} must be a registry name ('arch.tag')")
     return WeightEntry(
         name=name,
         filename=filename,
@@ -376,7 +433,7 @@ def parse_entry(item: Any) -> WeightEntry:
         size=_int(item, "size"),
         size_approx=_int(item, "size_approx"),
         format=fmt,
-        method=_str_list(item, "method"),
+        method=method,
         arch=_str(item, "arch"),
         config=config,
         license=_str(item, "license"),
@@ -386,4 +443,17 @@ def parse_entry(item: Any) -> WeightEntry:
         subdir=subdir,
         convert=convert,
         notes=_str(item, "notes"),
+        embedded=embedded,
+        default_for=default_for,
+        real=real,
     )
+
+
+def _embedded(item: dict) -> str:
+    """The validated ``embedded`` path: relative to the package folder, forward slashes, no ``..``, no ``~``."""
+    v = _str(item, "embedded")
+    if not v:
+        return ""
+    if v.startswith(("/", "~")) or "\\" in v or ":" in v or any(p in ("", ".", "..") for p in v.split("/")):
+        raise ValueError(f"embedded {v!r} must be a relative file path inside the gie_cli package (no '..')")
+    return v

@@ -1,4 +1,9 @@
-"""High-level weights API: resolve a name or path to a verified local file, download, import, remove."""
+"""High-level weights API: resolve a name or path to a verified local file, download, import, remove.
+
+Embedded entries (``embedded = "zoo/..."`` in the registry) are files shipped inside the ``gie_cli`` package: they
+resolve to the package file (checked once per process), are never downloaded or cached, and the one marked
+``default_for`` a method is what that method uses when ``--weights`` is omitted.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from pathlib import Path
 from gie_cli.errors import CheckpointError, UsageError, WeightsUnavailableError
 from gie_cli.weights.cache import (
     Verification,
+    _html_or_text,
     cache_dir,
     check_file,
     entry_path,
@@ -29,17 +35,24 @@ from gie_cli.weights.registry import Registry, WeightEntry, load_registry
 __all__ = [
     "EntryStatus",
     "converted_path",
+    "embedded_file",
+    "embedded_notice",
     "ensure",
     "entry_status",
     "import_file",
     "offline_error",
     "remove",
     "resolve_weights",
+    "verify_embedded",
 ]
 
 logger = logging.getLogger(__name__)
 
 _PATH_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt", ".safetensors", ".npy", ".bin")
+_EMBEDDED_CHECKED: dict[tuple[str, str, int, int, int], Verification] = {}
+"""Verification of embedded files, per (path, expected sha256, expected size, file size, mtime): once per process."""
+_ANNOUNCED: set[str] = set()
+"""Embedded defaults already announced on the log in this process."""
 
 
 def converted_path(entry: WeightEntry, cache: str | Path | None = None) -> Path:
@@ -105,6 +118,8 @@ def ensure(
     """
     if isinstance(entry, str):
         entry = (registry or load_registry()).get(entry)
+    if entry.embedded:  # shipped in the package: nothing to download, offline or not
+        return embedded_file(entry)
     path = entry_path(entry, cache)
     if is_offline(offline):
         v = verify_cached(path, entry)
@@ -123,6 +138,101 @@ def ensure(
     else:
         download_entry(entry, path, options, progress, force=force)
     return path
+
+
+def verify_embedded(entry: WeightEntry) -> Verification:
+    """Checks the package file of an embedded entry against its registry sha256/size (no caching, no records).
+
+    With ``sha256 = "unknown"`` and ``size = "unknown"`` (hashes not filled in by ``python -m
+    gie_cli.weights.embed_hashes`` yet) the content is not verified: only an empty file or a Git LFS pointer/HTML
+    page in its place is rejected, and the result says so (level ``none``).
+
+    Args:
+        entry: An entry with ``embedded`` set.
+
+    Returns:
+        The :class:`Verification` (``reason`` ``"missing"`` when the file is absent).
+
+    Raises:
+        UsageError: ``entry`` is not embedded.
+    """
+    path = entry.embedded_path
+    if path is None:
+        raise UsageError(f"{entry.name} is not an embedded entry")
+    if not path.is_file():
+        return Verification(False, "none", "", 0, "missing")
+    if entry.sha256 or entry.size:
+        return check_file(path, entry)
+    size = path.stat().st_size
+    if size == 0:
+        return Verification(False, "size", "", 0, "empty file (0 bytes)")
+    junk = _html_or_text(path)
+    if junk:
+        return Verification(False, "none", "", size, junk)
+    note = "no sha256/size recorded for this embedded file (python -m gie_cli.weights.embed_hashes); not verified"
+    return Verification(True, "none", "", size, note)
+
+
+def _embedded_hint(entry: WeightEntry) -> str:
+    other = f"--weights {entry.real}" if entry.real else "--weights NAME|FILE"
+    return (
+        "the file ships inside the gie package: reinstall it with `pip install --force-reinstall gie` (in a source "
+        f"checkout: re-run scripts/build_zoo.sh), or pass {other} (see `gie weights list`)"
+    )
+
+
+def embedded_file(entry: WeightEntry) -> Path:
+    """The package file of an embedded entry, checked against the registry once per process.
+
+    A file whose registry sha256/size are ``unknown`` is accepted with one warning (see :func:`verify_embedded`).
+
+    Args:
+        entry: An entry with ``embedded`` set.
+
+    Returns:
+        Absolute path of the file inside the installed ``gie_cli`` package.
+
+    Raises:
+        UsageError: ``entry`` is not embedded.
+        WeightsUnavailableError: The file is not in the package (broken install, or a checkout without the zoo).
+        CheckpointError: The file does not match the registry's sha256/size.
+    """
+    path = entry.embedded_path
+    if path is None:
+        raise UsageError(f"{entry.name} is not an embedded entry")
+    try:
+        st = path.stat()
+    except OSError:
+        st = None
+    if st is None or not path.is_file():
+        err = WeightsUnavailableError(f"{entry.name} ({entry.filename})", path, hint=_embedded_hint(entry))
+        err.entry = entry.name  # type: ignore[attr-defined]
+        raise err
+    key = (str(path), entry.sha256, entry.size, st.st_size, st.st_mtime_ns)
+    v = _EMBEDDED_CHECKED.get(key)
+    if v is None:
+        v = _EMBEDDED_CHECKED[key] = verify_embedded(entry)
+        if v.ok and v.weak:
+            logger.warning("%s: %s", entry.name, v.reason)
+    if not v.ok:
+        raise CheckpointError(path, f"is not the embedded {entry.name}: {v.reason}", hint=_embedded_hint(entry))
+    return path
+
+
+def embedded_notice(entry: WeightEntry) -> str:
+    """The one-line notice logged when an embedded default stands in for ``--weights``.
+
+    E.g. ``using the embedded demo model world.e4e (64 px synthetic faces, not for real photos; for FFHQ: --weights
+    e4e.ffhq, see gie weights list)``; the size comes from ``config.size``, the alternative from ``real``.
+    """
+    size = entry.config.get("size")
+    what = f"{size} px synthetic faces" if isinstance(size, int) and not isinstance(size, bool) else "synthetic faces"
+    if entry.real:
+        tag = entry.real.rsplit(".", 1)[-1].upper()
+        alt = f"for {tag}: --weights {entry.real}, see gie weights list"
+    else:
+        alt = "see gie weights list"
+    return f"using the embedded demo model {entry.name} ({what}, not for real photos; {alt})"
 
 
 def _warn_weak(entry: WeightEntry, v: Verification) -> None:
@@ -147,7 +257,8 @@ def resolve_weights(
     """Resolves a ``--weights`` value: an existing file path, or a registry name (downloaded when not cached).
 
     Args:
-        spec: File path or registry name; None/empty means the embedded default, which does not exist yet.
+        spec: File path or registry name; None/empty means the registry's embedded default for ``method``
+            (``default_for``), announced by one info line on the log.
         method: The method asking (for messages and a consistency warning).
         what: Description of what the method needs (for messages).
         registry: Registry (default: :func:`load_registry`).
@@ -158,20 +269,34 @@ def resolve_weights(
         Path of the file to load.
 
     Raises:
-        UsageError: Nothing given, a path that does not exist, an unknown name, or an entry that needs
-            ``gie weights import --convert`` first.
-        WeightsUnavailableError: Offline and the named file is not cached.
+        UsageError: Nothing given and ``method`` has no embedded default, a path that does not exist, an unknown
+            name, or an entry that needs ``gie weights import --convert`` first.
+        WeightsUnavailableError: Offline and the named file is not cached; or an embedded file is not in the
+            package.
+        CheckpointError: An embedded file does not match the registry.
         DownloadError: The named file could not be downloaded.
     """
     flag = f"--method {method} " if method else ""
     if not spec:
         reg = registry or _try_registry()
+        default = reg.default_for(method) if reg is not None and method else None
+        if default is not None:
+            path = embedded_file(default)
+            if default.name not in _ANNOUNCED:
+                _ANNOUNCED.add(default.name)
+                logger.info("%s", embedded_notice(default))
+            return path
         names = [e.name for e in reg.for_method(method)] if reg is not None and method else []
         listing = f"registry names for {method}: {', '.join(names)}; " if names else ""
-        raise UsageError(
-            f"{flag}needs --weights ({what}); gie has no built-in default weights yet",
-            hint=f"pass --weights NAME or --weights FILE; {listing}see `gie weights list`",
-        )
+        defaults = reg.defaults if reg is not None else {}
+        if defaults:
+            having = ", ".join(sorted(defaults))
+            msg = f"{flag or 'this command '}has no embedded default; pass --weights ({what})"
+            hint = f"pass --weights NAME or --weights FILE; {listing}embedded defaults exist for: {having}; "
+        else:
+            msg = f"{flag}needs --weights ({what}); gie has no built-in default weights yet"
+            hint = f"pass --weights NAME or --weights FILE; {listing}"
+        raise UsageError(msg, hint=hint + "see `gie weights list`")
     p = Path(spec).expanduser()
     if p.is_file():
         return p
@@ -185,6 +310,8 @@ def resolve_weights(
     entry = reg.get(spec)
     if method and entry.method and method not in entry.method:
         logger.warning("--weights %s is registered for %s, not for %s", entry.name, ", ".join(entry.method), method)
+    if entry.embedded:
+        return embedded_file(entry)
     if entry.convert:
         conv = converted_path(entry, cache)
         if conv.is_file():
@@ -209,12 +336,12 @@ def _try_registry() -> Registry | None:
 
 @dataclass
 class EntryStatus:
-    """State of an entry in the cache.
+    """State of an entry in the cache (or, for an embedded entry, in the package).
 
     Attributes:
         entry: The registry entry.
-        path: Where the file lives (or would live).
-        cached: The file exists.
+        path: Where the file lives (or would live); the package file for an embedded entry.
+        cached: The file exists in the cache (always False for an embedded entry).
         partial: Bytes of an unfinished download (0 if none).
         verified: Verification result, when checked.
     """
@@ -225,10 +352,23 @@ class EntryStatus:
     partial: int = 0
     verified: Verification | None = None
 
+    @property
+    def state(self) -> str:
+        """``embedded``, ``cached``, ``partial`` or ``missing``."""
+        if self.entry.embedded:
+            return "embedded"
+        return "cached" if self.cached else "partial" if self.partial else "missing"
+
     def to_dict(self) -> dict:
-        """JSON-friendly view (entry facts + cache state)."""
+        """JSON-friendly view (entry facts + cache state; ``present``: the file exists at ``path``)."""
         d = self.entry.to_dict()
-        d.update(path=str(self.path), cached=self.cached, partial_bytes=self.partial)
+        d.update(
+            path=str(self.path),
+            cached=self.cached,
+            partial_bytes=self.partial,
+            status=self.state,
+            present=self.path.is_file(),
+        )
         if self.verified is not None:
             d.update(
                 ok=self.verified.ok,
@@ -242,6 +382,11 @@ class EntryStatus:
 
 def entry_status(entry: WeightEntry, cache: str | Path | None = None, verify: bool = False) -> EntryStatus:
     """Where ``entry`` is and whether it is there; with ``verify``, re-hash it against the registry."""
+    if entry.embedded:
+        st = EntryStatus(entry, entry.embedded_path, False)  # type: ignore[arg-type]
+        if verify:
+            st.verified = verify_embedded(entry)
+        return st
     path = entry_path(entry, cache)
     part = partial_path(path)
     st = EntryStatus(entry, path, path.is_file(), part.stat().st_size if part.is_file() else 0)
@@ -270,9 +415,14 @@ def import_file(
         ``(cache path, verification)``.
 
     Raises:
-        UsageError: ``src`` does not exist.
+        UsageError: ``src`` does not exist, or ``entry`` is embedded in the package (nothing to import).
         CheckpointError: ``src`` fails verification (nothing is written).
     """
+    if entry.embedded:
+        raise UsageError(
+            f"{entry.name} is embedded in the gie package ({entry.embedded_path}); it is not imported into the cache",
+            hint="use it as --weights " + entry.name,
+        )
     s = Path(src).expanduser()
     if not s.is_file():
         raise UsageError(f"{src}: file not found")
@@ -321,7 +471,14 @@ def remove(entry: WeightEntry, cache: str | Path | None = None) -> list[Path]:
 
     Returns:
         The paths that were removed.
+
+    Raises:
+        UsageError: ``entry`` is embedded in the package (it is not in the cache; gie never deletes package files).
     """
+    if entry.embedded:
+        raise UsageError(
+            f"{entry.name} is embedded in the gie package ({entry.embedded_path}), not in the cache: nothing to remove"
+        )
     path = entry_path(entry, cache)
     removed: list[Path] = []
     with file_lock(lock_path(path)):

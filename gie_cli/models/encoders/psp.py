@@ -240,6 +240,17 @@ ENCODER_CONFIGS: dict[str, dict[str, Any]] = {
         "input_nc": 3,
         "input_size": 128,
     },
+    # the embedded demo e4e (world.e4e): a small IR-SE for the 64 px synthetic-world generator, read at 64 px
+    # (pyramid 16/8/4 px, the generator's 16/8/4 px blocks)
+    "world": {
+        "mode": "ir_se",
+        "unit_counts": (2, 2, 2, 2),
+        "widths": (32, 64, 96, 128),
+        "n_styles": 10,
+        "style_dim": 128,
+        "input_nc": 3,
+        "input_size": 64,
+    },
 }
 
 _ENCODER_CLASSES: dict[str, type[FPNStyleEncoder]] = {
