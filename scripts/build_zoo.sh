@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-build/zoo}
 DEVICE=${DEVICE:-auto}
-GEN_STEPS=${GEN_STEPS:-9000}
+GEN_STEPS=${GEN_STEPS:-8000}
 EST_STEPS=${EST_STEPS:-3000}
 E4E_STEPS=${E4E_STEPS:-6000}
 N_FACES=${N_FACES:-4096}

@@ -197,7 +197,7 @@ def test_lpips_missing_weights(monkeypatch, tmp_path):
     assert statuses["lpips-vgg"] == MetricStatus("lpips-vgg", True, None)
     assert all(statuses[n].available for n in ("mse", "psnr", "ssim", "ms-ssim"))
     with pytest.raises(UsageError):
-        metric_status("fid")
+        metric_status("lpips-squeeze")
 
 
 def test_lpips_heads_need_the_lpips_wheel(monkeypatch):

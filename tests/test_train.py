@@ -125,7 +125,7 @@ def test_world_generator_regression_lowers_loss(tmp_path):
         "--set",
         "size=32",
         "--set",
-        "channel_max=32",
+        "channels=32,32,24",
         "--set",
         "style_dim=32",
         "--set",
@@ -144,6 +144,32 @@ def test_world_generator_regression_lowers_loss(tmp_path):
     assert g.size == 32 and comp.config["world"]["z_attributes"][0] == "yaw"
     res = runner.invoke(app, ["train", "--method", "generator", "--data", str(tmp_path), "--steps", "1"])
     assert res.exit_code == 2 and "synthface" in res.stderr
+
+
+def test_world_latent_passes_pixel_norm_unchanged_and_carries_the_attributes():
+    from gie_cli.models.stylegan2 import PixelNorm
+    from gie_cli.synth.train import Z_SCALE, parse_channels, world_latent
+
+    attrs = torch.rand(5, 20, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    z = world_latent(attrs, 64)
+    assert z.shape == (5, 64)
+    torch.testing.assert_close(z.square().sum(1), torch.full((5,), 64.0))
+    torch.testing.assert_close(PixelNorm()(z), z, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(z[:, :20], attrs * Z_SCALE)
+    assert parse_channels("128,96", 32) == {4: 128, 8: 96, 16: 96, 32: 96} and parse_channels("", 32) is None
+
+
+def test_world_generator_starts_blind_to_the_noise_dims():
+    from gie_cli.synth.train import WorldGeneratorTrainer
+
+    kw = {"pool": "2", "size": "16", "channels": "16", "style_dim": "32", "n_mlp": "2"}
+    t = WorldGeneratorTrainer(data="synthface", weights=None, device="cpu", batch_size=2, seed=0, **kw)
+    w = t.g.style[1].weight
+    assert (w[:, 20:] == 0).all() and (w[:, :20] != 0).any()
+    off = WorldGeneratorTrainer(
+        data="synthface", weights=None, device="cpu", batch_size=2, seed=0, quiet_noise_dims="false", **kw
+    )
+    assert (off.g.style[1].weight[:, 20:] != 0).any()
 
 
 def test_attribute_estimator_learns(tmp_path):

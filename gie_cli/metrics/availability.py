@@ -1,4 +1,5 @@
-"""Which of gie's image metrics can run here (LPIPS needs weights files; SSIM, MS-SSIM, PSNR and MSE need none)."""
+"""Which of gie's image metrics can run here (LPIPS, identity and FID need weights files; SSIM, MS-SSIM, PSNR and MSE
+need none). An unavailable metric is reported with the reason; it is never replaced by another network."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gie_cli.errors import UsageError
+from gie_cli.metrics.fid import fid_available
+from gie_cli.metrics.identity import identity_available
 from gie_cli.metrics.lpips import lpips_available
 
 __all__ = ["METRIC_NAMES", "MetricStatus", "metric_status", "metrics_status"]
 
-METRIC_NAMES = ("mse", "psnr", "ssim", "ms-ssim", "lpips-vgg", "lpips-alex")
+METRIC_NAMES = ("mse", "psnr", "ssim", "ms-ssim", "lpips-vgg", "lpips-alex", "identity", "fid")
 """Metric names understood by :func:`metric_status`."""
 
 _LPIPS = {"lpips-vgg": "vgg", "lpips-alex": "alex"}
@@ -33,11 +36,12 @@ class MetricStatus:
 
 
 def metric_status(name: str, weights: str | Path | None = None) -> MetricStatus:
-    """Reports whether metric ``name`` can run; an unavailable LPIPS backbone is never replaced by another one.
+    """Reports whether metric ``name`` can run; an unavailable network is never replaced by another one.
 
     Args:
         name: One of :data:`METRIC_NAMES`.
-        weights: Explicit backbone checkpoint for an LPIPS metric (ignored by the others).
+        weights: Explicit checkpoint of the metric's network: the LPIPS backbone, ArcFace ``model_ir_se50.pth``
+            (identity) or ``pt_inception-2015-12-05-6726825d.pth`` (fid); ignored by the others.
 
     Returns:
         The metric's status. Only the existence of the files is checked, not their content.
@@ -49,6 +53,12 @@ def metric_status(name: str, weights: str | Path | None = None) -> MetricStatus:
         raise UsageError(f"unknown metric {name!r}", hint=f"known: {', '.join(METRIC_NAMES)}")
     if name in _LPIPS:
         ok, reason = lpips_available(_LPIPS[name], weights)
+        return MetricStatus(name, ok, None if ok else reason)
+    if name == "identity":
+        ok, reason = identity_available(weights)
+        return MetricStatus(name, ok, None if ok else reason)
+    if name == "fid":
+        ok, reason = fid_available(weights)
         return MetricStatus(name, ok, None if ok else reason)
     return MetricStatus(name, True, None)
 

@@ -1,0 +1,475 @@
+"""Runs inversion methods on the benchmark images: timings per stage, peak memory, quality and edit metrics."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import resource
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gie_cli.benchmark.data import BenchData
+from gie_cli.benchmark.metrics import Accumulator, MetricSuite, to_size
+from gie_cli.benchmark.world import WorldJudge, target_attribute
+from gie_cli.errors import GieError, UsageError
+from gie_cli.metrics.regions import masked_mse
+
+__all__ = [
+    "METRIC_WEIGHT_KEYS",
+    "EditSpec",
+    "PeakMemory",
+    "PreparedEdit",
+    "load_directions",
+    "parse_edits",
+    "run_method",
+    "split_settings",
+    "split_weights",
+]
+
+log = logging.getLogger(__name__)
+
+METRIC_WEIGHT_KEYS = ("lpips-vgg", "lpips-alex", "identity", "fid", "attributes")
+"""``--weights KEY=FILE`` keys that name a metric network rather than a method."""
+
+
+# --------------------------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class EditSpec:
+    """One ``--edits`` entry: a direction (by name or path) and a power."""
+
+    direction: str
+    power: float
+
+    @property
+    def label(self) -> str:
+        """``name:+power`` (the key of the edit in the results)."""
+        return f"{Path(self.direction).name.removesuffix('.direction.safetensors')}:{self.power:+g}"
+
+
+def parse_edits(spec: str | None) -> list[EditSpec]:
+    """``"smile:3,age:-2"`` -> edit specs (a direction without ``:power`` is an error).
+
+    Raises:
+        UsageError: A malformed entry.
+    """
+    out: list[EditSpec] = []
+    for part in (spec or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, power = part.rpartition(":")
+        try:
+            value = float(power)
+        except ValueError:
+            value = None
+        if not sep or not name.strip() or value is None:
+            raise UsageError(f"--edits entry {part!r} is not DIRECTION:POWER", hint="e.g. --edits smile:3,age:-2")
+        out.append(EditSpec(name.strip(), value))
+    labels = [e.label for e in out]
+    if len(set(labels)) != len(labels):
+        raise UsageError("--edits lists the same edit twice")
+    return out
+
+
+def _pairs(items: Sequence[str], flag: str, example: str) -> list[tuple[str, str]]:
+    out = []
+    for s in items:
+        key, sep, value = s.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageError(f"{flag} {s!r} is not KEY=VALUE", hint=f"e.g. {flag} {example}")
+        out.append((key.strip(), value.strip()))
+    return out
+
+
+def split_weights(items: Sequence[str], methods: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``--weights`` values ``KEY=FILE``: per method, or per metric network (:data:`METRIC_WEIGHT_KEYS`).
+
+    Returns:
+        ``(method -> weights, metric key -> file)``.
+
+    Raises:
+        UsageError: A malformed value, a key that is neither a benchmarked method nor a metric, or a repeated key.
+    """
+    by_method: dict[str, str] = {}
+    by_metric: dict[str, str] = {}
+    for key, value in _pairs(items, "--weights", "e4e=e4e.ffhq"):
+        if key in methods:
+            target = by_method
+        elif key in METRIC_WEIGHT_KEYS:
+            target = by_metric
+        else:
+            raise UsageError(
+                f"--weights {key}=...: {key!r} is neither a benchmarked method nor a metric",
+                hint=f"methods: {', '.join(methods)}; metrics: {', '.join(METRIC_WEIGHT_KEYS)}",
+            )
+        if key in target:
+            raise UsageError(f"--weights {key}=... given twice")
+        target[key] = value
+    return by_method, by_metric
+
+
+def split_settings(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``--set METHOD.KEY=VALUE`` values -> per-method option dicts (passed to ``create_method``).
+
+    Raises:
+        UsageError: A malformed value or a method that is not benchmarked.
+    """
+    out: dict[str, dict[str, str]] = {m: {} for m in methods}
+    for key, value in _pairs(items, "--set", "optim.steps=300"):
+        method, dot, opt = key.partition(".")
+        if not dot or not opt:
+            raise UsageError(f"--set {key}=...: the key must be METHOD.KEY", hint="e.g. --set optim.steps=300")
+        if method not in out:
+            raise UsageError(f"--set {key}=...: {method!r} is not benchmarked", hint=f"methods: {', '.join(methods)}")
+        out[method][opt] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- memory
+class PeakMemory:
+    """Peak memory of one method's run.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. CPU: the process's peak resident
+    set size, ``VmHWM`` of ``/proc/self/status``, reset through ``/proc/self/clear_refs`` (Linux); where that reset
+    is impossible, ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, the peak since the process started. Both include
+    what was resident before the method was loaded (the images, the metric networks): ``baseline_mb`` says how much.
+
+    Args:
+        device: The device the method runs on.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.kind = ""
+        self.baseline_mb = 0.0
+
+    def reset(self) -> None:
+        """Starts a new measurement."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.kind = "cuda max allocated"
+            self.baseline_mb = torch.cuda.memory_allocated(self.device) / 2**20
+            return
+        self.baseline_mb = (_proc_status_kb("VmRSS") or 0) / 1024
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.kind = "cpu peak RSS (VmHWM, reset per method)"
+        except OSError:
+            self.kind = "cpu peak RSS since process start (ru_maxrss)"
+
+    def peak_mb(self) -> float:
+        """Peak in MiB since :meth:`reset`."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.kind.startswith("cpu peak RSS (VmHWM"):
+            hwm = _proc_status_kb("VmHWM")
+            if hwm is not None:
+                return hwm / 1024
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def _proc_status_kb(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------------------------------- edits
+@dataclass
+class PreparedEdit:
+    """An edit resolved for one method: the direction chosen for its generator, or why it cannot run."""
+
+    spec: EditSpec
+    direction: Any = None
+    reason: str | None = None
+    attribute: str | None = None
+
+
+def load_directions(edits: Sequence[EditSpec]) -> dict[str, list | str]:
+    """Loads every same-named candidate file of each edit's direction once (``load_direction_candidates``).
+
+    Returns:
+        Direction name -> candidate directions, or the reason it cannot be loaded.
+    """
+    from gie_cli.editing.directions import load_direction_candidates
+
+    out: dict[str, list | str] = {}
+    for e in edits:
+        if e.direction in out:
+            continue
+        try:
+            out[e.direction] = load_direction_candidates(e.direction)
+        except GieError as err:
+            out[e.direction] = str(err)
+    return out
+
+
+def _prepare_edits(
+    edits: Sequence[EditSpec], directions: Mapping[str, list | str], method, fingerprint: str
+) -> list[PreparedEdit]:
+    from gie_cli.editing.directions import check_generator, pick_for_generator
+
+    out = []
+    for e in edits:
+        cands = directions[e.direction]
+        if isinstance(cands, str):
+            out.append(PreparedEdit(e, reason=cands))
+            continue
+        d = pick_for_generator(cands, fingerprint)
+        try:
+            check_generator(d, method.generator, False, fingerprint)
+        except GieError as err:
+            out.append(PreparedEdit(e, reason=str(err)))
+            continue
+        out.append(PreparedEdit(e, d, None, target_attribute(d)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- running
+@dataclass
+class _Times:
+    encode: float = 0.0
+    render: float = 0.0
+    edits: dict[str, float] = field(default_factory=dict)
+    images: int = 0
+    batches: int = 0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _forward(method, x: Tensor, edits: Sequence[PreparedEdit], device: torch.device):
+    """Invert, render and edit one batch; returns ``(recon, {label: edited}, seconds per stage)``."""
+    from gie_cli.editing.directions import apply, render_edit
+
+    secs: dict[str, float] = {}
+    _sync(device)
+    t0 = time.perf_counter()
+    if method.needs_grad:
+        inv = method.invert(x)
+    else:
+        with torch.no_grad():
+            inv = method.invert(x)
+    _sync(device)
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        recon = method.render(inv)
+    _sync(device)
+    secs["encode"], secs["render"] = t1 - t0, time.perf_counter() - t1
+    edited: dict[str, Tensor] = {}
+    for pe in edits:
+        if pe.direction is None:
+            continue
+        t = time.perf_counter()
+        with torch.no_grad():
+            e = apply(pe.direction, pe.spec.power, inv.wplus)
+            edited[pe.spec.label] = render_edit(method, inv, e)
+        _sync(device)
+        secs[pe.spec.label] = time.perf_counter() - t
+    return recon, edited, secs
+
+
+def _measure(
+    data: BenchData,
+    i0: int,
+    i1: int,
+    recon: Tensor,
+    edited: Mapping[str, Tensor],
+    edits: Sequence[PreparedEdit],
+    suite: MetricSuite,
+    judge: WorldJudge | None,
+    acc: Accumulator,
+    edit_accs: Mapping[str, Accumulator],
+) -> None:
+    """Adds one batch's metric values to the accumulators (everything at the benchmark resolution)."""
+    s = data.size
+    x = data.images[i0:i1]
+    rec = to_size(recon.detach().float(), s).clamp(-1, 1).cpu()
+    acc.add(suite.pairwise(rec, x))
+    acc.add_features("input", suite.fid_features(x))
+    acc.add_features("output", suite.fid_features(rec))
+    params = data.params[i0:i1] if data.params is not None else None
+    if params is not None:
+        if judge is not None:
+            acc.add({"attr_mae": judge.attribute_error(rec, params)})
+        if data.ood_masks is not None:
+            m = data.ood_masks[i0:i1]
+            has = m.flatten(1).any(dim=1)
+            if bool(has.any()):
+                inside, outside = masked_mse((rec[has] + 1) / 2, (x[has] + 1) / 2, m[has])
+                acc.add({"ood_mse_in": inside, "ood_mse_out": outside})
+    for pe in edits:
+        if pe.spec.label not in edited:
+            continue
+        ea = edit_accs[pe.spec.label]
+        img = to_size(edited[pe.spec.label].detach().float(), s).clamp(-1, 1).cpu()
+        ident = suite.identity(img, x)
+        if ident is not None:
+            ea.add({"id_to_input": ident})
+        if params is not None and judge is not None and pe.attribute is not None:
+            gt, change, others = judge.edit_ground_truth(params, pe.attribute, rec, img, s)
+            ea.add({"edit_attr": change, "edit_others": others})
+            ea.add(suite.pairwise(img, gt, prefix="gt_"))
+            ea.add_features("edited", suite.fid_features(img))
+            ea.add_features("gt", suite.fid_features(gt))
+
+
+def run_method(
+    name: str,
+    weights: str | None,
+    options: Mapping[str, str],
+    data: BenchData,
+    suite: MetricSuite,
+    judge: WorldJudge | None,
+    edits: Sequence[EditSpec],
+    directions: Mapping[str, list | str],
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, Any]:
+    """Benchmarks one method on all images.
+
+    The first batch is a warm-up: its outputs are measured but its time is not. The timed pass is every later
+    batch, or the first batch run again when there is only one. Stage times are synchronised on CUDA.
+
+    Args:
+        name: Method name (``create_method``).
+        weights: ``--weights`` of the method (file or registry name), or None for its embedded default.
+        options: Method options (``--set METHOD.KEY=VALUE``).
+        data: The images.
+        suite: The metric networks.
+        judge: The world's ground truth (synthface with an attribute estimator), or None.
+        edits: The edits to apply.
+        directions: :func:`load_directions` of ``edits``.
+        batch_size: Images per batch.
+        device: Where the method runs.
+        dtype: The method's precision (metrics always run in float32).
+
+    Returns:
+        The method's result record (``status`` ``ok`` or ``failed`` with ``reason``); never raises for a failure of
+        the method itself.
+    """
+    from gie_cli.editing.directions import generator_fingerprint
+    from gie_cli.methods.base import create_method
+
+    mem = PeakMemory(device)
+    mem.reset()
+    row: dict[str, Any] = {
+        "method": name,
+        "status": "ok",
+        "reason": None,
+        "weights": weights or "(embedded default)",
+        "options": dict(options),
+        "batch_size": batch_size,
+        "n_images": len(data),
+    }
+    t0 = time.perf_counter()
+    try:
+        method = create_method(name, weights, device, **options)
+        fingerprint = generator_fingerprint(method.generator)  # in float32, before any cast (as `gie edit`)
+        if dtype != torch.float32:
+            method = method.to(dtype)
+    except GieError as e:
+        row.update(status="failed", reason=str(e))
+        log.error("%s: %s", name, e)
+        return row
+    _sync(device)
+    row.update(
+        weights_id=method.weights_id,
+        weights_path=method.weights_path,
+        parameters_m=round(sum(p.numel() for p in method.parameters()) / 1e6, 3),
+        input_size=method.input_size,
+        output_size=method.output_size,
+        load_s=round(time.perf_counter() - t0, 3),
+    )
+    prepared = _prepare_edits(edits, directions, method, fingerprint)
+    acc = Accumulator()
+    edit_accs = {pe.spec.label: Accumulator() for pe in prepared}
+    times = _Times(edits={pe.spec.label: 0.0 for pe in prepared if pe.direction is not None})
+    bounds = [(i, min(i + batch_size, len(data))) for i in range(0, len(data), batch_size)]
+    # (bounds, measure the outputs, time it): batch 0 warms up; a single batch is run again for the timing
+    schedule = [(bounds[0], True, False)]
+    schedule += [(bounds[0], False, True)] if len(bounds) == 1 else [(b, True, True) for b in bounds[1:]]
+    try:
+        for k, ((i0, i1), measure, timed) in enumerate(schedule):
+            x = data.images[i0:i1].to(device, dtype)
+            recon, edited, secs = _forward(method, x, prepared, device)
+            if timed:
+                times.encode += secs["encode"]
+                times.render += secs["render"]
+                for label in times.edits:
+                    times.edits[label] += secs[label]
+                times.images += i1 - i0
+                times.batches += 1
+            if measure:
+                _measure(data, i0, i1, recon, edited, prepared, suite, judge, acc, edit_accs)
+            log.debug("%s: batch %d/%d done", name, k + 1, len(schedule))
+    except torch.cuda.OutOfMemoryError:
+        row.update(status="failed", reason=f"CUDA out of memory at batch size {batch_size} (try a smaller one)")
+        log.error("%s: %s", name, row["reason"])
+    except (GieError, RuntimeError, ValueError) as e:
+        log.debug("%s failed", name, exc_info=True)
+        row.update(status="failed", reason=f"{type(e).__name__}: {e}" if not isinstance(e, GieError) else str(e))
+        log.error("%s: %s", name, row["reason"])
+    row["memory"] = {"kind": mem.kind, "peak_mb": round(mem.peak_mb(), 1), "baseline_mb": round(mem.baseline_mb, 1)}
+    del method
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if row["status"] != "ok":
+        return row
+    run_s = times.encode + times.render
+    row["timing"] = {
+        "images_per_s": round(times.images / run_s, 3) if run_s > 0 else None,
+        "encode_ms": round(1000 * times.encode / times.images, 3),
+        "render_ms": round(1000 * times.render / times.images, 3),
+        "timed_images": times.images,
+        "timed_batches": times.batches,
+        "warmup_batches": 1,
+    }
+    metrics = acc.means()
+    if suite.available("fid"):
+        metrics["fid"] = acc.fid("input", "output")
+    row["metrics"] = metrics
+    row["edits"] = []
+    for pe in prepared:
+        rec: dict[str, Any] = {
+            "edit": pe.spec.label,
+            "direction": pe.spec.direction,
+            "power": pe.spec.power,
+            "status": "ok" if pe.direction is not None else "unavailable",
+            "reason": pe.reason,
+        }
+        if pe.direction is not None:
+            ea = edit_accs[pe.spec.label]
+            m = ea.means()
+            if suite.available("fid") and "edited" in ea.features:
+                m["gt_fid"] = ea.fid("edited", "gt")
+            rec.update(
+                direction_file=str(pe.direction.path) if pe.direction.path else None,
+                attribute=pe.attribute,
+                edit_ms=round(1000 * times.edits[pe.spec.label] / times.images, 3),
+                metrics=m,
+            )
+            if data.has_ground_truth and pe.attribute is None:
+                rec["note"] = f"direction {pe.direction.name!r} is not named after a world attribute: no ground truth"
+            elif data.has_ground_truth and judge is None:
+                rec["note"] = "no attribute estimator: no ground truth"
+        row["edits"].append(rec)
+    return row

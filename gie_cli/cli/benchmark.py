@@ -1,0 +1,229 @@
+"""`gie benchmark`: methods side by side on the same images, quality and speed in one run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gie_cli.cli import command
+from gie_cli.cli.batch import BatchSizeOpt, RecursiveOpt
+from gie_cli.cli.options import DeviceOpt, DtypeOpt, JsonOpt
+from gie_cli.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+_EPILOG = (
+    "Examples:\n\n"
+    "  gie benchmark --methods e4e,optim --data synthface --n 32 --edits smile:2,age:2 -o benchmarks/results/world\n\n"
+    "  gie benchmark --methods e4e,psp --weights e4e=e4e.ffhq --weights psp=psp.ffhq --data aligned/ -o bench\n\n"
+    "  gie benchmark --methods optim --set optim.steps=100 --weights identity=model_ir_se50.pth -o bench"
+)
+
+
+@command(epilog=_EPILOG)
+def benchmark(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for benchmark.json and benchmark.md.")],
+    methods: Annotated[
+        str, typer.Option("--methods", "-m", help="Comma-separated methods (`gie info` lists them).")
+    ] = "e4e",
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="synthface (held-out synthetic-world faces with ground truth) or a folder of aligned face crops.",
+        ),
+    ] = "synthface",
+    n: Annotated[
+        int | None, typer.Option("--n", "-n", min=2, help="Images (synthface default 32; a folder: all).")
+    ] = None,
+    edits: Annotated[
+        str | None,
+        typer.Option("--edits", help="Edits DIRECTION:POWER, comma-separated (directions by name or path)."),
+    ] = None,
+    weights: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--weights",
+            "-w",
+            help="KEY=FILE (repeatable): weights of a method (file or registry name; default: the method's embedded "
+            "one) or of a metric network: lpips-vgg, lpips-alex, identity, fid, attributes.",
+        ),
+    ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Method setting METHOD.KEY=VALUE (repeatable), e.g. --set optim.steps=200."),
+    ] = None,
+    metrics: Annotated[
+        str,
+        typer.Option(
+            "--metrics", help="all, or a comma list of mse,psnr,ssim,ms-ssim,lpips-vgg,lpips-alex,identity,fid."
+        ),
+    ] = "all",
+    batch_size: BatchSizeOpt = 8,
+    size: Annotated[
+        int | None,
+        typer.Option("--size", help="Resolution of the images and metrics (synthface default 64, a folder 256)."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="synthface: seed of the held-out faces.")] = 20261121,
+    ood_prob: Annotated[
+        float, typer.Option("--ood-prob", help="synthface: probability of out-of-domain objects on a face.")
+    ] = 0.3,
+    recursive: RecursiveOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Run several inversion methods on the same images and compare quality and speed.
+
+    Every method inverts, renders and edits the same images in this process. Reported per method: images/s at the
+    batch size and ms per image for encode, render and each edit (the first batch is a warm-up and is not timed;
+    CUDA is synchronised), peak memory, and the mean of each metric (MSE, PSNR, SSIM, MS-SSIM, LPIPS, ArcFace
+    identity, FID). On synthface also the attribute error of reconstructions, the error inside and outside
+    out-of-domain objects, and each edit against the renderer's ground-truth edited photo. Metrics whose weights are
+    missing are listed as unavailable with the file to fetch (exit code 0); a method that fails gets a row with the
+    reason and exit code 1. Writes OUTPUT/benchmark.json and OUTPUT/benchmark.md; the table goes to stdout, or to
+    stderr with --json (then stdout has one JSON line per method and a final summary line).
+    """
+    from rich.console import Console
+
+    from gie_cli.benchmark.data import SYNTH_SIZE, folder_data, synthface_data
+    from gie_cli.benchmark.metrics import DEFINITIONS, MetricSuite, parse_metric_names
+    from gie_cli.benchmark.report import BENCHMARK_FORMAT, environment, json_safe, rich_tables, write_reports
+    from gie_cli.benchmark.runner import load_directions, parse_edits, run_method, split_settings, split_weights
+    from gie_cli.benchmark.world import load_judge
+    from gie_cli.device import resolve_device, resolve_dtype
+    from gie_cli.methods.base import list_methods
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    known = list_methods()
+    bad = [m for m in names if m not in known]
+    if not names or bad:
+        raise UsageError(
+            f"unknown method(s) {', '.join(bad)}" if bad else "--methods is empty",
+            hint=f"choose from: {', '.join(known)}",
+        )
+    if len(set(names)) != len(names):
+        raise UsageError("--methods lists a method twice")
+    edit_specs = parse_edits(edits)
+    method_weights, metric_weights = split_weights(weights or [], names)
+    options = split_settings(settings or [], names)
+    metric_names = parse_metric_names(metrics)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file", hint="pass a folder")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+
+    t0 = time.perf_counter()
+    if data == "synthface":
+        bench = synthface_data(n or 32, size or SYNTH_SIZE, seed, ood_prob)
+    else:
+        bench = folder_data(data, n, size or 256, recursive)
+    log.info("benchmark data: %s, %d images at %d px (%.1fs)", bench.source, len(bench), bench.size,
+             time.perf_counter() - t0)  # fmt: skip
+
+    suite = MetricSuite(metric_names, dev, metric_weights)
+    unavailable = suite.unavailable()
+    judge = None
+    if bench.has_ground_truth:
+        judge, reason, est_path = load_judge(metric_weights.get("attributes"), dev)
+        if judge is None:
+            log.warning("%s", reason)
+            unavailable["attr_mae"] = reason or "unavailable"
+            if edit_specs:
+                unavailable["edit_attr"] = f"{reason} (so no ground-truth edit metrics edit_others, gt_*)"
+        else:
+            bench.info["estimator"] = est_path
+            bench.info["estimator_mae_on_inputs"] = round(
+                float(judge.attribute_error(bench.images, bench.params).mean()), 5
+            )
+    directions = load_directions(edit_specs)
+
+    results = []
+    for name in names:
+        log.info("benchmark: %s", name)
+        row = run_method(
+            name, method_weights.get(name), options[name], bench, suite, judge, edit_specs, directions,
+            batch_size, dev, dt,
+        )  # fmt: skip
+        results.append(row)
+        if row["status"] == "ok":
+            log.info("%s: %.2f images/s", name, row["timing"]["images_per_s"] or 0.0)
+        if json_out:
+            sys.stdout.write(json.dumps(json_safe(row)) + "\n")
+            sys.stdout.flush()
+
+    doc = {
+        "format": BENCHMARK_FORMAT,
+        "command": _command_line(names, data, len(bench), edit_specs, weights, settings, metrics, batch_size,
+                                 bench.size, seed, ood_prob, recursive, device, dtype),
+        "environment": environment(dev, dt),
+        "data": bench.info,
+        "settings": {
+            "methods": names,
+            "batch_size": batch_size,
+            "edits": [e.label for e in edit_specs],
+            "metrics": metric_names,
+            "method_weights": method_weights,
+            "metric_weights": metric_weights,
+            "method_options": options,
+        },
+        "unavailable": unavailable,
+        "definitions": {k: v for k, v in DEFINITIONS.items()},
+        "results": results,
+    }  # fmt: skip
+    paths = write_reports(doc, output)
+    console = Console(stderr=json_out)
+    if not console.is_terminal:  # a file or pipe: wide enough that no column is cut
+        console = Console(stderr=json_out, width=240)
+    for table in rich_tables(doc):
+        console.print(table)
+    failed = [r["method"] for r in results if r["status"] != "ok"]
+    if json_out:
+        summary = {"summary": {"methods": names, "failed": failed, "unavailable": sorted(unavailable)}}
+        summary["outputs"] = {k: str(v) for k, v in paths.items()}
+        sys.stdout.write(json.dumps(summary) + "\n")
+    if unavailable:
+        typer.echo(f"unavailable metrics: {', '.join(unavailable)} (reasons in {paths['markdown']})", err=True)
+    typer.echo(f"benchmark: {len(results) - len(failed)} ok, {len(failed)} failed; wrote {paths['json']} and "
+               f"{paths['markdown']}", err=True)  # fmt: skip
+    raise typer.Exit(1 if failed else 0)
+
+
+def _command_line(
+    names: list[str],
+    data: str,
+    n: int,
+    edits: list,
+    weights: list[str] | None,
+    settings: list[str] | None,
+    metrics: str,
+    batch_size: int,
+    size: int,
+    seed: int,
+    ood_prob: float,
+    recursive: bool,
+    device: str,
+    dtype: str,
+) -> str:
+    """The canonical command line that reproduces the run (every default spelled out)."""
+    parts = ["gie", "benchmark", "--methods", ",".join(names), "--data", data, "--n", str(n)]
+    if edits:
+        parts += ["--edits", ",".join(f"{e.direction}:{e.power:g}" for e in edits)]
+    for w in weights or []:
+        parts += ["--weights", w]
+    for s in settings or []:
+        parts += ["--set", s]
+    parts += ["--metrics", metrics, "--batch-size", str(batch_size), "--size", str(size)]
+    if data == "synthface":
+        parts += ["--seed", str(seed), "--ood-prob", f"{ood_prob:g}"]
+    elif recursive:
+        parts.append("--recursive")
+    parts += ["--device", device, "--dtype", dtype]
+    return " ".join(shlex.quote(p) for p in parts)

@@ -1,0 +1,273 @@
+"""`gie benchmark` end to end on tiny random models and synthetic-world faces; the world's ground-truth edits."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from test_invert_cli import _tiny_e4e
+from typer.testing import CliRunner
+
+from gie_cli.benchmark.data import synthface_data
+from gie_cli.benchmark.metrics import MetricSuite, to_size
+from gie_cli.benchmark.runner import parse_edits, split_settings, split_weights
+from gie_cli.benchmark.world import WorldJudge
+from gie_cli.cli import app
+from gie_cli.editing.directions import Direction, generator_binding
+from gie_cli.errors import UsageError
+from gie_cli.methods.base import create_method
+from gie_cli.synth.estimator import AttributeEstimator
+from gie_cli.synth.params import ATTRIBUTE_NAMES, attribute_vector, sample_params
+from gie_cli.synth.render import render
+
+runner = CliRunner()
+N, BATCH, SEED = 5, 2, 4242
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """Tiny e4e weights (32 px generator), a random attribute estimator and a ``smile`` direction for the generator."""
+    root = tmp_path_factory.mktemp("bench")
+    method = _tiny_e4e()
+    method.save(root / "e4e.safetensors")
+    torch.manual_seed(1)
+    AttributeEstimator(width=4).save(root / "est.safetensors")
+    g = method.generator
+    vec = F.normalize(torch.randn(g.style_dim, generator=torch.Generator().manual_seed(2)), dim=0)
+    (root / "dirs").mkdir()
+    Direction("smile", "w", {"vector": vec}, list(range(g.n_latent)), generator=generator_binding(g, "tiny")).save(
+        root / "dirs"
+    )
+    return {"root": root, "e4e": root / "e4e.safetensors", "est": root / "est.safetensors", "dirs": root / "dirs"}
+
+
+@pytest.fixture(scope="module")
+def isolated(files):
+    """No metric weights anywhere (cache and torch hub in temp folders), directions from the fixture folder first."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GIE_CACHE_DIR", str(files["root"] / "cache"))
+        mp.setenv("GIE_DIRECTIONS_PATH", str(files["dirs"]))
+        mp.setattr(torch.hub, "get_dir", lambda: str(files["root"] / "hub"))
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def world_run(files, isolated):
+    out = files["root"] / "out"
+    args = [
+        "benchmark", "--methods", "e4e,optim", "--data", "synthface", "--n", N, "--seed", SEED, "--ood-prob", 1,
+        "--edits", "smile:2,pose:1", "--weights", f"e4e={files['e4e']}", "--weights", f"optim={files['e4e']}",
+        "--weights", f"attributes={files['est']}", "--set", "optim.steps=2", "--set", "optim.loss=l2",
+        "-b", BATCH, "-o", out, "--json",
+    ]  # fmt: skip
+    res = runner.invoke(app, [str(a) for a in args])
+    return res, out
+
+
+def test_benchmark_writes_json_and_markdown(world_run):
+    res, out = world_run
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.stdout.splitlines()]
+    assert [x.get("method") for x in lines[:2]] == ["e4e", "optim"] and "summary" in lines[2]
+    assert lines[2]["summary"]["failed"] == [] and lines[2]["outputs"]["json"] == str(out / "benchmark.json")
+    doc = json.loads((out / "benchmark.json").read_text())
+    assert doc["format"] == "gie-benchmark/1"
+    assert doc["data"]["n"] == N and doc["data"]["seed"] == SEED and doc["data"]["images_with_ood"] == N
+    env = doc["environment"]
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["dtype"] == "float32"
+    assert env["git_commit"] and env["date"]
+    assert doc["command"].startswith("gie benchmark --methods e4e,optim --data synthface --n 5")
+    rows = {r["method"]: r for r in doc["results"]}
+    for name, row in rows.items():
+        assert row["status"] == "ok", row
+        t = row["timing"]
+        assert t["timed_images"] == N - BATCH and t["timed_batches"] == 2 and t["warmup_batches"] == 1
+        assert t["images_per_s"] > 0 and t["encode_ms"] > 0 and t["render_ms"] > 0
+        assert row["memory"]["peak_mb"] > 0
+        m = row["metrics"]
+        for k in ("mse", "psnr", "ssim", "ms-ssim", "attr_mae", "ood_mse_in", "ood_mse_out"):
+            assert isinstance(m[k], float) and np.isfinite(m[k]), (name, k)
+        assert 0 < m["mse"] < 4 and -1 <= m["ssim"] <= 1
+        assert not {"lpips-vgg", "lpips-alex", "identity", "fid"} & set(m)
+        edits = {e["edit"]: e for e in row["edits"]}
+        assert edits["smile:+2"]["status"] == "ok" and edits["smile:+2"]["attribute"] == "smile"
+        em = edits["smile:+2"]["metrics"]
+        for k in ("edit_attr", "edit_others", "gt_mse", "gt_psnr", "gt_ssim", "gt_ms-ssim"):
+            assert isinstance(em[k], float), (name, k)
+        assert edits["smile:+2"]["edit_ms"] > 0
+        assert edits["pose:+1"]["status"] == "unavailable" and "another generator" in edits["pose:+1"]["reason"]
+    assert rows["optim"]["options"] == {"steps": "2", "loss": "l2"}
+    # metrics without weights: unavailable, with the file to fetch
+    unav = doc["unavailable"]
+    assert set(unav) == {"lpips-vgg", "lpips-alex", "identity", "fid"}
+    assert "vgg16-397923af.pth" in unav["lpips-vgg"] and "model_ir_se50.pth" in unav["identity"]
+    assert "pt_inception-2015-12-05-6726825d.pth" in unav["fid"] and "arcface.ir_se50" in unav["identity"]
+    md = (out / "benchmark.md").read_text()
+    assert "| method | images/s | encode ms/img | render ms/img | peak MiB | MSE | PSNR dB |" in md
+    assert md.count("\n| e4e |") == 3 and md.count("\n| optim |") == 3  # one quality row, two edit rows
+    assert "| e4e | smile:+2 |" in md and "| optim | pose:+1 | unavailable |" in md
+    assert "## Unavailable metrics" in md and "- fid: weights file pt_inception" in md
+    assert "## Definitions" in md and "crop rows 35:223, columns 32:220" in md
+    assert "unavailable metrics: lpips-vgg, lpips-alex, identity, fid" in res.stderr
+    assert "gie benchmark: synthface" in res.stderr  # the table goes to stderr with --json
+
+
+def test_benchmark_values_match_independent_computation(world_run, files):
+    _, out = world_run
+    doc = json.loads((out / "benchmark.json").read_text())
+    data = synthface_data(N, 64, SEED, 1.0)
+    method = create_method("e4e", str(files["e4e"]))
+    with torch.no_grad():
+        recon = method.render(method.invert(data.images))
+    assert recon.shape[-1] == 32  # the tiny generator: upsampled to the 64 px of the benchmark
+    a = (F.interpolate(recon, size=(64, 64), mode="bilinear", align_corners=False).clamp(-1, 1) + 1) / 2
+    b = (data.images + 1) / 2
+    per_mse = ((a - b) ** 2).mean(dim=(1, 2, 3)).double()
+    m = doc["results"][0]["metrics"]
+    assert m["mse"] == pytest.approx(float(per_mse.mean()), rel=1e-4)
+    assert m["psnr"] == pytest.approx(float((10 * torch.log10(1 / per_mse)).mean()), abs=1e-3)
+    masks = data.ood_masks[:, None].expand_as(a)
+    inside = [float(((a[i] - b[i]) ** 2)[masks[i]].mean()) for i in range(N)]
+    assert m["ood_mse_in"] == pytest.approx(float(np.mean(inside)), rel=1e-4)
+    est = AttributeEstimator.load(files["est"])
+    with torch.no_grad():
+        truth = torch.from_numpy(np.stack([attribute_vector(p) for p in data.params]))
+        want = (est(data.images) - truth).abs().mean().item()
+    assert doc["data"]["estimator_mae_on_inputs"] == pytest.approx(want, abs=1e-5)
+
+
+def test_benchmark_on_a_folder_and_a_failing_method(files, isolated, tmp_path):
+    folder = tmp_path / "aligned"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(folder / f"f{i}.png")
+    out = tmp_path / "out"
+    args = [
+        "benchmark", "--methods", "e4e,psp", "--data", folder, "--size", 64, "--weights", f"e4e={files['e4e']}",
+        "--weights", f"psp={tmp_path / 'missing.pt'}", "--metrics", "mse,psnr,identity", "--edits", "smile:1",
+        "-o", out,
+    ]  # fmt: skip
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == 1, res.output  # psp failed; e4e still measured
+    doc = json.loads((out / "benchmark.json").read_text())
+    rows = {r["method"]: r for r in doc["results"]}
+    assert rows["psp"]["status"] == "failed" and "missing.pt" in rows["psp"]["reason"]
+    e4e = rows["e4e"]
+    assert e4e["status"] == "ok" and set(e4e["metrics"]) == {"mse", "psnr"}  # no ground truth for real images
+    assert e4e["timing"]["timed_images"] == 3  # a single batch is run twice: warm-up, then timed
+    assert e4e["edits"][0]["status"] == "ok" and e4e["edits"][0]["metrics"] == {}  # identity unavailable
+    assert doc["data"] == {"source": str(folder), "n": 3, "size": 64}
+    assert set(doc["unavailable"]) == {"identity"}
+    md = (out / "benchmark.md").read_text()
+    assert "gie benchmark" in res.stdout and "| psp | failed | (reason below) |" in md  # the table on stdout
+    assert "## Failed methods" in md and f"- psp: {rows['psp']['reason']}" in md
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--methods", "e4e,nope"], "unknown method"),
+        (["--edits", "smile"], "DIRECTION:POWER"),
+        (["--weights", "sharpness=x.pth"], "neither a benchmarked method nor a metric"),
+        (["--set", "steps=3"], "METHOD.KEY"),
+        (["--metrics", "psnr,bleu"], "unknown metric"),
+        (["--seed", "7"], "trained on"),
+        (["--size", "16"], "too small"),
+    ],
+)
+def test_benchmark_usage_errors(args, needle, tmp_path, isolated):
+    res = runner.invoke(app, ["benchmark", "-o", str(tmp_path / "o"), "--n", "2", *args])
+    assert res.exit_code == 2, res.output
+    assert needle in res.stderr
+
+
+def test_option_parsers():
+    assert [(e.direction, e.power, e.label) for e in parse_edits("smile:3, age:-2")] == [
+        ("smile", 3.0, "smile:+3"),
+        ("age", -2.0, "age:-2"),
+    ]
+    with pytest.raises(UsageError):
+        parse_edits("smile:3,smile:3")
+    assert split_weights(["e4e=a.pt", "identity=b.pth"], ["e4e"]) == ({"e4e": "a.pt"}, {"identity": "b.pth"})
+    assert split_settings(["optim.steps=3", "optim.space=w"], ["e4e", "optim"]) == {
+        "e4e": {},
+        "optim": {"steps": "3", "space": "w"},
+    }
+    with pytest.raises(UsageError):
+        split_settings(["psp.steps=3"], ["e4e"])
+
+
+def test_metric_suite_values(tmp_path):
+    from gie_cli.metrics.lpips import LPIPS
+
+    torch.manual_seed(0)
+    feats = LPIPS("alex", pretrained_backbone=False).net.features.state_dict()
+    ckpt = tmp_path / "alexnet-owt-7be5be79.pth"
+    torch.save({f"features.{k}": v for k, v in feats.items()}, ckpt)
+    names = ["mse", "psnr", "ssim", "ms-ssim", "lpips-alex"]
+    suite = MetricSuite(names, torch.device("cpu"), {"lpips-alex": ckpt})
+    assert all(suite.available(n) for n in names) and suite.unavailable() == {}
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
+    y = (x + 0.2 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+    v = suite.pairwise(x, y, prefix="gt_")
+    assert set(v) == {f"gt_{n}" for n in names}
+    a, b = (x + 1) / 2, (y + 1) / 2  # MSE, PSNR and SSIM on [0, 1] images
+    per_mse = ((a - b) ** 2).mean(dim=(1, 2, 3))
+    assert torch.allclose(v["gt_mse"], per_mse) and torch.allclose(v["gt_psnr"], -10 * torch.log10(per_mse))
+    assert torch.allclose(v["gt_lpips-alex"], LPIPS("alex", backbone_weights=ckpt)(x, y), atol=1e-6)
+    skm = pytest.importorskip("skimage.metrics")
+    for i in range(2):
+        ref = skm.structural_similarity(
+            a[i].numpy(), b[i].numpy(), channel_axis=0, data_range=1.0, gaussian_weights=True, sigma=1.5,
+            use_sample_covariance=False,
+        )  # fmt: skip
+        assert v["gt_ssim"][i].item() == pytest.approx(ref, abs=1e-4)
+    same = suite.pairwise(x, x)
+    assert torch.allclose(same["lpips-alex"], torch.zeros(2), atol=1e-6) and torch.isinf(same["psnr"]).all()
+    assert torch.allclose(same["ssim"], torch.ones(2), atol=1e-5) and torch.equal(same["mse"], torch.zeros(2))
+    # outputs of another size: area average when shrinking (pSp's face_pool), bilinear when enlarging
+    big = torch.rand(1, 3, 256, 256, generator=g)
+    assert torch.allclose(to_size(big, 64), big.reshape(1, 3, 64, 4, 64, 4).mean(dim=(3, 5)), atol=1e-6)
+    assert to_size(x, 128).shape == (2, 3, 128, 128) and to_size(x, 64) is x
+
+
+# ----------------------------------------------------------------------------------------------- world ground truth
+
+
+class _SmileFromBrightness(torch.nn.Module):
+    """A stand-in estimator: the ``smile`` column is 4x the mean pixel value, every other attribute 0."""
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(img.shape[0], len(ATTRIBUTE_NAMES))
+        out[:, ATTRIBUTE_NAMES.index("smile")] = 4 * img.mean(dim=(1, 2, 3))
+        return out
+
+
+def test_world_ground_truth_edit():
+    rng = np.random.default_rng(11)
+    params = [sample_params(rng, 0.5) for _ in range(2)]
+    judge = WorldJudge(_SmileFromBrightness(), torch.device("cpu"))
+    # the change is read on the attribute's [-1, 1] scale and mapped back to its units: yaw spans 60 degrees
+    moved = judge.edited_params(params, "yaw", torch.tensor([0.5, -0.25]))
+    assert moved[0].yaw == pytest.approx(params[0].yaw + 15.0) and moved[1].yaw == pytest.approx(params[1].yaw - 7.5)
+    assert dataclasses.replace(moved[0], yaw=params[0].yaw) == params[0]  # nothing else changed
+    src = judge.render(params, 64)
+    recon = src.clone()
+    edited = (src + 0.05).clamp(-1, 1)
+    gt, change, others = judge.edit_ground_truth(params, "smile", recon, edited, 64)
+    want = 4 * (edited.mean(dim=(1, 2, 3)) - recon.mean(dim=(1, 2, 3)))
+    assert torch.allclose(change, want) and torch.equal(others, torch.zeros(2))
+    for i, p in enumerate(params):  # smile spans [-1, 1]: its units equal the normalised scale
+        ref = render(dataclasses.replace(p, smile=p.smile + float(want[i])), 64)
+        assert torch.equal(gt[i], ref.to_tensor())
+    # no change: the ground truth is the source photo itself, pixel for pixel
+    gt0, change0, _ = judge.edit_ground_truth(params, "smile", recon, recon, 64)
+    assert torch.equal(change0, torch.zeros(2)) and torch.equal(gt0, src)
