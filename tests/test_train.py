@@ -148,14 +148,15 @@ def test_world_generator_regression_lowers_loss(tmp_path):
 
 def test_world_latent_passes_pixel_norm_unchanged_and_carries_the_attributes():
     from gie_cli.models.stylegan2 import PixelNorm
-    from gie_cli.synth.train import Z_SCALE, parse_channels, world_latent
+    from gie_cli.synth.train import attribute_z, parse_channels, world_latent, z_attributes
 
-    attrs = torch.rand(5, 20, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    attrs = (torch.rand(5, 20, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.99  # inside the clip
     z = world_latent(attrs, 64)
     assert z.shape == (5, 64)
     torch.testing.assert_close(z.square().sum(1), torch.full((5,), 64.0))
     torch.testing.assert_close(PixelNorm()(z), z, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(z[:, :20], attrs * Z_SCALE)
+    torch.testing.assert_close(z_attributes(z[:, :20]), attrs, atol=1e-5, rtol=1e-5)
+    assert torch.equal(z[:, :20], attribute_z(attrs))
     assert parse_channels("128,96", 32) == {4: 128, 8: 96, 16: 96, 32: 96} and parse_channels("", 32) is None
 
 

@@ -1,13 +1,13 @@
 """Training a StyleGAN2 generator on the synthetic face world by regression (``gie train --method generator``).
 
-Each training face is rendered from sampled attributes; its latent ``z`` holds the attribute vector (scaled to unit
-variance) in the first dimensions and a random direction in the rest, scaled so that ``|z|^2 = style_dim``. The
-mapping network starts with pixel normalisation, which only sees the direction of ``z``; such a ``z`` passes through it
-unchanged, so the attributes reach the MLP exactly, while ``z ~ N(0, I)`` (normalised: uniform on that sphere, whose
-first coordinates are close to ``N(0, 1)``) still samples the world's attribute prior. ``G(mapping(z))`` is fitted to
-the render with L1 + L2 losses. This converges far faster on a CPU than adversarial training and gives a W space
-organised by the world's attributes. The clean world renders every face with the same detail seed, so an image is a
-function of its attributes alone.
+Each training face is rendered from sampled attributes; its latent ``z`` holds the attribute vector (mapped to
+``N(0, 1)`` coordinates by the inverse normal CDF) in the first dimensions and a random direction in the rest, scaled
+so that ``|z|^2 = style_dim``. The mapping network starts with pixel normalisation, which only sees the direction of
+``z``; such a ``z`` passes through it unchanged, so the attributes reach the MLP exactly, while ``z ~ N(0, I)``
+(normalised: uniform on that sphere, whose first coordinates are close to ``N(0, 1)``) still samples the world's
+attribute prior. ``G(mapping(z))`` is fitted to the render with L1 + L2 losses. This converges far faster on a CPU
+than adversarial training and gives a W space organised by the world's attributes. The clean world renders every
+face with the same detail seed, so an image is a function of its attributes alone.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from gie_cli.training.data import index_batches
 
 log = logging.getLogger(__name__)
 
-Z_SCALE = math.sqrt(3.0)  # attribute vectors are ~uniform on [-1, 1]: sqrt(3) gives unit variance
 
 
 @dataclass
@@ -75,14 +74,30 @@ class WorldGeneratorConfig:
     l2: float = 1.0
 
 
+def attribute_z(attrs: Tensor) -> Tensor:
+    """Attributes in [-1, 1] -> ``N(0, 1)`` coordinates: ``Phi^-1((a + 1) / 2)`` (``u`` clipped to [0.002, 0.998]).
+
+    Exact for the uniform attributes; every ``z`` maps back into the attribute range (``a = 2 Phi(z) - 1``), so
+    sampling ``z ~ N(0, I)`` never asks the generator for a face outside the world.
+    """
+    u = ((attrs + 1) / 2).clamp(0.002, 0.998)
+    return math.sqrt(2.0) * torch.erfinv(2 * u - 1)
+
+
+def z_attributes(z: Tensor) -> Tensor:
+    """Inverse of :func:`attribute_z`: ``[B, A]`` z coordinates -> attributes in [-1, 1]."""
+    return torch.erf(z / math.sqrt(2.0))
+
+
 def world_latent(attrs: Tensor, style_dim: int, noise: Tensor | None = None) -> Tensor:
     """``z [B, style_dim]`` with ``|z|^2 = style_dim`` from attribute vectors ``[B, A]`` in [-1, 1].
 
-    The first ``A`` dims are ``attrs * sqrt(3)``; the rest point in the direction of ``noise [B, style_dim - A]``
-    (Gaussian if omitted) with the length that completes the norm, so pixel normalisation leaves ``z`` unchanged.
+    The first ``A`` dims are :func:`attribute_z` of the attributes; the rest point in the direction of
+    ``noise [B, style_dim - A]`` (Gaussian if omitted) with the length that completes the norm, so pixel normalisation
+    leaves ``z`` unchanged.
     """
     b, a = attrs.shape
-    head = attrs * Z_SCALE
+    head = attribute_z(attrs)
     if noise is None:
         noise = torch.randn(b, style_dim - a, device=attrs.device)
     room = (style_dim - head.square().sum(1, keepdim=True)).clamp_min(0.0)
@@ -180,7 +195,7 @@ class WorldGeneratorTrainer(Trainer):
         g.mean_latent(4096)
         world = {
             "z_attributes": [a.name for a in ATTRIBUTES],
-            "z_scale": Z_SCALE,
+            "z_encoding": "z = sqrt(2) erfinv(a), a in [-1, 1] (see gie_cli.synth.train.attribute_z)",
             "detail_seed": self.cfg.detail_seed,
             "world_version": WORLD_VERSION,
         }
