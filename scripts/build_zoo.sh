@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds gie's embedded demo zoo from scratch with gie's own commands:
 #   gie_cli/zoo/world-{generator,attributes,e4e}.safetensors  (fp16, registry names world.*)
-#   directions/{yaw,smile,...}.direction.safetensors          (InterFaceGAN, fitted with the attribute estimator)
+#   directions/{yaw,smile,...}.direction.safetensors          (joint regression on the attribute estimator's readings)
 # Usage: scripts/build_zoo.sh   (env: WORK=build/zoo DEVICE=auto GEN_STEPS EST_STEPS E4E_STEPS N_FACES)
 # On the 2-core CPU dev machine this takes about 1.5 hours with the defaults; a GPU takes minutes.
 set -euo pipefail
@@ -10,7 +10,7 @@ WORK=${WORK:-build/zoo}
 DEVICE=${DEVICE:-auto}
 GEN_STEPS=${GEN_STEPS:-8000}
 EST_STEPS=${EST_STEPS:-3000}
-E4E_STEPS=${E4E_STEPS:-6000}
+E4E_STEPS=${E4E_STEPS:-3000}
 N_FACES=${N_FACES:-4096}
 DIRECTIONS=${DIRECTIONS:-"yaw smile mouth_open eye_open glasses age hair_length hair_lightness"}
 mkdir -p "$WORK"
@@ -24,12 +24,12 @@ est=$(train --method attributes --data synthface --steps "$EST_STEPS" -b 32)
 est=$(python -m gie_cli.synth.zoo pack attributes "$est")
 # 3. e4e on aligned world faces with fine detail (what the generator cannot draw), against the packed generator
 gie synth -o "$WORK/faces" --faces -n "$N_FACES" -s 64 --detail 1 --seed 1 >/dev/null
-e4e=$(train --method e4e --data "$WORK/faces" -w "$gen" --set encoder=world --set lr=2e-4 --steps "$E4E_STEPS" -b 16)
+e4e=$(train --method e4e --data "$WORK/faces" -w "$gen" --set encoder=world --set lr=5e-4 --steps "$E4E_STEPS" -b 16)
 python -m gie_cli.synth.zoo pack e4e "$e4e" >/dev/null
-# 4. directions: InterFaceGAN boundaries in W, samples labelled by the estimator on the rendered images
-for a in $DIRECTIONS; do
-    GIE_WORLD_ESTIMATOR="$est" gie directions fit interfacegan --name "$a" -w "$gen" \
-        --classifier gie_cli.synth.estimator:world_attributes --on image --attribute "$a" --space w \
-        --samples 10000 --ratio 0.1 --power-range=-3,3 -o directions --overwrite
-done
+# 4. directions: a joint regression of sampled W codes on what the attribute estimator reads on their renders, so each
+#    direction moves its attribute with the others (as the estimator sees them) held fixed; power = attribute units
+python -m gie_cli.synth.zoo labels "$gen" -o "$WORK/world-labels.safetensors" -n 5000 --estimator "$est" >/dev/null
+args=(); for a in $DIRECTIONS; do args+=(-a "$a"); done
+gie directions fit regression -w "$gen" --labels "$WORK/world-labels.safetensors" "${args[@]}" --power-range=-2,2 \
+    -o directions --overwrite
 echo "zoo rebuilt: gie_cli/zoo/ and directions/ (run the tests, then commit)" >&2

@@ -272,6 +272,20 @@ def test_directions_fit_commands_bind_to_the_weights(setup, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert float(Direction.load(out / "ifg2.direction.safetensors").tensors["vector"] @ planted) >= 0.9
+    # joint regression on two named label columns: power = label units, named after the columns
+    other = torch.nn.functional.normalize(torch.randn(32, generator=torch.Generator().manual_seed(9)), dim=0)
+    both = torch.stack([(ws - ws.mean(0)) @ planted, (ws - ws.mean(0)) @ other], 1)
+    save_safetensors(tmp_path / "multi.safetensors", {"w": ws, "labels": both}, {"columns": ["tilt", "turn"]})
+    res = _invoke(
+        "directions", "fit", "regression", "-w", w, "--labels", tmp_path / "multi.safetensors", "-a", "turn", "-o", out
+    )
+    assert res.exit_code == 0, res.output
+    turn = Direction.load(out / "turn.direction.safetensors")
+    assert turn.space == "w" and turn.power_range == (-1.0, 1.0) and turn.provenance["method"] == "fit:regression"
+    moved = (ws[:50] + turn.tensors["vector"] - ws.mean(0)) @ other - (ws[:50] - ws.mean(0)) @ other
+    torch.testing.assert_close(moved, torch.ones(50), atol=0.05, rtol=0.05)  # one unit of the "turn" label
+    res = _invoke("directions", "fit", "regression", "-w", w, "--labels", tmp_path / "multi.safetensors", "-a", "x")
+    assert res.exit_code == 2 and "tilt, turn" in res.stderr
     # GANSpace and StyleSpace
     res = _invoke(
         "directions", "fit", "ganspace", "-w", w, "-k", "3", "--samples", "2000", "--layers", "2:6", "-o", out

@@ -197,9 +197,18 @@ def test_explicit_name_resolves_offline_without_the_cache(pkg, monkeypatch, capl
     with caplog.at_level(logging.INFO, logger="gie_cli"):
         assert resolve_weights("demo.e4e", method="e4e", registry=reg) == pkg / "zoo" / "demo-e4e.safetensors"
         assert ensure("demo.e4e", reg) == pkg / "zoo" / "demo-e4e.safetensors"
-    assert not any("embedded demo model" in r.getMessage() for r in caplog.records)  # only for the default
+    # an explicit name is announced too: every command says when it runs on the demo models
+    assert sum("embedded demo model demo.e4e" in r.getMessage() for r in caplog.records) == 1
     assert not (pkg.parent / "cache").exists()
     assert not list((pkg / "zoo").glob("*.meta.json"))  # no verification record written into the package
+
+
+def test_an_embedded_file_given_by_path_is_announced(pkg, caplog):
+    _, reg = _setup(pkg)
+    path = pkg / "zoo" / "demo-e4e.safetensors"
+    with caplog.at_level(logging.INFO, logger="gie_cli"):
+        assert resolve_weights(str(path), method="e4e", registry=reg) == path
+    assert any("embedded demo model demo.e4e" in r.getMessage() for r in caplog.records)
 
 
 def test_missing_embedded_file_is_a_clear_error(pkg):

@@ -364,7 +364,7 @@ def fit_interfacegan(
     if y.ndim == 2:
         if attribute is None:
             raise UsageError("the labels have several columns: choose one with --attribute")
-        y = y[:, _column(attribute, None, str(labels))]
+        y = y[:, _column(attribute, _label_columns(labels) if labels is not None else None, str(labels))]
     fit = linear_boundary(x, y, solver, c, ratio, split, seed)
     prov = _provenance("fit:interfacegan", **source)
     d = interfacegan_direction(
@@ -379,6 +379,16 @@ def fit_interfacegan(
     )
     log.info("InterFaceGAN %s: validation accuracy %s", name, fit.stats["val_accuracy"])
     _write([d], output, overwrite, json_out)
+
+
+def _label_columns(path: Path) -> list[str] | None:
+    """Column names stored in a ``.safetensors`` labels file's config (``columns``), if any."""
+    if path.suffix != ".safetensors":
+        return None
+    from gie_cli.io.checkpoint import load_safetensors
+
+    cols = load_safetensors(path)[1].get("columns")
+    return [str(c) for c in cols] if isinstance(cols, list) else None
 
 
 def _column(attribute: str | None, columns: list[str] | None, source: str | None) -> int | None:
@@ -407,6 +417,76 @@ def load_labels_checked(path: Path, g):
             f"([{g.style_dim}] or [{g.n_latent}, {g.style_dim}])"
         )
     return x, y
+
+
+@command(name="regression", target=fit_app)
+def fit_regression(
+    weights: WeightsOpt,
+    labels: Annotated[
+        Path,
+        typer.Option(
+            "--labels",
+            help="Labelled latents with several label columns: .safetensors/.npz/.pt with 'w' [N,D] (or 'wplus' "
+            "[N,L,D]) and 'labels' [N,K] (a .safetensors config may name the columns: 'columns').",
+        ),
+    ],
+    attribute: Annotated[
+        list[str],
+        typer.Option("--attribute", "-a", help="Column to write a direction for (index or name; repeatable)."),
+    ],
+    space: Annotated[str, typer.Option("--space", help="For W+ latents: wplus (per layer) | w (mean).")] = "w",
+    ridge: Annotated[float, typer.Option("--ridge", min=0.0, help="Ridge strength (times N).")] = 1e-3,
+    layers: LayersOpt = None,
+    power_range: RangeOpt = None,
+    output: OutDirOpt = None,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = "cpu",
+    json_out: JsonOpt = False,
+) -> None:
+    """Joint linear regression of the latents on every label column: each direction is the latent change per unit of
+    its label with the other labels held fixed (so power = label change). Each direction is named after its column.
+
+    For attributes that are correlated or encoded together, one InterFaceGAN boundary per attribute drags the others
+    along; the joint fit does not, as far as the latent encodes them linearly (the per-column R^2 of a linear
+    read-out is logged and stored)."""
+    from gie_cli.editing.directions import Direction, check_name, generator_binding
+    from gie_cli.editing.fit import multi_label_regression
+
+    if space not in ("w", "wplus"):
+        raise UsageError("--space must be w or wplus")
+    g, wid = load_generator(weights, device)
+    x, y = load_labels_checked(labels, g)
+    if y.ndim != 2:
+        raise UsageError(f"{labels}: regression needs several label columns ([N, K] labels)", hint="use interfacegan")
+    if x.ndim == 3 and space == "w":
+        x = x.mean(1)
+    shape = x.shape[1:]
+    fit = multi_label_regression(x.reshape(len(x), -1), y, ridge)
+    columns = _label_columns(labels)
+    rows = parse_layers(layers, g.n_latent)
+    out = []
+    for a in attribute:
+        i = _column(a, columns, str(labels))
+        if i is None or not -y.shape[1] <= i < y.shape[1]:
+            raise UsageError(f"--attribute {a}: no such column (labels have {y.shape[1]})")
+        name = check_name(columns[i] if columns else f"label{i}")
+        vec = fit.coef[i].reshape(shape)
+        log.info("regression %s: |dw| per unit %.4f, linear read-out R^2 %.3f", name, vec.norm(), fit.r2[i])
+        out.append(
+            Direction(
+                name=name,
+                space="w" if vec.ndim == 1 else "wplus",
+                tensors={"vector": vec.clone()},
+                layers=rows if rows is not None else list(range(g.n_latent)),
+                power_range=parse_range(power_range) or (-1.0, 1.0),
+                generator=generator_binding(g, wid),
+                provenance=_provenance(
+                    "fit:regression", labels=str(labels.resolve()), column=i, r2=float(fit.r2[i]), ridge=ridge
+                ),
+                description=f"joint least-squares latent change per unit of {name} (others held fixed)",
+            )
+        )
+    _write(out, output, overwrite, json_out)
 
 
 @command(name="ganspace", target=fit_app)

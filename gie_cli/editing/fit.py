@@ -315,6 +315,47 @@ def interfacegan_direction(
     )
 
 
+# ------------------------------------------------------------------------------------------------- regression
+@dataclass
+class RegressionFit:
+    """Least-squares fit ``x ~ intercept + labels @ coef`` of latents on several labels at once.
+
+    Attributes:
+        coef: ``[K, F]``: the latent change per unit of each label with the other labels held fixed.
+        intercept: ``[F]``.
+        r2: ``[K]`` fraction of each label's variance explained by a linear read-out of the latent (least squares of
+            the labels on the codes), a measure of how linearly it is encoded.
+    """
+
+    coef: Tensor
+    intercept: Tensor
+    r2: Tensor
+
+
+def multi_label_regression(x: Tensor, labels: Tensor, ridge: float = 1e-3) -> RegressionFit:
+    """Ridge least squares of ``x [N, F]`` on ``labels [N, K]`` (plus an intercept), in float64.
+
+    Unlike one InterFaceGAN boundary per attribute, the coefficients of a joint regression hold the other labels
+    fixed, so correlated or jointly encoded attributes do not leak into each other's direction (as far as the
+    latent encodes them linearly).
+    """
+    if x.ndim != 2 or labels.ndim != 2 or len(x) != len(labels):
+        shapes = f"{list(x.shape)} and {list(labels.shape)}"
+        raise DirectionError(f"regression needs x [N, F] and labels [N, K], got {shapes}")
+    k = labels.shape[1]
+    if len(x) <= k + 1:
+        raise DirectionError(f"regression on {k} labels needs more than {k + 1} samples")
+    xd, yd = x.double(), labels.double()
+    ym, xm = yd.mean(0), xd.mean(0)
+    yc, xc = yd - ym, xd - xm
+    gram = yc.T @ yc + ridge * len(yd) * torch.eye(yd.shape[1], dtype=torch.float64)
+    coef = torch.linalg.solve(gram, yc.T @ xc)  # [K, F]
+    intercept = xm - ym @ coef
+    readout = torch.linalg.lstsq(xc, yc).solution  # [F, K]: labels read back linearly from the codes
+    r2 = 1 - (xc @ readout - yc).square().mean(0) / yc.square().mean(0).clamp_min(1e-12)
+    return RegressionFit(coef.float(), intercept.float(), r2.float())
+
+
 # --------------------------------------------------------------------------------------------------- GANSpace
 @dataclass
 class PCAResult:

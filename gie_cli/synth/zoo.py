@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
+
+import torch
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
 
@@ -45,19 +48,77 @@ def pack(kind: str, src: str | Path, zoo_dir: str | Path = ZOO_DIR) -> Path:
     return dst
 
 
+@torch.no_grad()
+def ground_truth_labels(
+    generator_path: str | Path, out: str | Path, n: int = 10000, seed: int = 0, estimator: str | Path | None = None
+) -> Path:
+    """Labelled W codes of the world generator for ``gie directions fit interfacegan --labels``.
+
+    ``z ~ N(0, I)`` is sampled and mapped to ``w``; the labels are the attributes the generator was trained to render
+    from that ``z`` (its first coordinates, :func:`gie_cli.synth.train.z_attributes`), i.e. the world's ground truth,
+    one column per attribute in :data:`gie_cli.synth.params.ATTRIBUTES` order. With ``estimator`` the labels are
+    instead the attribute estimator's readings of the rendered samples (what the generator actually draws).
+
+    Args:
+        generator_path: the world generator (gie checkpoint with a ``world`` config).
+        out: ``.safetensors`` file with ``w [n, D]`` and ``labels [n, A]``.
+        n: samples.
+        seed: sampling seed.
+        estimator: an attribute estimator file to label the rendered samples with (None: the z attributes).
+
+    Returns:
+        ``out``.
+    """
+    from gie_cli.io.checkpoint import save_safetensors
+    from gie_cli.methods.loading import build_generator, read_components
+    from gie_cli.synth.params import ATTRIBUTES
+    from gie_cli.synth.train import z_attributes
+
+    comp = read_components(generator_path)
+    names = (comp.config.get("world") or {}).get("z_attributes")
+    if names != [a.name for a in ATTRIBUTES]:
+        raise ValueError(f"{generator_path} is not a world generator of this world version (z_attributes {names})")
+    g = build_generator(comp).eval()
+    z = torch.randn(n, g.style_dim, generator=torch.Generator().manual_seed(seed))
+    w = torch.cat([g.mapping(z[i : i + 1000]) for i in range(0, n, 1000)])
+    if estimator is None:
+        z = z / z.norm(dim=1, keepdim=True) * math.sqrt(g.style_dim)  # what the mapping sees after pixel norm
+        labels = z_attributes(z[:, : len(ATTRIBUTES)])
+    else:  # what the estimator reads on the rendered images
+        from gie_cli.synth.estimator import AttributeEstimator
+
+        est = AttributeEstimator.load(estimator)
+        labels = torch.cat([est(g(g.broadcast(w[i : i + 100]), noise_mode="const")) for i in range(0, n, 100)])
+    meta = {"columns": names, "source": str(generator_path), "seed": seed, "labelled_by": str(estimator or "z")}
+    save_safetensors(out, {"w": w, "labels": labels}, meta)
+    return Path(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m gie_cli.synth.zoo", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack", help="store a trained model in gie_cli/zoo (fp16) and update the registry hashes")
     p.add_argument("kind", choices=sorted(ZOO_FILES))
     p.add_argument("file", type=Path)
+    q = sub.add_parser("labels", help="ground-truth labelled W codes of the world generator (for directions fit)")
+    q.add_argument("generator", type=Path)
+    q.add_argument("-o", "--output", type=Path, required=True)
+    q.add_argument("-n", type=int, default=10000)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--estimator", type=Path, help="label the rendered samples with this attribute estimator")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.cmd == "labels":
+        print(ground_truth_labels(args.generator, args.output, args.n, args.seed, args.estimator))
+        return
     dst = pack(args.kind, args.file)
-    from gie_cli.weights.embed_hashes import main as embed_hashes
+    from gie_cli.weights.embed_hashes import embed_hashes
 
-    if embed_hashes([]) != 0:
+    changes, missing = embed_hashes()  # the other zoo files may not exist yet while the zoo is being built
+    if dst in missing:
         raise SystemExit(f"could not update the registry hashes for {dst}")
+    for reg, names in changes.items():
+        log.info("%s: updated %s", reg, ", ".join(names) or "nothing")
     print(dst)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gie_cli.errors import CheckpointError, UsageError, WeightsUnavailableError
+from gie_cli.weights import registry as _registry_mod
 from gie_cli.weights.cache import (
     Verification,
     _html_or_text,
@@ -282,9 +283,7 @@ def resolve_weights(
         default = reg.default_for(method) if reg is not None and method else None
         if default is not None:
             path = embedded_file(default)
-            if default.name not in _ANNOUNCED:
-                _ANNOUNCED.add(default.name)
-                logger.info("%s", embedded_notice(default))
+            _announce(default)
             return path
         names = [e.name for e in reg.for_method(method)] if reg is not None and method else []
         listing = f"registry names for {method}: {', '.join(names)}; " if names else ""
@@ -299,6 +298,7 @@ def resolve_weights(
         raise UsageError(msg, hint=hint + "see `gie weights list`")
     p = Path(spec).expanduser()
     if p.is_file():
+        _announce_embedded_path(p, registry)
         return p
     if p.is_dir():
         raise UsageError(f"--weights {spec}: is a folder, expected a checkpoint file", hint=f"pass {what}")
@@ -311,7 +311,9 @@ def resolve_weights(
     if method and entry.method and method not in entry.method:
         logger.warning("--weights %s is registered for %s, not for %s", entry.name, ", ".join(entry.method), method)
     if entry.embedded:
-        return embedded_file(entry)
+        path = embedded_file(entry)
+        _announce(entry)
+        return path
     if entry.convert:
         conv = converted_path(entry, cache)
         if conv.is_file():
@@ -325,6 +327,29 @@ def resolve_weights(
             ),
         )
     return ensure(entry, reg, cache, offline)
+
+
+def _announce(entry: WeightEntry) -> None:
+    """Log :func:`embedded_notice` once per process and entry."""
+    if entry.name not in _ANNOUNCED:
+        _ANNOUNCED.add(entry.name)
+        logger.info("%s", embedded_notice(entry))
+
+
+def _announce_embedded_path(path: Path, registry: Registry | None) -> None:
+    """A file given by path that is an embedded model (e.g. recorded in a latent file) is announced like a default,
+    so every command says when it runs on the demo models."""
+    try:
+        package = _registry_mod.package_dir()
+        if package not in path.resolve().parents:
+            return
+        reg = registry or _try_registry()
+        for entry in reg or []:
+            if entry.embedded_path is not None and entry.embedded_path.resolve() == path.resolve():
+                _announce(entry)
+                return
+    except OSError:  # an unreadable path is reported by whoever opens it
+        return
 
 
 def _try_registry() -> Registry | None:
