@@ -270,8 +270,12 @@ def test_shipped_official_directions_are_found_by_name(monkeypatch, tmp_path):
     monkeypatch.delenv("GIE_DIRECTIONS_PATH", raising=False)
     names = {d["name"] for d in list_directions() if not d["shadowed"]}
     assert {"age", "smile", "pose", *FFHQ_GANSPACE_EDITS} <= names
-    smile = load_direction("smile")
-    assert smile.path.parent.name == "shipped" and smile.provenance["source"].startswith("omertov/encoder4editing")
+    from gie_cli.editing.directions import load_direction_candidates
+
+    # "smile" is also a synthetic-world direction (directions/, first on the path); the FFHQ file is a candidate
+    cands = load_direction_candidates("smile")
+    smile = next(d for d in cands if d.path.parent.name == "shipped")
+    assert smile.provenance["source"].startswith("omertov/encoder4editing")
     raw = read_checkpoint(OFFICIAL / "smile.pt", allow_tensor=True)[""]
     assert torch.equal(smile.tensors["vector"], raw[0]) and smile.scale == 1.0
     # a same-named file in the user folder shadows the shipped one
