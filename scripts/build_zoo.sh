@@ -12,7 +12,7 @@ GEN_STEPS=${GEN_STEPS:-8000}
 EST_STEPS=${EST_STEPS:-3000}
 E4E_STEPS=${E4E_STEPS:-3000}
 N_FACES=${N_FACES:-4096}
-DIRECTIONS=${DIRECTIONS:-"yaw smile mouth_open eye_open glasses age hair_length hair_lightness"}
+DIRECTIONS=${DIRECTIONS:-"yaw smile mouth_open glasses age hair_length hair_lightness"}
 mkdir -p "$WORK"
 train() { gie train --run-dir "$WORK/runs" --device "$DEVICE" --no-progress "$@"; }
 

@@ -1,0 +1,114 @@
+"""The embedded demo zoo: registered, hashed, small, half precision, and the README's offline main job works on it
+(synth photos -> align -> invert -> edit) with the world directions bound to the embedded generator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from gie_cli.cli import app
+from gie_cli.editing.directions import Direction, generator_fingerprint, list_directions
+from gie_cli.io.images import sha256_file
+from gie_cli.methods.base import create_method
+from gie_cli.synth.estimator import AttributeEstimator
+from gie_cli.synth.params import ATTRIBUTES
+from gie_cli.synth.zoo import ZOO_DIR, ZOO_FILES
+from gie_cli.weights import load_registry, resolve_weights
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+WORLD_DIRECTIONS = ["yaw", "smile", "mouth_open", "glasses", "age", "hair_length", "hair_lightness"]
+
+
+def _invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_zoo_files_are_registered_hashed_small_and_half_precision():
+    from safetensors import safe_open
+
+    reg = load_registry()
+    total = 0
+    for kind, (fname, name) in ZOO_FILES.items():
+        path = ZOO_DIR / fname
+        assert path.is_file(), f"{path} missing: run scripts/build_zoo.sh"
+        entry = reg.get(name)
+        assert entry.sha256 == sha256_file(path) and entry.size == path.stat().st_size, f"{name}: run embed_hashes"
+        total += entry.size
+        with safe_open(str(path), framework="pt") as f:
+            dtypes = {f.get_slice(k).get_dtype() for k in f.keys() if k not in ("latent_avg",)}
+        assert dtypes <= {"F16", "I64", "BOOL"}, (kind, dtypes)
+    assert total <= 25_000_000
+    assert resolve_weights(None, method="e4e") == ZOO_DIR / ZOO_FILES["e4e"][0]
+    assert resolve_weights(None, method="optim") == ZOO_DIR / ZOO_FILES["generator"][0]
+
+
+def test_world_directions_are_bound_to_the_embedded_generator():
+    g = create_method("e4e", None, "cpu").generator
+    fp = generator_fingerprint(g)
+    bound = {d["name"] for d in list_directions() if (d.get("generator") or {}).get("fingerprint") == fp}
+    assert set(WORLD_DIRECTIONS) <= bound
+    for name in WORLD_DIRECTIONS:
+        assert (ROOT / "directions" / f"{name}.direction.safetensors").is_file()
+
+
+@torch.no_grad()
+def test_world_directions_move_their_attribute():
+    """Sampled faces edited by -2 and +2 along each direction: the estimator sees the target attribute increase, by
+    more than the other attributes move on average."""
+    g = create_method("e4e", None, "cpu").generator
+    est = AttributeEstimator.load(resolve_weights(None, method="attributes"))
+    names = [a.name for a in ATTRIBUTES]
+    w = g.broadcast(g.mapping(torch.randn(24, g.style_dim, generator=torch.Generator().manual_seed(3))))
+    for name in WORLD_DIRECTIONS:
+        d = Direction.load(ROOT / "directions" / f"{name}.direction.safetensors")
+        lo, hi = (est(g(w + d.apply(p, w).delta, noise_mode="const")) for p in (-2.0, 2.0))
+        change = (hi - lo).mean(0)
+        i = names.index(name)
+        others = torch.cat([change[:i], change[i + 1 :]]).abs()
+        assert change[i] > 0.1 and change[i] > 2 * others.mean(), (name, float(change[i]), float(others.mean()))
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
+def test_readme_main_job_runs_offline_on_the_zoo(tmp_path, monkeypatch):
+    """synth photos -> align -> invert (no --weights) -> edit by name, offline; reconstructions resemble the faces."""
+    from gie_cli.weights import store
+
+    monkeypatch.setattr(store, "_ANNOUNCED", set())  # announced once per process: earlier tests may have used it
+    monkeypatch.setenv("GIE_OFFLINE", "1")
+    monkeypatch.setenv("GIE_CACHE_DIR", str(tmp_path / "cache"))  # no user directions or weights
+    photos, aligned, out, edits = (tmp_path / n for n in ("photos", "aligned", "out", "edits"))
+    assert _invoke("synth", "-o", photos, "-n", "2", "--seed", "11").exit_code == 0
+    res = _invoke("align", photos, "-o", aligned)
+    assert res.exit_code == 0, res.output
+    res = _invoke("invert", aligned, "-o", out, "--json")
+    assert res.exit_code == 0, res.output
+    assert "embedded demo model world.e4e" in res.stderr and "e4e.ffhq" in res.stderr
+    recs = [json.loads(x) for x in res.stdout.splitlines()]
+    assert [r["status"] for r in recs] == ["ok", "ok"]
+    for r in recs:
+        src = np.asarray(Image.open(r["input"]).convert("RGB"))
+        rec = np.asarray(Image.open(r["outputs"]["image"]).convert("RGB").resize(src.shape[:2][::-1], Image.BICUBIC))
+        assert _psnr(src, rec) > 20.0, r["input"]  # measured 21.9-24.7 dB on the README demo photos
+    res = _invoke("edit", out, "-d", "smile", "-d", "age", "--power=-2,2", "--grid", "-o", edits, "--json")
+    assert res.exit_code == 0, res.output
+    assert "anyway" not in res.stderr  # the world directions are bound to the embedded generator: no warning
+    for name in ("000000", "000001"):
+        for key in ("smile-2", "smile+2", "age-2", "age+2", "grid"):
+            assert (edits / f"{name}.{key}.png").is_file()
+
+
+@pytest.mark.parametrize("method", ["e4e", "optim"])
+def test_describe_names_the_embedded_weights(method):
+    m = create_method(method, None, "cpu", **({"steps": "1"} if method == "optim" else {}))
+    assert Path(m.describe()["weights_path"]).parent == ZOO_DIR
