@@ -164,4 +164,4 @@ def create_method(
 
 def _load_builtin() -> None:
     # Importing the modules registers them; later methods add their module here.
-    from gie_cli.methods import optim, psp_e4e  # noqa: F401
+    from gie_cli.methods import gradstyle, optim, psp_e4e  # noqa: F401

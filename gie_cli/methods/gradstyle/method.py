@@ -1,0 +1,198 @@
+"""GradStyle (Li et al., "Gradual Residuals Alignment", AAAI 2024) as a gie inversion method: invert, render, edit."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from gie_cli.errors import CheckpointError, UsageError
+from gie_cli.io.checkpoint import latent_avg_as_wplus, load_state_dict_strict
+from gie_cli.methods.base import Inversion, register_method
+from gie_cli.methods.gradstyle.modules import GradStyleNet
+from gie_cli.methods.loading import build_encoder, build_generator, read_components, require_weights, save_components
+from gie_cli.methods.psp_e4e import EncoderMethod
+from gie_cli.models.stylegan2 import Generator
+
+log = logging.getLogger(__name__)
+
+#: dtype of the residual features stored in latent files (``extra.residual_<layer>``).
+RESIDUAL_DTYPE = torch.float16
+
+
+def residual_key(layer: int) -> str:
+    """Name of a stage's residual feature in :attr:`Inversion.extras` / latent files (``residual_<layer>``)."""
+    return f"residual_{layer}"
+
+
+class GradStyleMethod(EncoderMethod):
+    """GradStyle: e4e codes + gradual residuals in the Reconstruction Stream, aligned residuals in the Editing Stream.
+
+    :meth:`invert` runs the Encoding Phase (e4e: W+ and the feature pyramid ``T``) and the Reconstruction Stream up
+    to the last refined layer; the :class:`Inversion` carries W+ and each stage's residual feature ``F_m``
+    (``extras["residual_<layer>"]``, ``[B, C_l, R_l, R_l]``, float16). :meth:`render` draws from those alone (no
+    encoder): without an edit, the Reconstruction Stream (``f + g(f, F_m) F_m``, the stored ``F_m`` is exactly the
+    one computed at inversion); with an edit (``delta`` non-zero, or StyleSpace offsets hooked on the generator),
+    the Editing Stream: each stage's Aligner aligns ``F_m`` to the edited feature before the shared Gate&Fusion.
+
+    Args:
+        generator: the shared generator (frozen).
+        encoder: the e4e encoder (frozen).
+        latent_avg: ``[n_latent, D]``.
+        encoder_config: encoder kwargs (saved in checkpoints).
+        net: the trained GradStyle modules.
+        start_from_latent_avg: whether codes are offsets from ``latent_avg``.
+        weights_id: id recorded in outputs.
+        use_gam: False renders edits without alignment (the "w/o GAM" variant of a full checkpoint).
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        encoder: nn.Module,
+        latent_avg: Tensor,
+        encoder_config: dict,
+        net: GradStyleNet,
+        start_from_latent_avg: bool = True,
+        weights_id: str = "",
+        use_gam: bool = True,
+    ) -> None:
+        super().__init__(generator, encoder, latent_avg, "gradstyle", encoder_config, start_from_latent_avg, weights_id)
+        for s in net.stages:
+            if s.layer >= generator.num_layers or (s.channels, s.resolution) != (
+                generator.layer_channels(s.layer),
+                generator.layer_resolution(s.layer),
+            ):
+                raise ValueError(f"GradStyle stage {s} does not fit the generator (config {generator.config})")
+            if s.level not in ("c3", "p2", "p1"):
+                raise ValueError(f"GradStyle stage {s.layer}: unknown encoder level {s.level!r}")
+        self.net = net
+        self.use_gam = bool(use_gam) and net.use_gam
+
+    # ----------------------------------------------------------------------------------------------- inversion
+    def residuals(self, images: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
+        """W+ ``[B, n_latent, D]`` and the Reconstruction Stream's residuals ``{layer: [B, C, R, R]}`` (float16)."""
+        wplus, pyramid = self.encode(images, return_features=True)
+        record: dict[str, dict[int, Tensor]] = {}
+        hooks = self.net.reconstruction_hooks(pyramid, record, quantize=RESIDUAL_DTYPE)
+        self.generator.synthesis(wplus, noise_mode="const", feature_hooks=hooks, stop_at_layer=max(self.net.layers))
+        return wplus, {k: v.to(RESIDUAL_DTYPE) for k, v in record["residual"].items()}
+
+    def invert(self, images: Tensor) -> Inversion:
+        """Invert aligned ``images [B,3,H,W]`` in [-1,1]; extras hold ``residual_<layer>`` per stage."""
+        wplus, res = self.residuals(images)
+        return Inversion(wplus, {residual_key(k): v for k, v in res.items()})
+
+    # ----------------------------------------------------------------------------------------------- rendering
+    def stored_residuals(self, inv: Inversion) -> dict[int, Tensor]:
+        """The residual features of ``inv`` per stage layer.
+
+        Raises:
+            UsageError: ``inv`` lacks them (a latent made by another method, or by a GradStyle checkpoint with other
+                stages).
+        """
+        missing = [residual_key(k) for k in self.net.layers if residual_key(k) not in inv.extras]
+        if missing:
+            raise UsageError(
+                f"the latent has no GradStyle residual features ({', '.join(missing)})",
+                hint="invert the images again with --method gradstyle and these weights",
+            )
+        return {k: inv.extras[residual_key(k)] for k in self.net.layers}
+
+    def render(self, inv: Inversion, delta: Tensor | None = None) -> Tensor:
+        """Draw ``inv`` (optionally edited by ``delta [B|1, n_latent, D]``) to ``[B, 3, S, S]``.
+
+        Items whose edit is zero (no ``delta`` row and no StyleSpace offset) take the Reconstruction Stream, edited
+        items the Editing Stream (GAM), so a batch of powers ``0, 3`` draws the reconstruction and the edit.
+        """
+        residuals = self.stored_residuals(inv)
+        wplus = inv.wplus if delta is None else inv.wplus + delta.to(inv.wplus)
+        edited = self.edited_items(wplus, delta) if self.use_gam else torch.zeros(len(inv), dtype=torch.bool)
+        if not edited.any() or edited.all():
+            return self._draw(wplus, residuals, bool(edited.any()))
+        # a mixed batch draws both streams whole (StyleSpace offsets hooked on the generator are per batch row)
+        pick = edited.to(wplus.device)[:, None, None, None]
+        return torch.where(pick, self._draw(wplus, residuals, True), self._draw(wplus, residuals, False))
+
+    def _draw(self, wplus: Tensor, residuals: dict[int, Tensor], editing: bool) -> Tensor:
+        hooks = self.net.editing_hooks(residuals) if editing else self.net.fusion_hooks(residuals)
+        return self.generator(wplus, noise_mode="const", feature_hooks=hooks)
+
+    def edited_items(self, wplus: Tensor, delta: Tensor | None) -> Tensor:
+        """Which items ``[B]`` (bool, CPU) are edits: a non-zero ``delta`` row, or a StyleSpace offset hooked on the
+        generator's style affines (how ``render_edit`` draws StyleSpace edits, with a zero ``delta``)."""
+        b = wplus.shape[0]
+        rows = torch.zeros(b, dtype=torch.bool)
+        if delta is not None:
+            rows |= (delta != 0).flatten(1).any(1).cpu().expand(b)
+        mods = [self.generator.conv1.conv.modulation, *(c.conv.modulation for c in self.generator.convs)]
+        for layer, mod in enumerate(mods):
+            if len(mod._forward_hooks):  # hooks are bypassed by .forward: the difference is the hooked offset
+                rows |= (mod(wplus[:, layer]) != mod.forward(wplus[:, layer])).any(1).cpu()
+        return rows
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info["gradstyle"] = {
+            "layers": list(self.net.layers),
+            "editing_stream": "gam" if self.use_gam else "unaligned",
+            "extras": {residual_key(s.layer): [s.channels, s.resolution, s.resolution] for s in self.net.stages},
+        }
+        return info
+
+    # ----------------------------------------------------------------------------------------------- saving
+    def save(self, path) -> None:
+        """Save in gie's checkpoint format: ``encoder.*``, ``decoder.*``, ``gradstyle.*``, ``latent_avg`` + config."""
+        save_components(
+            path,
+            {"encoder": self.encoder, "decoder": self.generator, "gradstyle": self.net},
+            {
+                "method": "gradstyle",
+                "encoder": self.encoder_config,
+                "generator": self.generator.config,
+                "opts": {"start_from_latent_avg": self.start_from_latent_avg},
+                "gradstyle": self.net.config,
+            },
+            self.latent_avg,
+        )
+
+
+def load_gradstyle(weights: str | None, use_gam: bool = True) -> GradStyleMethod:
+    """Load a GradStyle checkpoint written by ``gie train --method gradstyle`` (:meth:`GradStyleMethod.save`).
+
+    Raises:
+        CheckpointError: the file has no ``gradstyle.*`` part (e.g. a plain e4e checkpoint).
+    """
+    path = require_weights(weights, "gradstyle", "a GradStyle checkpoint made by `gie train --method gradstyle`")
+    comp = read_components(path)
+    if "gradstyle" not in comp.parts or "gradstyle" not in comp.config:
+        raise CheckpointError(
+            path,
+            "has no GradStyle modules ('gradstyle.*' weights and config); GradStyle has no official checkpoint",
+            hint="train one: gie train --method gradstyle -w E4E_CHECKPOINT --data ALIGNED_FACES",
+        )
+    generator = build_generator(comp)
+    encoder, cfg = build_encoder(comp, "e4e")
+    net = GradStyleNet(**comp.config["gradstyle"])
+    load_state_dict_strict(net, comp.part("gradstyle"), f"{comp.source} [gradstyle.*]")
+    if comp.latent_avg is not None:
+        avg = latent_avg_as_wplus(comp.latent_avg, generator.n_latent)
+    else:
+        avg = generator.w_avg[None].expand(generator.n_latent, -1)
+    start = bool(comp.opts.get("start_from_latent_avg", True))
+    method = GradStyleMethod(generator, encoder, avg.float(), cfg, net, start, comp.weights_id, use_gam)
+    method.weights_path = str(Path(path).resolve())
+    return method
+
+
+@register_method("gradstyle", "Gradual Residuals Alignment (Li et al. 2024): e4e + gradual residuals, aligned edits")
+def _load_gradstyle(weights: str | None, **options: object) -> GradStyleMethod:
+    from gie_cli.methods.optim import _coerce
+
+    unknown = sorted(set(options) - {"use_gam"})
+    if unknown:
+        raise UsageError(f"gradstyle has no option {unknown[0]!r}", hint="known: use_gam (true|false)")
+    use_gam = _coerce("use_gam", options.get("use_gam", True), bool)
+    return load_gradstyle(weights, use_gam=bool(use_gam))

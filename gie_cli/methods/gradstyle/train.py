@@ -1,0 +1,423 @@
+"""Self-supervised training of GradStyle (Li et al., "Gradual Residuals Alignment", AAAI 2024, sec. 3.4 and A.1)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gie_cli.errors import UsageError
+from gie_cli.io.checkpoint import load_state_dict_strict
+from gie_cli.methods.gradstyle.method import GradStyleMethod, load_gradstyle
+from gie_cli.methods.gradstyle.modules import GradStyleNet, parse_layers, random_perspective, stage_specs, warp_features
+from gie_cli.methods.loading import read_components
+from gie_cli.methods.psp_e4e import _config_from_settings, load_encoder_method
+from gie_cli.models.stylegan2 import Discriminator, discriminator_config_from_state_dict
+from gie_cli.training.base import Trainer, register_trainer
+from gie_cli.training.data import ImageFolder, endless
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------- Lookahead
+class Lookahead:
+    """Lookahead (Zhang et al., NeurIPS 2019) around an inner optimizer: every ``k`` inner steps the slow weights
+    move ``alpha`` of the way to the fast ones and the fast weights restart from them.
+
+    Quacks like a ``torch.optim.Optimizer`` for gie's training loop (``step``, ``zero_grad``, ``param_groups``,
+    ``state_dict``/``load_state_dict`` with tensors and plain values only, so snapshots load with
+    ``weights_only=True``).
+
+    Args:
+        inner: the fast optimizer (Adam in GradStyle).
+        k: inner steps per synchronisation (5).
+        alpha: slow-weight step size (0.5).
+    """
+
+    def __init__(self, inner: torch.optim.Optimizer, k: int = 5, alpha: float = 0.5) -> None:
+        if k < 1 or not 0.0 < alpha <= 1.0:
+            raise ValueError(f"Lookahead needs k >= 1 and 0 < alpha <= 1, got k={k}, alpha={alpha}")
+        self.inner, self.k, self.alpha = inner, int(k), float(alpha)
+        self.steps = 0
+        self.slow = [p.detach().clone() for p in self._params()]
+
+    def _params(self) -> list[Tensor]:
+        return [p for group in self.inner.param_groups for p in group["params"]]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.inner.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One inner step; every ``k``-th also synchronises slow and fast weights."""
+        self.inner.step()
+        self.steps += 1
+        if self.steps % self.k == 0:
+            self.synchronize()
+
+    @torch.no_grad()
+    def synchronize(self) -> None:
+        """The slow update now: ``slow += alpha * (fast - slow)``, then ``fast = slow``."""
+        for p, slow in zip(self._params(), self.slow, strict=True):
+            slow.add_(p - slow, alpha=self.alpha)
+            p.copy_(slow)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"inner": self.inner.state_dict(), "slow": list(self.slow), "steps": self.steps, "k": self.k}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state["inner"])
+        if len(state["slow"]) != len(self.slow):
+            raise ValueError(f"Lookahead state has {len(state['slow'])} slow tensors, expected {len(self.slow)}")
+        for slow, saved in zip(self.slow, state["slow"], strict=True):
+            slow.copy_(saved)
+        self.steps = int(state["steps"])
+
+
+# --------------------------------------------------------------------------------------------------- settings
+@dataclass
+class GradStyleTrainConfig:
+    """Settings of ``gie train --method gradstyle --set key=value`` (defaults: the paper's, appendix A.1).
+
+    Attributes:
+        stages: refined gie layers, ``auto`` = the paper's 3rd/6th/8th blocks (layers 1,4,6) or e.g. ``1`` (Table 4
+            "one stage (low)") / ``6`` ("one stage (high)").
+        use_grm: False = Table 4 "w/o GRM" (residuals are projected encoder features, no residual network).
+        use_gam: False = Table 4 "w/o GAM" (no Aligner; edits inject residuals unaligned; no Editing Stream loss).
+        mu: Selective Attention's kept percentage (not given in the paper).
+        attn_layers: Selective Attention passes per Aligner ("several times"; not given).
+        hidden: GRM common-space width (0 = the generator's width at the stage).
+        grm_blocks, gate_blocks: ResBlocks per GRM / Gate&Fusion (not given).
+        lr: learning rate of the GradStyle modules (Adam + Lookahead).
+        lookahead_k, lookahead_alpha: Lookahead settings (the paper names Lookahead, not its settings).
+        l2_lambda, lpips_lambda, id_lambda, adv_lambda, f_lambda, aligner_lambda: loss weights (1, 0.8, 0.1 faces /
+            0.5 cars, 0.001, 0.01, 0.1).
+        perceptual: ``auto`` (LPIPS-VGG when its weights are installed, else MS-SSIM), ``lpips``, ``msssim``
+            (``1 - MS-SSIM``, the substitute when LPIPS weights are unavailable), ``none``.
+        identity: ``auto`` (ArcFace ID loss when ``arcface.ir_se50`` is installed, else none), ``on``, ``off``.
+        distortion: random perspective distortion scale of the self-supervised warp (0.15).
+        d_lr: discriminator learning rate (1e-4).
+        r1, r1_every: lazy R1 penalty of the discriminator (StyleGAN2's; 0 = off).
+        discriminator: checkpoint (file or registry name, e.g. ``stylegan2.ffhq``) whose StyleGAN2 discriminator
+            initialises D; empty = the ``-w`` file's if it has one, else a fresh one (logged).
+        loss_size: resolution of the L2/perceptual/ID losses (capped at the generator size).
+        progressive_every: > 0 = progressive training: stage ``m`` (with its GRM/gate/GAM) trains from step
+            ``m * progressive_every`` with the earlier stages fixed and the later ones not yet used.
+        init: a GradStyle checkpoint to fine-tune (then ``-w`` is not needed).
+    """
+
+    stages: str = "auto"
+    use_grm: bool = True
+    use_gam: bool = True
+    mu: float = 50.0
+    attn_layers: int = 2
+    hidden: int = 0
+    grm_blocks: int = 2
+    gate_blocks: int = 1
+    lr: float = 1e-4
+    lookahead_k: int = 5
+    lookahead_alpha: float = 0.5
+    l2_lambda: float = 1.0
+    lpips_lambda: float = 0.8
+    perceptual: str = "auto"
+    id_lambda: float = 0.1
+    identity: str = "auto"
+    adv_lambda: float = 0.001
+    f_lambda: float = 0.01
+    aligner_lambda: float = 0.1
+    distortion: float = 0.15
+    d_lr: float = 1e-4
+    r1: float = 10.0
+    r1_every: int = 16
+    discriminator: str = ""
+    loss_size: int = 256
+    progressive_every: int = 0
+    init: str = ""
+
+
+def _resize(x: Tensor, size: int) -> Tensor:
+    if x.shape[-1] == size:
+        return x
+    if x.shape[-1] > size:
+        return F.interpolate(x, size=(size, size), mode="area")
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+# --------------------------------------------------------------------------------------------------- trainer
+class GradStyleTrainer(Trainer):
+    """Trains GradStyle's GRMs, gates and GAMs with the e4e encoder and the generator frozen (paper sec. 3.4).
+
+    One step: encode (no grad) -> Reconstruction Stream ``X^r`` (residuals ``F_m``) -> Editing Stream at alpha = 0:
+    each stage's Aligner gets ``F_m`` detached and perspective-warped (one random transform per image, shared by all
+    stages) and must restore it (``L_aligner = sum_m |F'_m - F_m|_1``) while ``X^e`` is drawn with the aligned
+    residuals (the shared gate used with detached parameters, so only the Reconstruction Stream trains the GRM side).
+    Loss ``L2 + 0.8 LPIPS + lambda_id ID + 0.001 adv + 0.01 L_f + 0.1 L_aligner`` over both streams; then a
+    discriminator step (non-saturating logistic loss + lazy R1).
+    """
+
+    name = "gradstyle"
+
+    def __init__(self, data: str, weights: str | None, device, batch_size: int, seed: int, **settings: str) -> None:
+        self.cfg = c = _config_from_settings(GradStyleTrainConfig, settings, "gradstyle")
+        self.device = torch.device(device)
+        if c.init:
+            method = load_gradstyle(c.init)
+            self.net = method.net
+            if any(k in settings for k in ("stages", "use_grm", "use_gam", "mu", "attn_layers", "hidden")):
+                log.warning("init=%s: the architecture settings come from the checkpoint", c.init)
+        else:
+            if not weights:
+                raise UsageError(
+                    "gie train --method gradstyle needs -w: an e4e checkpoint (the frozen encoder and generator)",
+                    hint="e.g. -w e4e.ffhq, or a gie e4e checkpoint from `gie train --method e4e`",
+                )
+            e4e = load_encoder_method("e4e", weights)
+            try:
+                specs = stage_specs(e4e.generator, e4e.encoder, parse_layers(c.stages))
+                self.net = GradStyleNet(
+                    specs,
+                    e4e.encoder.feature_dim,
+                    c.hidden,
+                    c.mu,
+                    c.attn_layers,
+                    c.grm_blocks,
+                    c.gate_blocks,
+                    c.use_grm,
+                    c.use_gam,
+                )
+            except ValueError as e:
+                raise UsageError(f"gradstyle training: {e}") from None
+            method = GradStyleMethod(
+                e4e.generator,
+                e4e.encoder,
+                e4e.latent_avg,
+                e4e.encoder_config,
+                self.net,
+                e4e.start_from_latent_avg,
+                e4e.weights_id,
+            )
+        self.method = method.to(self.device)
+        self.generator = self.method.generator.requires_grad_(False).eval()
+        self.method.encoder.requires_grad_(False).eval()
+        self.net.train()
+        g = self.generator
+        self.loss_size = min(c.loss_size, g.size) if c.loss_size > 0 else g.size
+        params = list(self.net.parameters())
+        self.opt = Lookahead(torch.optim.Adam(params, lr=c.lr), c.lookahead_k, c.lookahead_alpha)
+        self._perceptual, self._perceptual_kind = self._build_perceptual()
+        self._id_net = self._build_identity()
+        self.disc: Discriminator | None = None
+        self.d_opt: torch.optim.Optimizer | None = None
+        if c.adv_lambda > 0:
+            self.disc = self._build_discriminator(weights).to(self.device).train()
+            self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=c.d_lr, betas=(0.0, 0.99))
+        self.data = ImageFolder(data, max(g.size, self.method.input_size))
+        self.batch_size, self.seed = batch_size, seed
+        self._rng = torch.Generator().manual_seed(seed)
+
+    # ----------------------------------------------------------------------------------------------- parts
+    def _build_perceptual(self) -> tuple[nn.Module | None, str]:
+        kind = self.cfg.perceptual.lower()
+        if self.cfg.lpips_lambda <= 0 or kind == "none":
+            return None, "none"
+        if kind not in ("auto", "lpips", "msssim"):
+            raise UsageError(f"gradstyle setting perceptual={kind!r}", hint="auto, lpips, msssim or none")
+        if kind in ("auto", "lpips"):
+            from gie_cli.metrics.lpips import LPIPS, lpips_available
+
+            ok, reason = lpips_available("vgg")
+            if ok:
+                return LPIPS("vgg").to(self.device), "lpips"
+            if kind == "lpips":
+                raise UsageError(f"perceptual=lpips but LPIPS is unavailable: {reason}")
+            log.warning("LPIPS unavailable (%s); using 1 - MS-SSIM as the perceptual loss", reason)
+        return None, "msssim"
+
+    def _build_identity(self) -> nn.Module | None:
+        mode = self.cfg.identity.lower()
+        if self.cfg.id_lambda <= 0 or mode == "off":
+            return None
+        from gie_cli.metrics.identity import identity_available, load_identity_net
+
+        ok, reason = identity_available()
+        if ok:
+            return load_identity_net(device=self.device)
+        if mode == "on":
+            raise UsageError(f"identity=on but the ArcFace weights are unavailable: {reason}")
+        log.warning("ID loss off: %s", reason)
+        return None
+
+    def _build_discriminator(self, weights: str | None) -> Discriminator:
+        g = self.generator
+        sources = [self.cfg.discriminator] if self.cfg.discriminator else [w for w in (weights, self.cfg.init) if w]
+        for src in sources:
+            comp = read_components(src)
+            if "discriminator" not in comp.parts:
+                if self.cfg.discriminator:
+                    raise UsageError(f"discriminator={src}: the file has no StyleGAN2 discriminator ('d')")
+                continue
+            sd = comp.parts["discriminator"]
+            d = Discriminator(**discriminator_config_from_state_dict(sd))
+            if d.size != g.size:
+                raise UsageError(f"discriminator={src} is for {d.size} px images, the generator draws {g.size} px")
+            load_state_dict_strict(d, sd, f"{comp.source} [discriminator]")
+            log.info("discriminator initialised from %s", comp.source)
+            return d
+        log.warning(
+            "no StyleGAN2 discriminator in the weights: adversarial loss with a freshly initialised one "
+            "(pass --set discriminator=FILE to start from a trained one, as the paper does)"
+        )
+        return Discriminator(g.size, channels=g.channels)
+
+    # ----------------------------------------------------------------------------------------------- loop API
+    def batches(self) -> Iterator[Tensor]:
+        return endless(self.data, self.batch_size, self.seed)
+
+    def modules(self) -> dict[str, nn.Module]:
+        mods: dict[str, nn.Module] = {"gradstyle": self.net}
+        if self.disc is not None:
+            mods["discriminator"] = self.disc
+        return mods
+
+    def optimizers(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"gradstyle": self.opt}
+        if self.d_opt is not None:
+            opts["discriminator"] = self.d_opt
+        return opts
+
+    def options(self) -> dict:
+        return {
+            "trainer": asdict(self.cfg),
+            "gradstyle": self.net.config,
+            "perceptual_loss": self._perceptual_kind,
+            "id_loss": self._id_net is not None,
+            "loss_size": self.loss_size,
+        }
+
+    def active_layers(self, step: int) -> tuple[list[int], list[int]]:
+        """``(used, trained)`` stage layers at ``step`` (all of them unless training progressively)."""
+        layers = list(self.net.layers)
+        every = self.cfg.progressive_every
+        if every <= 0:
+            return layers, layers
+        m = min(step // every, len(layers) - 1)
+        return layers[: m + 1], [layers[m]]
+
+    def _set_trainable(self, trained: Iterable[int]) -> None:
+        """Progressive training: only the ``trained`` stages learn (and update BatchNorm statistics)."""
+        trained = {str(k) for k in trained}
+        for part in (self.net.grm, self.net.gate, self.net.gam):
+            for k, mod in part.items():
+                mod.requires_grad_(k in trained).train(k in trained)
+
+    # ----------------------------------------------------------------------------------------------- one step
+    def _image_losses(self, img: Tensor, target: Tensor, metrics: dict[str, float], tag: str) -> Tensor:
+        c = self.cfg
+        small = _resize(img, self.loss_size)
+        l2 = (small - target).square().mean()
+        loss = c.l2_lambda * l2
+        metrics[f"l2_{tag}"] = float(l2.detach())
+        if self._perceptual_kind == "lpips":
+            p = self._perceptual(small, target).mean()
+        elif self._perceptual_kind == "msssim":
+            from gie_cli.metrics.ssim import ms_ssim
+
+            p = 1 - ms_ssim(small, target, data_range=2.0).mean()
+        else:
+            p = None
+        if p is not None:
+            loss = loss + c.lpips_lambda * p
+            metrics[f"perceptual_{tag}"] = float(p.detach())
+        if self._id_net is not None:
+            from gie_cli.metrics.identity import identity_similarity
+
+            ident = (1 - identity_similarity(self._id_net, small, target)).mean()
+            loss = loss + c.id_lambda * ident
+            metrics[f"id_{tag}"] = float(ident.detach())
+        if self.disc is not None:
+            adv = F.softplus(-self.disc(img)).mean()
+            loss = loss + c.adv_lambda * adv
+            metrics[f"adv_{tag}"] = float(adv.detach())
+        return loss
+
+    def train_step(self, batch: Tensor, step: int) -> dict[str, float]:
+        c = self.cfg
+        used, trained = self.active_layers(step)
+        if c.progressive_every > 0:
+            if step > 0 and step % c.progressive_every == 0:
+                self.opt.synchronize()  # the finished stage keeps its slow weights from now on
+            self._set_trainable(trained)
+        x = batch.to(self.device)
+        g = self.generator
+        real = _resize(x, g.size)
+        target = _resize(x, self.loss_size)
+        with torch.no_grad():
+            wplus, pyramid = self.method.encode(x, return_features=True)
+        if self.disc is not None:
+            self.disc.requires_grad_(False)
+        metrics: dict[str, float] = {}
+        # Reconstruction Stream
+        rec: dict[str, dict[int, Tensor]] = {}
+        x_rec = g(wplus, noise_mode="const", feature_hooks=self.net.reconstruction_hooks(pyramid, rec, used))
+        loss = self._image_losses(x_rec, target, metrics, "rec")
+        l_f = sum(v.abs().mean() for v in rec["fused"].values())
+        loss = loss + c.f_lambda * l_f
+        metrics["l_f"] = float(l_f.detach())
+        fakes = [x_rec]
+        # Editing Stream (alpha = 0): warped, detached residuals must be re-aligned
+        if self.net.use_gam:
+            src, dst = random_perspective(x.shape[0], c.distortion, self._rng, self.device)
+            clean = {k: v.detach() for k, v in rec["residual"].items()}
+            warped = {k: warp_features(v, src, dst) for k, v in clean.items()}
+            edi: dict[str, dict[int, Tensor]] = {}
+            hooks = self.net.editing_hooks(warped, edi, detach_gate=True)
+            x_edi = g(wplus, noise_mode="const", feature_hooks=hooks)
+            loss = loss + self._image_losses(x_edi, target, metrics, "edi")
+            l_al = sum((edi["aligned"][k] - clean[k]).abs().mean() for k in clean)
+            loss = loss + c.aligner_lambda * l_al
+            metrics["l_aligner"] = float(l_al.detach())
+            fakes.append(x_edi)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        metrics["loss"] = float(loss.detach())
+        if self.disc is not None:
+            metrics.update(self._discriminator_step(real, fakes, step))
+        return metrics
+
+    def _discriminator_step(self, real: Tensor, fakes: list[Tensor], step: int) -> dict[str, float]:
+        assert self.disc is not None and self.d_opt is not None
+        d = self.disc.requires_grad_(True)
+        fake = torch.cat([f.detach() for f in fakes])
+        d_loss = F.softplus(d(fake)).mean() + F.softplus(-d(real)).mean()
+        out = {"d_loss": float(d_loss.detach())}
+        if self.cfg.r1 > 0 and step % self.cfg.r1_every == 0:
+            r = real.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(d(r).sum(), r, create_graph=True)
+            r1 = grad.square().sum(dim=(1, 2, 3)).mean()
+            d_loss = d_loss + self.cfg.r1 / 2 * r1 * self.cfg.r1_every
+            out["r1"] = float(r1.detach())
+        self.d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_opt.step()
+        d.requires_grad_(False)
+        return out
+
+    def export(self, path) -> None:
+        self.net.eval()
+        self.method.save(path)
+        self.net.train()
+
+
+@register_trainer("gradstyle", "train GradStyle's residual/alignment modules on a frozen e4e (-w)")
+def _train_gradstyle(**kwargs: Any) -> GradStyleTrainer:
+    return GradStyleTrainer(**kwargs)
