@@ -33,7 +33,6 @@ from gie_cli.training.data import index_batches
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class WorldGeneratorConfig:
     """Settings (``--set key=value``).
