@@ -58,8 +58,7 @@ def quality(method, x: torch.Tensor, batch: int) -> dict[str, float]:
     t0 = time.perf_counter()
     for i in range(0, len(x), batch):
         xb = x[i : i + batch]
-        with torch.no_grad():
-            inv = method.invert(xb)
+        inv = method.invert(xb)  # latent optimisation needs gradients; encoders run without them anyway
         with torch.no_grad():
             y = method.render(inv).float().clamp(-1, 1)
         a, b = (y + 1) / 2, (xb + 1) / 2
