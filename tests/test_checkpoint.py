@@ -229,7 +229,25 @@ def test_safetensors_round_trip_with_config(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["model.safetensors"]  # no temp file left
     loaded, cfg = load_safetensors(path)
     assert cfg == config
-    _assert_same(loaded, {k: v.contiguous() for k, v in tensors.items()})
+    # half precision (how the embedded zoo is stored) comes back as float32 with the same values
+    _assert_same(loaded, {k: v.contiguous().float() if k == "h" else v.contiguous() for k, v in tensors.items()})
+
+
+def test_half_precision_copy_keeps_config_and_named_fp32_tensors(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from gie_cli.io.checkpoint import half_precision_copy
+
+    t = {"a.w": torch.randn(5, 3), "latent_avg": torch.randn(4), "n": torch.arange(3)}
+    save_safetensors(tmp_path / "src.safetensors", t, {"format": "gie-checkpoint/1"})
+    half_precision_copy(tmp_path / "src.safetensors", tmp_path / "dst.safetensors", keep_fp32=("latent_avg",))
+    with safe_open(str(tmp_path / "dst.safetensors"), framework="pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes == {"a.w": "F16", "latent_avg": "F32", "n": "I64"}
+    loaded, cfg = load_safetensors(tmp_path / "dst.safetensors")
+    assert cfg == {"format": "gie-checkpoint/1"} and loaded["a.w"].dtype == torch.float32
+    torch.testing.assert_close(loaded["a.w"], t["a.w"], atol=2e-3, rtol=1e-3)
+    assert torch.equal(loaded["latent_avg"], t["latent_avg"]) and torch.equal(loaded["n"], t["n"])
 
 
 def test_safetensors_errors(tmp_path: Path) -> None:
