@@ -19,6 +19,7 @@ from gie_cli.benchmark.data import BenchData
 from gie_cli.benchmark.metrics import Accumulator, MetricSuite, to_size
 from gie_cli.benchmark.world import WorldJudge, target_attribute
 from gie_cli.errors import GieError, UsageError
+from gie_cli.methods.base import invert_and_render, synchronize
 from gie_cli.metrics.regions import masked_mse
 
 __all__ = [
@@ -249,29 +250,12 @@ class _Times:
     batches: int = 0
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _forward(method, x: Tensor, edits: Sequence[PreparedEdit], device: torch.device):
     """Invert, render and edit one batch; returns ``(recon, {label: edited}, seconds per stage)``."""
     from gie_cli.editing.directions import apply, render_edit
 
     secs: dict[str, float] = {}
-    _sync(device)
-    t0 = time.perf_counter()
-    if method.needs_grad:
-        inv = method.invert(x)
-    else:
-        with torch.no_grad():
-            inv = method.invert(x)
-    _sync(device)
-    t1 = time.perf_counter()
-    with torch.no_grad():
-        recon = method.render(inv)
-    _sync(device)
-    secs["encode"], secs["render"] = t1 - t0, time.perf_counter() - t1
+    inv, recon, secs["encode"], secs["render"] = invert_and_render(method, x)
     edited: dict[str, Tensor] = {}
     for pe in edits:
         if pe.direction is None:
@@ -280,7 +264,7 @@ def _forward(method, x: Tensor, edits: Sequence[PreparedEdit], device: torch.dev
         with torch.no_grad():
             e = apply(pe.direction, pe.spec.power, inv.wplus)
             edited[pe.spec.label] = render_edit(method, inv, e)
-        _sync(device)
+        synchronize(device)
         secs[pe.spec.label] = time.perf_counter() - t
     return recon, edited, secs
 
@@ -389,7 +373,7 @@ def run_method(
         row.update(status="failed", reason=str(e))
         log.error("%s: %s", name, e)
         return row
-    _sync(device)
+    synchronize(device)
     row.update(
         weights_id=method.weights_id,
         weights_path=method.weights_path,

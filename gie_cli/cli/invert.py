@@ -332,27 +332,10 @@ def _load_input(it: Item, size: int, alpha: str, plan: _AlignPlan):
 def _invert_batch(model, xs, dev, dt):
     import torch
 
-    batch = torch.stack(xs).to(dev, dt)
-    t0 = time.perf_counter()
-    if model.needs_grad:
-        inv = model.invert(batch)
-    else:
-        with torch.no_grad():
-            inv = model.invert(batch)
-    _sync(dev)
-    t1 = time.perf_counter()
-    with torch.no_grad():
-        images = model.render(inv)
-    _sync(dev)
-    t2 = time.perf_counter()
-    return inv, images.float().cpu(), (t1 - t0) * 1000, (t2 - t1) * 1000
+    from gie_cli.methods.base import invert_and_render
 
-
-def _sync(dev) -> None:
-    import torch
-
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+    inv, images, t_enc, t_render = invert_and_render(model, torch.stack(xs).to(dev, dt))
+    return inv, images.float().cpu(), t_enc * 1000, t_render * 1000
 
 
 def _save_item(model, it: Item, inv, image, info: dict) -> None:

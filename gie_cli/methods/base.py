@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,6 +118,34 @@ class InversionMethod(nn.Module, ABC):
             "method_options": self.options,
             "image_size": self.output_size,
         }
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work on ``device`` (no-op elsewhere), so wall-clock timings cover the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def invert_and_render(method: InversionMethod, images: Tensor) -> tuple[Inversion, Tensor, float, float]:
+    """Invert ``images [B,3,H,W]`` (with gradients only for methods that need them) and render the result.
+
+    Returns:
+        ``(inversion, rendered [B,3,S,S], encode seconds, render seconds)``, timed with CUDA synchronisation.
+    """
+    dev = images.device
+    synchronize(dev)
+    t0 = time.perf_counter()
+    if method.needs_grad:
+        inv = method.invert(images)
+    else:
+        with torch.no_grad():
+            inv = method.invert(images)
+    synchronize(dev)
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        rendered = method.render(inv)
+    synchronize(dev)
+    return inv, rendered, t1 - t0, time.perf_counter() - t1
 
 
 MethodFactory = Callable[..., InversionMethod]
