@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Rebuilds gie's embedded demo zoo from scratch with gie's own commands:
-#   gie_cli/zoo/world-{generator,attributes,e4e}.safetensors  (fp16, registry names world.*)
+#   gie_cli/zoo/world-{generator,attributes,e4e,gradstyle}.safetensors  (fp16, registry names world.*)
 #   directions/{yaw,smile,...}.direction.safetensors          (joint regression on the attribute estimator's readings)
-# Usage: scripts/build_zoo.sh   (env: WORK=build/zoo DEVICE=auto GEN_STEPS EST_STEPS E4E_STEPS N_FACES)
-# On the 2-core CPU dev machine this takes about 1.5 hours with the defaults; a GPU takes minutes.
+# Usage: scripts/build_zoo.sh   (env: WORK=build/zoo DEVICE=auto GEN_STEPS EST_STEPS E4E_STEPS GS_STEPS N_FACES)
+# On the 2-core CPU dev machine this takes about 2.5 hours with the defaults; a GPU takes minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-build/zoo}
@@ -11,6 +11,7 @@ DEVICE=${DEVICE:-auto}
 GEN_STEPS=${GEN_STEPS:-8000}
 EST_STEPS=${EST_STEPS:-3000}
 E4E_STEPS=${E4E_STEPS:-3000}
+GS_STEPS=${GS_STEPS:-1500}
 N_FACES=${N_FACES:-4096}
 DIRECTIONS=${DIRECTIONS:-"yaw smile mouth_open glasses age hair_length hair_lightness"}
 mkdir -p "$WORK"
@@ -26,7 +27,11 @@ est=$(python -m gie_cli.synth.zoo pack attributes "$est")
 gie synth -o "$WORK/faces" --faces -n "$N_FACES" -s 64 --detail 1 --seed 1 >/dev/null
 e4e=$(train --method e4e --data "$WORK/faces" -w "$gen" --set encoder=world --set lr=5e-4 --steps "$E4E_STEPS" -b 16)
 python -m gie_cli.synth.zoo pack e4e "$e4e" >/dev/null
-# 4. directions: a joint regression of sampled W codes on what the attribute estimator reads on their renders, so each
+# 4. GradStyle on the packed e4e (stored without the e4e's parts, which it takes from world.e4e)
+gs=$(train --method gradstyle --data "$WORK/faces" -w gie_cli/zoo/world-e4e.safetensors --set hidden=64 \
+    --steps "$GS_STEPS" -b 8 --snapshot-every 500)
+python -m gie_cli.synth.zoo pack gradstyle "$gs" >/dev/null
+# 5. directions: a joint regression of sampled W codes on what the attribute estimator reads on their renders, so each
 #    direction moves its attribute with the others (as the estimator sees them) held fixed; power = attribute units
 python -m gie_cli.synth.zoo labels "$gen" -o "$WORK/world-labels.safetensors" -n 5000 --estimator "$est" >/dev/null
 args=(); for a in $DIRECTIONS; do args+=(-a "$a"); done

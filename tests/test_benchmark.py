@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from gie_cli.benchmark.data import synthface_data
 from gie_cli.benchmark.metrics import MetricSuite, to_size
-from gie_cli.benchmark.runner import parse_edits, split_settings, split_weights
+from gie_cli.benchmark.runner import parse_edits, parse_method_entries, split_settings, split_weights
 from gie_cli.benchmark.world import WorldJudge
 from gie_cli.cli import app
 from gie_cli.editing.directions import Direction, generator_binding
@@ -174,6 +174,8 @@ def test_benchmark_on_a_folder_and_a_failing_method(files, isolated, tmp_path):
     ("args", "needle"),
     [
         (["--methods", "e4e,nope"], "unknown method"),
+        (["--methods", "e4e,e4e"], "twice"),
+        (["--methods", "a.b=e4e"], "bad label"),
         (["--edits", "smile"], "DIRECTION:POWER"),
         (["--weights", "sharpness=x.pth"], "neither a benchmarked method nor a metric"),
         (["--set", "steps=3"], "METHOD.KEY"),
@@ -202,6 +204,42 @@ def test_option_parsers():
     }
     with pytest.raises(UsageError):
         split_settings(["psp.steps=3"], ["e4e"])
+    known = ["e4e", "gradstyle"]
+    assert parse_method_entries("e4e, full=gradstyle,no-gam=gradstyle", known) == {
+        "e4e": "e4e",
+        "full": "gradstyle",
+        "no-gam": "gradstyle",
+    }
+    for bad in ("", "x=psp", "e4e,e4e=gradstyle", "=e4e"):
+        with pytest.raises(UsageError):
+            parse_method_entries(bad, known)
+
+
+def test_benchmark_runs_one_method_under_two_labels(files, isolated, tmp_path):
+    folder = tmp_path / "aligned"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"f{i}.png")
+    other = tmp_path / "other.safetensors"
+    changed = _tiny_e4e()
+    with torch.no_grad():
+        changed.latent_avg.add_(0.5)  # another model: other codes, other renders
+    changed.save(other)
+    out = tmp_path / "out"
+    args = [
+        "benchmark", "--methods", "a=e4e,b=e4e", "--data", folder, "--size", 32, "--weights", f"a={files['e4e']}",
+        "--weights", f"b={other}", "--metrics", "mse", "-o", out,
+    ]  # fmt: skip
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "benchmark.json").read_text())
+    rows = {r["method"]: r for r in doc["results"]}
+    assert set(rows) == {"a", "b"} and {r["kind"] for r in rows.values()} == {"e4e"}
+    assert rows["a"]["weights"] == str(files["e4e"]) and rows["b"]["weights"] == str(other)
+    assert rows["a"]["metrics"]["mse"] != rows["b"]["metrics"]["mse"]  # two models, two rows
+    assert doc["settings"]["method_kinds"] == {"a": "e4e", "b": "e4e"} and "--methods a=e4e,b=e4e" in doc["command"]
+    assert "| a (e4e) |" in (out / "benchmark.md").read_text()
 
 
 def test_metric_suite_values(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -368,3 +369,30 @@ def test_edit_runs_the_editing_stream(world, trained, tmp_path):
         unaligned = create_method("gradstyle", str(trained["exported"]), use_gam="false").render(inv, delta)
     assert (ours - plain).abs().mean() > 0.01  # the edit carries the residual details
     assert (ours - unaligned).abs().mean() > 1e-3  # ... aligned by the GAM, not injected as they are
+
+
+def test_a_checkpoint_stored_on_its_base_loads_the_same_and_checks_the_base(world, trained, tmp_path):
+    from gie_cli.methods.loading import read_components, save_on_base
+
+    base = tmp_path / "base" / "e4e.safetensors"
+    base.parent.mkdir()
+    shutil.copy(world["weights"], base)
+    parts = ["encoder", "decoder", "latent_avg"]
+    slim = save_on_base(tmp_path / "gs.safetensors", trained["exported"], str(base), parts)
+    comp = read_components(slim)
+    assert comp.config["base"]["weights"] == "base/e4e.safetensors"  # stored relative to the file
+    assert slim.stat().st_size < 0.7 * Path(trained["exported"]).stat().st_size
+    full, light = create_method("gradstyle", str(trained["exported"])), create_method("gradstyle", str(slim))
+    x = _images(world["data"], 64)[:2]
+    with torch.no_grad():
+        assert torch.equal(full.render(full.invert(x)), light.render(light.invert(x)))
+    # a base that changed since is refused, naming both hashes
+    e4e = create_method("e4e", str(world["weights"]))
+    with torch.no_grad():
+        e4e.generator.style[1].bias.add_(1.0)
+    e4e.save(base)
+    with pytest.raises(CheckpointError, match="was made on"):
+        create_method("gradstyle", str(slim))
+    # and a checkpoint that was not made on the base is not stored on it
+    with pytest.raises(CheckpointError, match="differs from the base"):
+        save_on_base(tmp_path / "bad.safetensors", trained["exported"], str(base), ["decoder"])

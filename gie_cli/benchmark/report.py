@@ -58,6 +58,12 @@ _EDIT = [
 ]
 
 
+def _row_name(r: dict) -> str:
+    """A result row's name: the method, or ``label (method)`` for ``--methods LABEL=METHOD``."""
+    kind = r.get("kind") or r["method"]
+    return r["method"] if kind == r["method"] else f"{r['method']} ({kind})"
+
+
 def git_commit() -> str:
     """Short commit of the gie source checkout (``git rev-parse``, read-only; local changes are not detected), or
     ``unknown`` outside a checkout."""
@@ -141,12 +147,12 @@ def _quality_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in doc["results"]:
         if r["status"] != "ok":
-            rows.append([r["method"], "failed", "(reason below)", "", "", *["" for _ in cols]])
+            rows.append([_row_name(r), "failed", "(reason below)", "", "", *["" for _ in cols]])
             continue
         t, m = r["timing"], r["metrics"]
         rows.append(
             [
-                r["method"],
+                _row_name(r),
                 _fmt(t["images_per_s"], ".2f"),
                 _fmt(t["encode_ms"], ".1f"),
                 _fmt(t["render_ms"], ".1f"),
@@ -164,10 +170,10 @@ def _edit_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     for r in doc["results"]:
         for e in r.get("edits", []):
             if e["status"] != "ok":
-                rows.append([r["method"], e["edit"], "unavailable", *["" for _ in cols]])
+                rows.append([_row_name(r), e["edit"], "unavailable", *["" for _ in cols]])
                 continue
             m = e["metrics"]
-            rows.append([r["method"], e["edit"], _fmt(e["edit_ms"], ".1f"), *[_fmt(m.get(k), f) for k, _, f in cols]])
+            rows.append([_row_name(r), e["edit"], _fmt(e["edit_ms"], ".1f"), *[_fmt(m.get(k), f) for k, _, f in cols]])
     return header, rows
 
 

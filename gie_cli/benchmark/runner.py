@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import resource
 import sys
 import time
@@ -87,6 +88,38 @@ def _pairs(items: Sequence[str], flag: str, example: str) -> list[tuple[str, str
             raise UsageError(f"{flag} {s!r} is not KEY=VALUE", hint=f"e.g. {flag} {example}")
         out.append((key.strip(), value.strip()))
     return out
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]*$")
+
+
+def parse_method_entries(text: str, known: Sequence[str]) -> dict[str, str]:
+    """``--methods`` entries, ``METHOD`` or ``LABEL=METHOD``, as ``{label: method}`` in the given order.
+
+    A label names the row in the tables and is the key of ``--weights LABEL=...`` and ``--set LABEL.KEY=...``, so one
+    method can be benchmarked with several checkpoints (an ablation).
+
+    Raises:
+        UsageError: No entry, an unknown method, a malformed or repeated label.
+    """
+    kinds: dict[str, str] = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        label, eq, kind = (s.strip() for s in item.partition("="))
+        kind = kind if eq else label
+        if kind not in known:
+            raise UsageError(f"--methods: unknown method {kind!r}", hint=f"choose from: {', '.join(known)}")
+        if not _LABEL.match(label):
+            raise UsageError(
+                f"--methods: bad label {label!r}", hint="labels are letters, digits, '_', '+' and '-' (LABEL=METHOD)"
+            )
+        if label in kinds:
+            raise UsageError(f"--methods lists {label!r} twice", hint="give repeated methods labels: LABEL=METHOD")
+        kinds[label] = kind
+    if not kinds:
+        raise UsageError("--methods is empty", hint=f"choose from: {', '.join(known)}")
+    return kinds
 
 
 def split_weights(items: Sequence[str], methods: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -326,6 +359,7 @@ def run_method(
     batch_size: int,
     device: torch.device,
     dtype: torch.dtype,
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """Benchmarks one method on all images.
 
@@ -333,7 +367,7 @@ def run_method(
     batch, or the first batch run again when there is only one. Stage times are synchronised on CUDA.
 
     Args:
-        name: Method name (``create_method``).
+        name: Row label (the method name unless ``--methods LABEL=METHOD``).
         weights: ``--weights`` of the method (file or registry name), or None for its embedded default.
         options: Method options (``--set METHOD.KEY=VALUE``).
         data: The images.
@@ -344,6 +378,7 @@ def run_method(
         batch_size: Images per batch.
         device: Where the method runs.
         dtype: The method's precision (metrics always run in float32).
+        kind: The method (``create_method``); None: ``name``.
 
     Returns:
         The method's result record (``status`` ``ok`` or ``failed`` with ``reason``); never raises for a failure of
@@ -354,8 +389,10 @@ def run_method(
 
     mem = PeakMemory(device)
     mem.reset()
+    kind = kind or name
     row: dict[str, Any] = {
         "method": name,
+        "kind": kind,
         "status": "ok",
         "reason": None,
         "weights": weights or "(embedded default)",
@@ -365,7 +402,7 @@ def run_method(
     }
     t0 = time.perf_counter()
     try:
-        method = create_method(name, weights, device, **options)
+        method = create_method(kind, weights, device, **options)
         fingerprint = generator_fingerprint(method.generator)  # in float32, before any cast (as `gie edit`)
         if dtype != torch.float32:
             method = method.to(dtype)

@@ -31,7 +31,13 @@ _EPILOG = (
 def benchmark(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for benchmark.json and benchmark.md.")],
     methods: Annotated[
-        str, typer.Option("--methods", "-m", help="Comma-separated methods (`gie info` lists them).")
+        str,
+        typer.Option(
+            "--methods",
+            "-m",
+            help="Comma-separated methods (`gie info` lists them); LABEL=METHOD benchmarks one method several times "
+            "(e.g. with other --weights LABEL=FILE).",
+        ),
     ] = "e4e",
     data: Annotated[
         str,
@@ -96,21 +102,20 @@ def benchmark(
     from gie_cli.benchmark.data import SYNTH_SIZE, folder_data, synthface_data
     from gie_cli.benchmark.metrics import DEFINITIONS, MetricSuite, parse_metric_names
     from gie_cli.benchmark.report import BENCHMARK_FORMAT, environment, json_safe, rich_tables, write_reports
-    from gie_cli.benchmark.runner import load_directions, parse_edits, run_method, split_settings, split_weights
+    from gie_cli.benchmark.runner import (
+        load_directions,
+        parse_edits,
+        parse_method_entries,
+        run_method,
+        split_settings,
+        split_weights,
+    )
     from gie_cli.benchmark.world import load_judge
     from gie_cli.device import resolve_device, resolve_dtype
     from gie_cli.methods.base import list_methods
 
-    names = [m.strip() for m in methods.split(",") if m.strip()]
-    known = list_methods()
-    bad = [m for m in names if m not in known]
-    if not names or bad:
-        raise UsageError(
-            f"unknown method(s) {', '.join(bad)}" if bad else "--methods is empty",
-            hint=f"choose from: {', '.join(known)}",
-        )
-    if len(set(names)) != len(names):
-        raise UsageError("--methods lists a method twice")
+    kinds = parse_method_entries(methods, list_methods())
+    names = list(kinds)
     edit_specs = parse_edits(edits)
     method_weights, metric_weights = split_weights(weights or [], names)
     options = split_settings(settings or [], names)
@@ -150,7 +155,7 @@ def benchmark(
         log.info("benchmark: %s", name)
         row = run_method(
             name, method_weights.get(name), options[name], bench, suite, judge, edit_specs, directions,
-            batch_size, dev, dt,
+            batch_size, dev, dt, kind=kinds[name],
         )  # fmt: skip
         results.append(row)
         if row["status"] == "ok":
@@ -161,12 +166,13 @@ def benchmark(
 
     doc = {
         "format": BENCHMARK_FORMAT,
-        "command": _command_line(names, data, len(bench), edit_specs, weights, settings, metrics, batch_size,
+        "command": _command_line(_entries(kinds), data, len(bench), edit_specs, weights, settings, metrics, batch_size,
                                  bench.size, seed, ood_prob, recursive, device, dtype),
         "environment": environment(dev, dt),
         "data": bench.info,
         "settings": {
             "methods": names,
+            "method_kinds": kinds,
             "batch_size": batch_size,
             "edits": [e.label for e in edit_specs],
             "metrics": metric_names,
@@ -196,8 +202,13 @@ def benchmark(
     raise typer.Exit(1 if failed else 0)
 
 
+def _entries(kinds: dict[str, str]) -> str:
+    """``--methods`` as given, canonical: ``label=method`` only where they differ."""
+    return ",".join(name if kind == name else f"{name}={kind}" for name, kind in kinds.items())
+
+
 def _command_line(
-    names: list[str],
+    methods: str,
     data: str,
     n: int,
     edits: list,
@@ -213,7 +224,7 @@ def _command_line(
     dtype: str,
 ) -> str:
     """The canonical command line that reproduces the run (every default spelled out)."""
-    parts = ["gie", "benchmark", "--methods", ",".join(names), "--data", data, "--n", str(n)]
+    parts = ["gie", "benchmark", "--methods", methods, "--data", data, "--n", str(n)]
     if edits:
         parts += ["--edits", ",".join(f"{e.direction}:{e.power:g}" for e in edits)]
     for w in weights or []:

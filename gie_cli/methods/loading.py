@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from gie_cli.weights import resolve_weights
 log = logging.getLogger(__name__)
 
 GIE_CHECKPOINT_FORMAT = "gie-checkpoint/1"
+#: Config key of a checkpoint that takes some parts from another file (see :func:`save_on_base`).
+BASE_KEY = "base"
 
 
 @dataclass
@@ -78,7 +81,8 @@ def read_components(path: str | Path) -> Components:
         tensors, config = load_safetensors(p)
         parts = _split_prefixes(tensors)
         avg = parts.pop("latent_avg", {}).get("")
-        return Components(p, parts, avg, config.get("opts", {}), config, digest)
+        comp = Components(p, parts, avg, config.get("opts", {}), config, digest)
+        return _merge_base(comp, config[BASE_KEY]) if BASE_KEY in config else comp
     ckpt = read_checkpoint(p)
     if "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):
         sd = {re.sub(r"^(\w+)\.module\.", r"\1.", k): v for k, v in ckpt["state_dict"].items()}
@@ -98,6 +102,108 @@ def read_components(path: str | Path) -> Components:
         "unrecognised checkpoint layout (expected 'state_dict' + 'opts', 'g_ema', or a gie .safetensors file)",
         hint="pass an official pSp/e4e/rosinality checkpoint or a gie checkpoint",
     )
+
+
+def _resolve_base(spec: str, owner: Path) -> Path:
+    """The file a base reference names: a path relative to ``owner``'s folder, else a registry name (embedded
+    entries resolve silently: the file that refers to them has already been announced)."""
+    local = owner.parent / spec
+    if local.is_file():
+        return local
+    from gie_cli.weights import embedded_file, load_registry
+
+    reg = load_registry()
+    if spec in reg and reg.get(spec).embedded:
+        return embedded_file(reg.get(spec))
+    return resolve_weights(spec)
+
+
+def _merge_base(comp: Components, base: dict) -> Components:
+    """Fill the parts a file stores by reference (its ``base``: see :func:`save_on_base`) from the base file.
+
+    Raises:
+        CheckpointError: A malformed reference, or a base whose sha256 is not the one the file was made with.
+    """
+    if not (isinstance(base, dict) and isinstance(base.get("weights"), str) and isinstance(base.get("parts"), list)):
+        raise CheckpointError(comp.source, f"malformed {BASE_KEY!r} reference {base!r} (expected weights, parts)")
+    path = _resolve_base(base["weights"], comp.source)
+    parent = read_components(path)
+    want = base.get("sha256")
+    if want and parent.sha256 != want:
+        raise CheckpointError(
+            comp.source,
+            f"was made on {base['weights']} with sha256 {want[:12]}..., but {path} has {parent.sha256[:12]}...",
+            hint="use the base file it was made with (or re-pack it on this one)",
+        )
+    parts = dict(comp.parts)
+    for name in base["parts"]:
+        if name == "latent_avg":
+            continue
+        if name in parts:
+            raise CheckpointError(comp.source, f"has '{name}.*' weights and also takes them from its base")
+        parts[name] = parent.part(name)
+    avg = comp.latent_avg
+    if "latent_avg" in base["parts"]:
+        if parent.latent_avg is None:
+            raise CheckpointError(path, "has no latent_avg, which the file based on it takes from it")
+        avg = parent.latent_avg
+    config = {**{k: v for k, v in parent.config.items() if k != BASE_KEY}, **comp.config}
+    opts = comp.opts or parent.opts
+    return Components(comp.source, parts, avg, opts, config, comp.sha256)
+
+
+def save_on_base(
+    path: str | Path,
+    src: str | Path,
+    base: str,
+    parts: list[str],
+    half: bool = False,
+    atol: float = 0.0,
+) -> Path:
+    """Write ``src`` (a gie safetensors checkpoint) without the ``parts`` it shares with ``base``, which it then
+    names by reference (weights name, sha256 and parts, under the config key ``base``); loading merges them back.
+
+    Args:
+        path: Output file (written atomically).
+        src: A checkpoint whose ``parts`` equal ``base``'s (e.g. a GradStyle file and the e4e it was trained on).
+        base: The base: a registry name, or a file path stored relative to ``path``'s folder.
+        parts: Prefixes (and/or ``"latent_avg"``) taken from the base.
+        half: Store the remaining float32 tensors as float16 (``latent_avg`` stays float32).
+        atol: Largest allowed difference between a dropped tensor and the base's (0: identical).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        CheckpointError: ``src`` differs from the base in a dropped part (it was not made on this base).
+    """
+    src_path = Path(src)
+    tensors, config = load_safetensors(src_path)
+    owner = Path(path)
+    base_path = Path(base) if Path(base).is_file() else _resolve_base(base, owner)
+    parent = read_components(base_path)
+    own = _split_prefixes(tensors)
+    for name in parts:
+        if name == "latent_avg":
+            pair = (tensors.get("latent_avg"), parent.latent_avg)
+            mine, theirs = ({"": pair[0]}, {"": pair[1]}) if None not in pair else ({}, {"": None})
+        else:
+            mine, theirs = own.get(name, {}), parent.parts.get(name, {})
+        if not mine or set(mine) != set(theirs):
+            raise CheckpointError(src_path, f"'{name}' does not match the base {base} (missing or other keys)")
+        for k, v in mine.items():
+            if v.shape != theirs[k].shape or (v.float() - theirs[k].float()).abs().max().item() > atol:
+                raise CheckpointError(src_path, f"'{name}.{k}' differs from the base {base}: not made on it")
+    dropped = tuple(f"{n}." for n in parts if n != "latent_avg")
+    keep = {
+        k: (v.half() if half and v.dtype == torch.float32 and k != "latent_avg" else v)
+        for k, v in tensors.items()
+        if not k.startswith(dropped) and not (k == "latent_avg" and "latent_avg" in parts)
+    }
+    ref = os.path.relpath(base_path.resolve(), owner.resolve().parent) if Path(base).is_file() else base
+    config = {**config, BASE_KEY: {"weights": ref, "sha256": parent.sha256, "parts": list(parts)}}
+    save_safetensors(owner, keep, config)
+    return owner
 
 
 def _split_prefixes(tensors: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:

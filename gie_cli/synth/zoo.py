@@ -1,8 +1,9 @@
 """The embedded demo zoo: gie's own models of the synthetic face world, packed into ``gie_cli/zoo/``.
 
 ``scripts/build_zoo.sh`` trains them with ``gie train`` and calls ``python -m gie_cli.synth.zoo pack KIND FILE`` for
-each: the float32 weights are stored as float16 (loading returns float32; ``latent_avg`` stays float32) and the
-registry entries (``world.*`` in ``weights.toml``) get the new sha256 and size.
+each: the float32 weights are stored as float16 (loading returns float32; ``latent_avg`` stays float32), a model
+trained on another zoo model stores only its own parts (:data:`ZOO_BASES`), and the registry entries (``world.*`` in
+``weights.toml``) get the new sha256 and size.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ ZOO_FILES: dict[str, tuple[str, str]] = {
     "generator": ("world-generator.safetensors", "world.generator"),
     "e4e": ("world-e4e.safetensors", "world.e4e"),
     "attributes": ("world-attributes.safetensors", "world.attributes"),
+    "gradstyle": ("world-gradstyle.safetensors", "world.gradstyle"),
+}
+#: kind -> (registry name of the zoo model it was trained on, the parts stored only there): a packed file keeps its
+#: own weights and refers to the base for the rest (``gie_cli.methods.loading.save_on_base``), so no zoo model is
+#: stored twice (pack the base first: the reference records its sha256).
+ZOO_BASES: dict[str, tuple[str, list[str]]] = {
+    "e4e": ("world.generator", ["decoder"]),
+    "gradstyle": ("world.e4e", ["encoder", "decoder", "latent_avg"]),
 }
 
 log = logging.getLogger(__name__)
@@ -38,12 +47,18 @@ def pack(kind: str, src: str | Path, zoo_dir: str | Path = ZOO_DIR) -> Path:
         The packed file.
     """
     from gie_cli.io.checkpoint import half_precision_copy
+    from gie_cli.methods.loading import save_on_base
 
     if kind not in ZOO_FILES:
         raise ValueError(f"unknown zoo kind {kind!r} (known: {', '.join(ZOO_FILES)})")
     dst = Path(zoo_dir) / ZOO_FILES[kind][0]
     dst.parent.mkdir(parents=True, exist_ok=True)
-    half_precision_copy(src, dst, keep_fp32=("latent_avg", "w_avg"))
+    if kind in ZOO_BASES:
+        base, parts = ZOO_BASES[kind]
+        # the base was stored in fp16: a model trained on it holds the same values (atol only absorbs fp32 noise)
+        save_on_base(dst, src, base, parts, half=True, atol=1e-3)
+    else:
+        half_precision_copy(src, dst, keep_fp32=("latent_avg", "w_avg"))
     log.info("packed %s -> %s (%.1f MB)", src, dst, dst.stat().st_size / 1e6)
     return dst
 
