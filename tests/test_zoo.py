@@ -47,6 +47,35 @@ def test_zoo_files_are_registered_hashed_small_and_half_precision():
     assert total <= 25_000_000
     assert resolve_weights(None, method="e4e") == ZOO_DIR / ZOO_FILES["e4e"][0]
     assert resolve_weights(None, method="optim") == ZOO_DIR / ZOO_FILES["generator"][0]
+    assert resolve_weights(None, method="gradstyle") == ZOO_DIR / ZOO_FILES["gradstyle"][0]
+
+
+def test_no_zoo_model_is_stored_twice():
+    from safetensors import safe_open
+
+    from gie_cli.methods.loading import read_components
+    from gie_cli.synth.zoo import ZOO_BASES
+
+    reg = load_registry()
+    for kind, (base, parts) in ZOO_BASES.items():
+        path = ZOO_DIR / ZOO_FILES[kind][0]
+        with safe_open(str(path), framework="pt") as f:
+            stored = {k.split(".", 1)[0] for k in f.keys()}
+        assert not stored & set(parts), (kind, stored)
+        comp = read_components(path)  # the parts come back from the base, which is the registered file
+        assert comp.config["base"] == {"weights": base, "sha256": reg.get(base).sha256, "parts": parts}
+        assert set(parts) - {"latent_avg"} <= set(comp.parts) and comp.latent_avg is not None
+
+
+def test_world_gradstyle_reconstructs_held_out_faces_better_than_its_e4e():
+    from gie_cli.benchmark.data import synthface_data
+
+    x = synthface_data(8, 64, seed=123).images  # [-1, 1]
+    gs, e4e = create_method("gradstyle", None, "cpu"), create_method("e4e", None, "cpu")
+    with torch.no_grad():
+        ours, bare = ((m.render(m.invert(x)) - x).square().mean().item() for m in (gs, e4e))
+    gain_db = 10 * np.log10(bare / ours)
+    assert gain_db > 0.5, (ours, bare)
 
 
 def test_world_directions_are_bound_to_the_embedded_generator():
@@ -108,7 +137,7 @@ def test_readme_main_job_runs_offline_on_the_zoo(tmp_path, monkeypatch):
             assert (edits / f"{name}.{key}.png").is_file()
 
 
-@pytest.mark.parametrize("method", ["e4e", "optim"])
+@pytest.mark.parametrize("method", ["e4e", "optim", "gradstyle"])
 def test_describe_names_the_embedded_weights(method):
     m = create_method(method, None, "cpu", **({"steps": "1"} if method == "optim" else {}))
     assert Path(m.describe()["weights_path"]).parent == ZOO_DIR
