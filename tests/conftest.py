@@ -1,10 +1,12 @@
-"""Shared test helpers: parity fixtures (official layouts, deterministic weights, recorded outputs)."""
+"""Shared test helpers: parity fixtures (official layouts, deterministic weights, recorded outputs), the torchvision
+import shim."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,25 @@ def assert_parity(out: torch.Tensor, ref: torch.Tensor, max_abs: float = 1e-4) -
 
 slow = pytest.mark.skipif(not os.environ.get("GIE_SLOW_TESTS"), reason="slow test: set GIE_SLOW_TESTS=1")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def import_torchvision():
+    """torchvision, importable on the CPU torch (test-only shim, docs/environment.md section 3).
+
+    torchvision 0.28's CUDA ``_C.so`` cannot load against a CPU torch, and its meta registrations then fail with
+    "operator torchvision::nms does not exist": the op schemas are defined first and the import retried.
+    """
+    try:
+        import torchvision
+    except RuntimeError as e:
+        if "torchvision::nms" not in str(e):
+            raise
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        lib = torch.library.Library("torchvision", "DEF")
+        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        import torchvision
+
+        torchvision._compat_lib = lib  # keep the library (and its schemas) alive
+    return torchvision

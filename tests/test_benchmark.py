@@ -70,6 +70,15 @@ def world_run(files, isolated):
     return res, out
 
 
+def _noise_folder(folder: Path, n: int, size: int, seed: int) -> Path:
+    """``n`` random ``size`` px RGB images ``f0.png ...`` in a new ``folder`` (stand-ins for aligned crops)."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"f{i}.png")
+    return folder
+
+
 def test_benchmark_writes_json_and_markdown(world_run):
     res, out = world_run
     assert res.exit_code == 0, res.output
@@ -143,11 +152,7 @@ def test_benchmark_values_match_independent_computation(world_run, files):
 
 
 def test_benchmark_on_a_folder_and_a_failing_method(files, isolated, tmp_path):
-    folder = tmp_path / "aligned"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(folder / f"f{i}.png")
+    folder = _noise_folder(tmp_path / "aligned", 3, 48, seed=0)
     out = tmp_path / "out"
     args = [
         "benchmark", "--methods", "e4e,psp", "--data", folder, "--size", 64, "--weights", f"e4e={files['e4e']}",
@@ -216,11 +221,7 @@ def test_option_parsers():
 
 
 def test_benchmark_runs_one_method_under_two_labels(files, isolated, tmp_path):
-    folder = tmp_path / "aligned"
-    folder.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"f{i}.png")
+    folder = _noise_folder(tmp_path / "aligned", 2, 32, seed=1)
     other = tmp_path / "other.safetensors"
     changed = _tiny_e4e()
     with torch.no_grad():

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import import_torchvision
 
 from gie_cli.errors import GieError, StateDictMismatchError, UsageError, WeightsUnavailableError
 from gie_cli.metrics import (
@@ -32,24 +33,8 @@ NETS = ("vgg", "alex")
 
 
 def _import_lpips_with_shim():
-    """Imports the real ``lpips`` package; defines the torchvision op schemas first if torchvision needs them.
-
-    Test-only shim (docs/environment.md section 3): torchvision 0.28's CUDA ``_C.so`` cannot load against a CPU
-    torch, and its meta registrations then fail with "operator torchvision::nms does not exist".
-    """
-    try:
-        import torchvision  # noqa: F401
-    except RuntimeError as e:
-        if "torchvision::nms" not in str(e):
-            raise
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        lib = torch.library.Library("torchvision", "DEF")
-        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        import torchvision
-
-        torchvision._compat_lib = lib  # keep the library (and its schemas) alive
+    """Imports the real ``lpips`` package (torchvision through the shim of ``conftest.import_torchvision``)."""
+    import_torchvision()
     import lpips
 
     return lpips

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import import_torchvision
 
 from gie_cli.errors import StateDictMismatchError, UsageError, WeightsUnavailableError
 from gie_cli.metrics import MetricStatus, metric_status, metrics_status
@@ -30,24 +29,6 @@ from gie_cli.metrics.regions import masked_mse
 from gie_cli.models.encoders.ir_se import IRSEBackbone
 
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def _torchvision():
-    """torchvision, importable on the CPU torch with the op-schema shim of tests/test_metrics.py."""
-    try:
-        import torchvision
-    except RuntimeError as e:
-        if "torchvision::nms" not in str(e):
-            raise
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        lib = torch.library.Library("torchvision", "DEF")
-        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        import torchvision
-
-        torchvision._compat_lib = lib
-    return torchvision
 
 
 def _randomize_bn(sd: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
@@ -132,7 +113,7 @@ _FID_PARAMS = 23_850_960  # its learnable parameters
 
 def _fid_reference_model():
     """pytorch-fid's ``fid_inception_v3()`` architecture from torchvision's blocks with its FID patches."""
-    tv = _torchvision()
+    tv = import_torchvision()
     from torchvision.models import inception as tvi
 
     def pool_avg(x):
