@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from gie_cli.methods.psp_e4e import EncoderMethod
+from gie_cli.methods.e4e import EncoderMethod
 from gie_cli.models import Generator
 from gie_cli.models.encoders import ENCODER_CONFIGS, create_encoder
 

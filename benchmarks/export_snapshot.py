@@ -14,7 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from gie_cli.training.base import create_trainer
+from gie_cli.training import create_trainer
 from gie_cli.training.run import load_snapshot
 
 

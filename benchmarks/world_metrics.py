@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gie_cli.editing.directions import (
+from gie_cli.editing import (
     apply,
     generator_fingerprint,
     list_directions,
     load_direction,
     render_edit,
 )
-from gie_cli.methods.base import Inversion, create_method
+from gie_cli.methods import Inversion, create_method
 from gie_cli.metrics.ssim import psnr, ssim
 from gie_cli.synth.estimator import AttributeEstimator
 from gie_cli.synth.params import ATTRIBUTES, sample_params

@@ -24,6 +24,7 @@ from gie_cli.errors import CheckpointError, StateDictMismatchError
 from gie_cli.io.atomic import atomic_write_bytes
 
 __all__ = [
+    "GIE_CHECKPOINT_FORMAT",
     "GIE_CONFIG_KEY",
     "read_checkpoint",
     "get_prefixed",
@@ -37,6 +38,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 GIE_CONFIG_KEY = "gie_config"  # safetensors metadata key holding gie's JSON config
+GIE_CHECKPOINT_FORMAT = "gie-checkpoint/1"  # the "format" of gie's method checkpoints (config key)
 
 _HEAD_BYTES = 4096
 _REDOWNLOAD = "delete it and download it again"

@@ -1,11 +1,11 @@
-"""The inversion-method interface and registry every method (e4e, pSp, optim, HFGI, GradStyle, ...) plugs into."""
+"""The inversion-method interface every method (e4e, pSp, optim, HFGI, GradStyle, ...) implements."""
 
 from __future__ import annotations
 
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -89,7 +89,7 @@ class InversionMethod(nn.Module, ABC):
 
     @property
     def device(self) -> torch.device:
-        return self.generator.conv1.conv.weight.device
+        return self.generator.device
 
     def prepare(self, images: Tensor) -> Tensor:
         """Resize ``images [B,3,H,W]`` in [-1,1] to ``[B,3,input_size,input_size]`` (bilinear, antialiased)."""
@@ -103,11 +103,19 @@ class InversionMethod(nn.Module, ABC):
     def invert(self, images: Tensor) -> Inversion:
         """Invert aligned ``images [B,3,H,W]`` in [-1,1]."""
 
-    def render(self, inv: Inversion, delta: Tensor | None = None) -> Tensor:
-        """Render ``inv`` (optionally edited by a W+ offset ``delta [B|1, n_latent, D]``) to ``[B,3,S,S]``."""
+    def render(
+        self, inv: Inversion, delta: Tensor | None = None, style_offsets: Mapping[int, Tensor] | None = None
+    ) -> Tensor:
+        """Render ``inv`` to ``[B,3,S,S]``, optionally edited.
+
+        Args:
+            inv: The inversion (``B`` items).
+            delta: W+ offset ``[B|1, n_latent, D]``.
+            style_offsets: StyleSpace offsets, conv layer -> ``[B|1, C_l]`` added to that layer's style vector.
+        """
         wplus = inv.wplus if delta is None else inv.wplus + delta.to(inv.wplus)
         noise = [inv.extras.get(f"noise_{i}") for i in range(self.generator.num_layers)]
-        return self.generator(wplus, noise_mode="const", noise=noise)
+        return self.generator(wplus, noise_mode="const", noise=noise, style_offsets=style_offsets)
 
     def describe(self) -> dict:
         """Facts recorded in manifests and latent files."""
@@ -146,51 +154,3 @@ def invert_and_render(method: InversionMethod, images: Tensor) -> tuple[Inversio
         rendered = method.render(inv)
     synchronize(dev)
     return inv, rendered, t1 - t0, time.perf_counter() - t1
-
-
-MethodFactory = Callable[..., InversionMethod]
-_METHODS: dict[str, tuple[MethodFactory, str]] = {}
-
-
-def register_method(name: str, summary: str) -> Callable[[MethodFactory], MethodFactory]:
-    """Decorator registering a loader ``factory(weights: str | None, device, **options) -> InversionMethod``."""
-
-    def deco(factory: MethodFactory) -> MethodFactory:
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} is already registered")
-        _METHODS[name] = (factory, summary)
-        return factory
-
-    return deco
-
-
-def list_methods() -> dict[str, str]:
-    """Registered method names -> one-line summaries."""
-    _load_builtin()
-    return {k: v[1] for k, v in sorted(_METHODS.items())}
-
-
-def create_method(
-    name: str, weights: str | None = None, device: torch.device | str = "cpu", **options
-) -> InversionMethod:
-    """Build method ``name`` with ``weights`` (a file path or registry name; None = the method's embedded default) on
-    ``device``; ``options`` are method-specific."""
-    _load_builtin()
-    if name not in _METHODS:
-        from gie_cli.errors import UsageError
-
-        raise UsageError(f"unknown method {name!r}", hint=f"choose one of: {', '.join(sorted(_METHODS))}")
-    if weights:  # a registry name or a path -> the file (downloaded if needed; offline: a clear error)
-        from gie_cli.weights import resolve_weights
-
-        weights = str(resolve_weights(weights, method=name).resolve())
-    method = _METHODS[name][0](weights, **options)
-    # without weights the factory picks the method's embedded default (the demo zoo) and records it
-    method.weights_path = weights or getattr(method, "weights_path", "")
-    method.options = {k: str(v) for k, v in options.items()}
-    return method.to(device).eval()
-
-
-def _load_builtin() -> None:
-    # Importing the modules registers them; later methods add their module here.
-    from gie_cli.methods import gradstyle, optim, psp_e4e  # noqa: F401

@@ -1,8 +1,18 @@
-"""Network architectures (StyleGAN2, encoders) and the model registry."""
+"""Network architectures (StyleGAN2, the pSp/e4e encoders), the model registry with its one construction path
+(``create_model``), and checkpoint-to-module loading (:mod:`.loading`)."""
 
+from functools import partial
+
+from gie_cli.models.encoders.psp import create_encoder
 from gie_cli.models.registry import create_model, list_models, model_defaults, register_model
 from gie_cli.models.stylegan2 import Discriminator, Generator
 
+# architectures built from a checkpoint's own config (every kwarg given)
+register_model("stylegan2", Generator)
+register_model("stylegan2-discriminator", Discriminator)
+register_model("psp", partial(create_encoder, "psp"))
+register_model("e4e", partial(create_encoder, "e4e"))
+# named presets
 register_model("stylegan2-1024", Generator, size=1024, style_dim=512, n_mlp=8, channel_multiplier=2)
 register_model("stylegan2-512", Generator, size=512, style_dim=512, n_mlp=8, channel_multiplier=2)
 register_model("stylegan2-256", Generator, size=256, style_dim=512, n_mlp=8, channel_multiplier=2)

@@ -2,8 +2,8 @@
 
 The module and parameter names follow the rosinality/stylegan2-pytorch layout that every official inversion checkpoint
 (e4e, pSp, HFGI, Style Transformer, SFE, OOD) stores, so an official ``g_ema`` loads with ``strict=True``. One generator
-class serves every method: methods read or modify intermediate feature maps through ``feature_hooks`` and never copy
-the synthesis loop.
+class serves every method: methods read or modify intermediate feature maps through insertion points (:class:`Hook`,
+``feature_hooks``) and style vectors through ``style_offsets``, and never copy the synthesis loop.
 
 Layer indexing used throughout gie: *layer* ``l`` is the ``l``-th styled convolution, ``l = 0`` being ``conv1`` at 4x4,
 ``l = 2k + 1`` the upsampling ``convs[2k]`` and ``l = 2k + 2`` the ``convs[2k + 1]`` of block ``k`` (resolution
@@ -24,6 +24,43 @@ from gie_cli.ops import FusedLeakyReLU, fused_leaky_relu, upfirdn2d
 
 FeatureHook = Callable[[Tensor, int], Tensor]
 """``hook(feature [B,C,R,R], layer) -> feature``: reads or replaces the output of a styled conv layer."""
+PreActivationHook = Callable[[Tensor, int, Tensor], Tensor]
+"""``hook(x [B,C,R,R], layer, style [B,C_in]) -> x``: acts before a styled conv's bias and activation."""
+
+POST_ACTIVATION = "post_activation"
+NEXT_INPUT = "next_input"
+PRE_ACTIVATION = "pre_activation"
+INSERTION_POINTS = (POST_ACTIVATION, NEXT_INPUT, PRE_ACTIVATION)
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A function inserted into the synthesis loop at styled conv ``layer``.
+
+    Insertion points (hooks at one layer and point compose in the order given):
+
+    - ``post_activation``: ``fn(feature, layer) -> feature`` on the layer's output after noise, bias and activation;
+      the result feeds the next layer *and* the block's ToRGB (HFGI's consultation, GradStyle's fusion).
+    - ``next_input``: ``fn(feature, layer) -> feature`` replaces only the input of layer ``layer + 1``; at the second
+      conv of a block the ToRGB has already drawn the original (SFE's ``insert_feature``). At the last layer it has no
+      effect.
+    - ``pre_activation``: ``fn(x, layer, style) -> x`` on the modulated conv's output after noise injection and before
+      bias and activation, with the layer's style vector ``[B, C_in]`` (OOD's SAMM injection through the noise input).
+
+    Attributes:
+        layer: Styled conv layer (gie indexing, see the module docstring).
+        fn: The function.
+        point: One of :data:`INSERTION_POINTS`.
+    """
+
+    layer: int
+    fn: Callable[..., Tensor]
+    point: str = POST_ACTIVATION
+
+    def __post_init__(self) -> None:
+        if self.point not in INSERTION_POINTS:
+            raise ValueError(f"hook point must be one of {INSERTION_POINTS}, got {self.point!r}")
+
 
 NOISE_MODES = ("const", "random", "none")
 BLUR_KERNEL = (1, 3, 3, 1)
@@ -162,8 +199,11 @@ class ModulatedConv2d(nn.Module):
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         """Args: x [B, in, H, W]; w [B, style_dim]. Returns [B, out, H', W'] (H' = 2H when upsampling)."""
+        return self.modulated(x, self.modulation(w))
+
+    def modulated(self, x: Tensor, style: Tensor) -> Tensor:
+        """The convolution with a given style vector ``style [B, in]`` (the affine ``modulation(w)``, StyleSpace)."""
         b = x.shape[0]
-        style = self.modulation(w)  # [B, in]
         weight = self.weight[0] * self.scale  # [out, in, k, k]
         dcoef = None
         if self.demodulate:
@@ -230,6 +270,24 @@ class StyledConv(nn.Module):
 
     def forward(self, x: Tensor, w: Tensor, noise: Tensor | None = None) -> Tensor:
         return self.activate(self.noise(self.conv(x, w), noise))
+
+    def hooked(
+        self,
+        x: Tensor,
+        w: Tensor,
+        noise: Tensor | None,
+        layer: int,
+        style_offset: Tensor | None = None,
+        pre_activation: Sequence[PreActivationHook] = (),
+    ) -> Tensor:
+        """:meth:`forward` with a StyleSpace offset ``[B|1, in]`` added to the style and pre-activation hooks."""
+        style = self.conv.modulation(w)
+        if style_offset is not None:
+            style = style + style_offset.to(style)
+        x = self.noise(self.conv.modulated(x, style), noise)
+        for fn in pre_activation:
+            x = fn(x, layer, style)
+        return self.activate(x)
 
 
 class ToRGB(nn.Module):
@@ -339,6 +397,20 @@ class Generator(nn.Module):
         """Channel count of the feature map produced by styled conv ``layer``."""
         return self.channels[self.layer_resolution(layer)]
 
+    def style_channels(self, layer: int) -> int:
+        """Width of styled conv ``layer``'s style vector (its input channel count)."""
+        return self.channels[self.layer_resolution(layer - 1)] if layer > 0 else self.channels[4]
+
+    @property
+    def device(self) -> torch.device:
+        """The device the generator's weights are on."""
+        return self.input.input.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the generator's weights."""
+        return self.input.input.dtype
+
     # ----------------------------------------------------------------------------------------------- mapping
     def mapping(self, z: Tensor, truncation: float = 1.0, truncation_latent: Tensor | None = None) -> Tensor:
         """Map ``z [B, style_dim]`` to ``w [B, style_dim]``, optionally truncated toward ``truncation_latent``
@@ -390,6 +462,8 @@ class Generator(nn.Module):
         feature_hooks: Mapping[int, FeatureHook] | None = None,
         return_features: Sequence[int] | bool = False,
         stop_at_layer: int | None = None,
+        hooks: Sequence[Hook] = (),
+        style_offsets: Mapping[int, Tensor] | None = None,
     ) -> SynthesisOutput:
         """Render W+ codes.
 
@@ -398,10 +472,12 @@ class Generator(nn.Module):
             noise_mode: ``const`` (stored ``noises.noise_l`` buffers, as official ``randomize_noise=False``),
                 ``random`` (fresh N(0,1)) or ``none`` (no noise).
             noise: optional per-layer tensors (``[1|B, 1|C, R, R]``) overriding ``noise_mode`` where not None.
-            feature_hooks: layer -> ``hook(feature, layer) -> feature``; the returned map replaces the layer output
-                before the next layer and the layer's ToRGB (e.g. HFGI modulates layer 7, SFE replaces layer 8).
-            return_features: ``True`` for every layer, or the layer indices to return (after hooks).
+            feature_hooks: layer -> ``hook(feature, layer) -> feature``, shorthand for ``post_activation``
+                :class:`Hook` s (applied before the ``hooks`` of the same layer and point).
+            return_features: ``True`` for every layer, or the layer indices to return (after post-activation hooks).
             stop_at_layer: stop after this layer (no image; used to read features only).
+            hooks: functions at the insertion points of :class:`Hook`; several on one layer compose in order.
+            style_offsets: conv layer -> ``[B | 1, C_l]`` added to that layer's style vector (StyleSpace edits).
 
         Returns:
             :class:`SynthesisOutput` with ``image [B, 3, size, size]`` and the requested features.
@@ -412,37 +488,70 @@ class Generator(nn.Module):
             f"W+ must be [B, {self.n_latent}, {self.style_dim}], got {tuple(wplus.shape)}"
         )
         b = wplus.shape[0]
-        hooks = feature_hooks or {}
+        table = self._hook_table(feature_hooks, hooks)
+        offsets = dict(style_offsets or {})
+        for layer, off in offsets.items():
+            if not 0 <= layer < self.num_layers:
+                raise ValueError(f"style offset for conv layer {layer}, the generator has 0..{self.num_layers - 1}")
+            if off.ndim != 2 or off.shape[-1] != self.style_channels(layer) or off.shape[0] not in (1, b):
+                raise ValueError(
+                    f"style offset of layer {layer} must be [{b} | 1, {self.style_channels(layer)}], "
+                    f"got {tuple(off.shape)}"
+                )
         if return_features is True:
             wanted = set(range(self.num_layers))
         else:
             wanted = set(return_features or ())
         noises = self._noise_list(b, noise_mode, noise, wplus)
         feats: dict[int, Tensor] = {}
+        convs = [self.conv1, *self.convs]
 
-        def after(layer: int, x: Tensor) -> Tensor:
-            if layer in hooks:
-                x = hooks[layer](x, layer)
+        def conv(layer: int, x: Tensor, w: Tensor) -> Tensor:
+            pre = table[PRE_ACTIVATION].get(layer, ())
+            if pre or layer in offsets:
+                x = convs[layer].hooked(x, w, noises[layer], layer, offsets.get(layer), pre)
+            else:
+                x = convs[layer](x, w, noises[layer])
+            for fn in table[POST_ACTIVATION].get(layer, ()):
+                x = fn(x, layer)
             if layer in wanted:
                 feats[layer] = x
             return x
 
-        x = self.conv1(self.input(b), wplus[:, 0], noises[0])
-        x = after(0, x)
+        def next_input(layer: int, x: Tensor) -> Tensor:
+            for fn in table[NEXT_INPUT].get(layer, ()):
+                x = fn(x, layer)
+            return x
+
+        x = conv(0, self.input(b), wplus[:, 0])
         if stop_at_layer == 0:
             return SynthesisOutput(None, feats)
         skip = self.to_rgb1(x, wplus[:, 1])
+        x = next_input(0, x)
         i = 1
         for k, rgb in enumerate(self.to_rgbs):
-            x = after(2 * k + 1, self.convs[2 * k](x, wplus[:, i], noises[2 * k + 1]))
+            x = next_input(2 * k + 1, conv(2 * k + 1, x, wplus[:, i]))
             if stop_at_layer == 2 * k + 1:
                 return SynthesisOutput(None, feats)
-            x = after(2 * k + 2, self.convs[2 * k + 1](x, wplus[:, i + 1], noises[2 * k + 2]))
+            x = conv(2 * k + 2, x, wplus[:, i + 1])
             if stop_at_layer == 2 * k + 2:
                 return SynthesisOutput(None, feats)
             skip = rgb(x, wplus[:, i + 2], skip)
+            x = next_input(2 * k + 2, x)
             i += 2
         return SynthesisOutput(skip, feats)
+
+    def _hook_table(
+        self, feature_hooks: Mapping[int, FeatureHook] | None, hooks: Sequence[Hook]
+    ) -> dict[str, dict[int, list[Callable[..., Tensor]]]]:
+        """Insertion point -> layer -> functions in application order."""
+        table: dict[str, dict[int, list[Callable[..., Tensor]]]] = {p: {} for p in INSERTION_POINTS}
+        all_hooks = [Hook(layer, fn) for layer, fn in (feature_hooks or {}).items()] + list(hooks)
+        for h in all_hooks:
+            if not 0 <= h.layer < self.num_layers:
+                raise ValueError(f"hook at layer {h.layer}: the generator has layers 0..{self.num_layers - 1}")
+            table[h.point].setdefault(h.layer, []).append(h.fn)
+        return table
 
     def forward(self, wplus: Tensor, noise_mode: str = "const", **kwargs) -> Tensor:
         """Render ``wplus [B, n_latent, D]`` (or ``[B, D]``) to ``[B, 3, size, size]``; see :meth:`synthesis`."""

@@ -1,4 +1,5 @@
-"""Training a StyleGAN2 generator on the synthetic face world by regression (``gie train --method generator``).
+"""The synthetic world's trainers: a StyleGAN2 generator fitted by regression (``gie train --method generator``) and
+the attribute estimator (``gie train --method attributes``).
 
 Each training face is rendered from sampled attributes; its latent ``z`` holds the attribute vector (mapped to
 ``N(0, 1)`` coordinates by the inverse normal CDF) in the first dimensions and a random direction in the rest, scaled
@@ -20,15 +21,21 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gie_cli.methods.loading import build_generator, read_components, require_weights, save_components
-from gie_cli.models.stylegan2 import Generator
+from gie_cli.errors import UsageError
+from gie_cli.models import create_model
+from gie_cli.models.loading import build_generator, save_components
+from gie_cli.settings import parse_settings
 from gie_cli.synth.dataset import WORLD_VERSION
+from gie_cli.synth.estimator import AttributeEstimator
+from gie_cli.synth.latent import world_latent
 from gie_cli.synth.params import ATTRIBUTES, attribute_vector, sample_params
 from gie_cli.synth.render import render
-from gie_cli.training.base import Trainer, register_trainer
+from gie_cli.training import Trainer
 from gie_cli.training.data import index_batches
+from gie_cli.weights import load_components, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -73,37 +80,6 @@ class WorldGeneratorConfig:
     l2: float = 1.0
 
 
-def attribute_z(attrs: Tensor) -> Tensor:
-    """Attributes in [-1, 1] -> ``N(0, 1)`` coordinates: ``Phi^-1((a + 1) / 2)`` (``u`` clipped to [0.002, 0.998]).
-
-    Exact for the uniform attributes; every ``z`` maps back into the attribute range (``a = 2 Phi(z) - 1``), so
-    sampling ``z ~ N(0, I)`` never asks the generator for a face outside the world.
-    """
-    u = ((attrs + 1) / 2).clamp(0.002, 0.998)
-    return math.sqrt(2.0) * torch.erfinv(2 * u - 1)
-
-
-def z_attributes(z: Tensor) -> Tensor:
-    """Inverse of :func:`attribute_z`: ``[B, A]`` z coordinates -> attributes in [-1, 1]."""
-    return torch.erf(z / math.sqrt(2.0))
-
-
-def world_latent(attrs: Tensor, style_dim: int, noise: Tensor | None = None) -> Tensor:
-    """``z [B, style_dim]`` with ``|z|^2 = style_dim`` from attribute vectors ``[B, A]`` in [-1, 1].
-
-    The first ``A`` dims are :func:`attribute_z` of the attributes; the rest point in the direction of
-    ``noise [B, style_dim - A]`` (Gaussian if omitted) with the length that completes the norm, so pixel normalisation
-    leaves ``z`` unchanged.
-    """
-    b, a = attrs.shape
-    head = attribute_z(attrs)
-    if noise is None:
-        noise = torch.randn(b, style_dim - a, device=attrs.device)
-    room = (style_dim - head.square().sum(1, keepdim=True)).clamp_min(0.0)
-    tail = noise / noise.norm(dim=1, keepdim=True).clamp_min(1e-8) * room.sqrt()
-    return torch.cat([head, tail], dim=1)
-
-
 def parse_channels(spec: str, size: int) -> dict[int, int] | None:
     """``"128,128,96"`` -> ``{4: 128, 8: 128, 16: 96, ...}`` (the last width repeats up to ``size``); ``""`` -> None."""
     if not spec.strip():
@@ -127,21 +103,26 @@ class WorldGeneratorTrainer(Trainer):
     name = "generator"
 
     def __init__(self, data: str, weights: str | None, device, batch_size: int, seed: int, **settings) -> None:
-        from gie_cli.methods.psp_e4e import _config_from_settings
-
-        self.cfg = _config_from_settings(WorldGeneratorConfig, settings, "generator")
+        self.cfg = parse_settings(WorldGeneratorConfig, settings, "generator training")
         if data != "synthface":
-            from gie_cli.errors import UsageError
-
-            raise UsageError(f"--data {data}: the generator trainer renders its data", hint="pass --data synthface")
+            raise UsageError(
+                f"data {data!r}: the generator trainer renders its own data", hint="pass synthface", param="data"
+            )
         self.device = torch.device(device)
         c = self.cfg
         if weights:
-            self.g = build_generator(read_components(require_weights(weights, "generator", "a generator checkpoint")))
+            path = resolve_weights(weights, method="generator", what="a generator checkpoint")
+            self.g = build_generator(load_components(path))
         else:
             chans = parse_channels(c.channels, c.size)
-            self.g = Generator(
-                c.size, style_dim=c.style_dim, n_mlp=c.n_mlp, channel_max=c.channel_max, channels=chans, lr_mlp=c.lr_mlp
+            self.g = create_model(
+                "stylegan2",
+                size=c.size,
+                style_dim=c.style_dim,
+                n_mlp=c.n_mlp,
+                channel_max=c.channel_max,
+                channels=chans,
+                lr_mlp=c.lr_mlp,
             )
             if c.quiet_noise_dims:
                 with torch.no_grad():  # the first mapping layer starts blind to the noise dims of z
@@ -194,7 +175,7 @@ class WorldGeneratorTrainer(Trainer):
         g.mean_latent(4096)
         world = {
             "z_attributes": [a.name for a in ATTRIBUTES],
-            "z_encoding": "z = sqrt(2) erfinv(a), a in [-1, 1] (see gie_cli.synth.train.attribute_z)",
+            "z_encoding": "z = sqrt(2) erfinv(a), a in [-1, 1] (see gie_cli.synth.latent.attribute_z)",
             "detail_seed": self.cfg.detail_seed,
             "world_version": WORLD_VERSION,
         }
@@ -202,6 +183,97 @@ class WorldGeneratorTrainer(Trainer):
         g.train()
 
 
-@register_trainer("generator", "fit a StyleGAN2 generator to the synthetic face world (regression)")
-def _train_generator(**kwargs) -> WorldGeneratorTrainer:
+def train_world_generator(**kwargs) -> WorldGeneratorTrainer:
+    """The ``generator`` trainer (catalog entry)."""
     return WorldGeneratorTrainer(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------- attribute estimator
+@dataclass
+class EstimatorConfig:
+    """Settings (``--set key=value``): pool of renders, resolution, width, lr, detail and OOD probability, and
+    ``blur``: the largest Gaussian blur sigma (pixels at ``size``) of a random per-image blur, so the estimator also
+    reads the smoother images of a generator trained on the world (0 = no blur)."""
+
+    pool: int = 4096
+    size: int = 64
+    width: int = 32
+    lr: float = 2e-3
+    detail_strength: float = 1.0
+    ood_prob: float = 0.2
+    blur: float = 1.2
+
+
+def random_blur(x: Tensor, max_sigma: float, generator: torch.Generator | None = None) -> Tensor:
+    """Blurs each image of ``x [B,C,H,W]`` with a Gaussian of sigma uniform in ``[0, max_sigma]`` (5x5 kernel,
+    reflect padding); half the images are left sharp."""
+    if max_sigma <= 0:
+        return x
+    b, c = x.shape[:2]
+    sig = torch.rand(b, generator=generator) * max_sigma
+    sig = torch.where(torch.rand(b, generator=generator) < 0.5, torch.zeros_like(sig), sig).clamp_min(1e-3)
+    t = torch.arange(-2, 3, dtype=x.dtype)
+    k1 = torch.exp(-(t[None] ** 2) / (2 * sig[:, None].to(x.dtype) ** 2))
+    k1 = k1 / k1.sum(1, keepdim=True)  # [B, 5]
+    k2 = (k1[:, :, None] * k1[:, None, :]).to(x.device)  # [B, 5, 5]
+    w = k2[:, None].repeat_interleave(c, 0)  # [B*C, 1, 5, 5]
+    y = F.conv2d(F.pad(x.reshape(1, b * c, *x.shape[2:]), (2, 2, 2, 2), mode="reflect"), w, groups=b * c)
+    return y.reshape_as(x)
+
+
+class EstimatorTrainer(Trainer):
+    """Regresses attribute vectors of world renders (with detail and OOD objects, so it ignores them)."""
+
+    name = "attributes"
+
+    def __init__(self, data: str, weights: str | None, device, batch_size: int, seed: int, **settings) -> None:
+        if data != "synthface":
+            raise UsageError(
+                f"data {data!r}: the attribute trainer renders its own data", hint="pass synthface", param="data"
+            )
+        self.cfg = c = parse_settings(EstimatorConfig, settings, "attributes training")
+        self.device = torch.device(device)
+        self.net = AttributeEstimator.load(weights) if weights else AttributeEstimator(width=c.width, input_size=c.size)
+        self.net = self.net.to(self.device).train()
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=c.lr)
+        self.batch_size, self.seed = batch_size, seed
+        rng = np.random.default_rng(seed + 7)
+        imgs = np.empty((c.pool, c.size, c.size, 3), np.uint8)
+        attrs = np.empty((c.pool, len(ATTRIBUTES)), np.float32)
+        for i in range(c.pool):
+            p = sample_params(rng, c.ood_prob, detail_strength=c.detail_strength * float(rng.uniform()))
+            imgs[i] = render(p, size=c.size).image
+            attrs[i] = attribute_vector(p)
+        self.images = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
+        self.attrs = torch.from_numpy(attrs)
+
+    def batches(self) -> Iterator[Tensor]:
+        return index_batches(len(self.images), self.batch_size, self.seed)
+
+    def train_step(self, batch: Tensor, step: int) -> dict[str, float]:
+        x = self.images[batch].to(self.device).float() / 127.5 - 1  # no flips: yaw and lighting are not symmetric
+        x = random_blur(x, self.cfg.blur)
+        loss = (self.net(x) - self.attrs[batch].to(self.device)).square().mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"mse": float(loss.detach())}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"estimator": self.net}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"estimator": self.opt}
+
+    def options(self) -> dict:
+        return {"trainer": asdict(self.cfg)}
+
+    def export(self, path) -> None:
+        self.net.eval()
+        self.net.save(path)
+        self.net.train()
+
+
+def train_attribute_estimator(**kwargs) -> EstimatorTrainer:
+    """The ``attributes`` trainer (catalog entry)."""
+    return EstimatorTrainer(**kwargs)

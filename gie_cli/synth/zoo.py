@@ -25,7 +25,7 @@ ZOO_FILES: dict[str, tuple[str, str]] = {
     "gradstyle": ("world-gradstyle.safetensors", "world.gradstyle"),
 }
 #: kind -> (registry name of the zoo model it was trained on, the parts stored only there): a packed file keeps its
-#: own weights and refers to the base for the rest (``gie_cli.methods.loading.save_on_base``), so no zoo model is
+#: own weights and refers to the base for the rest (``gie_cli.models.loading.save_on_base``), so no zoo model is
 #: stored twice (pack the base first: the reference records its sha256).
 ZOO_BASES: dict[str, tuple[str, list[str]]] = {
     "e4e": ("world.generator", ["decoder"]),
@@ -47,7 +47,7 @@ def pack(kind: str, src: str | Path, zoo_dir: str | Path = ZOO_DIR) -> Path:
         The packed file.
     """
     from gie_cli.io.checkpoint import half_precision_copy
-    from gie_cli.methods.loading import save_on_base
+    from gie_cli.weights import pack_on_base
 
     if kind not in ZOO_FILES:
         raise ValueError(f"unknown zoo kind {kind!r} (known: {', '.join(ZOO_FILES)})")
@@ -56,7 +56,7 @@ def pack(kind: str, src: str | Path, zoo_dir: str | Path = ZOO_DIR) -> Path:
     if kind in ZOO_BASES:
         base, parts = ZOO_BASES[kind]
         # the base was stored in fp16 and trained frozen: the dropped parts must be exactly the base's
-        save_on_base(dst, src, base, parts, half=True)
+        pack_on_base(dst, src, base, parts, half=True)
     else:
         half_precision_copy(src, dst, keep_fp32=("latent_avg", "w_avg"))
     log.info("packed %s -> %s (%.1f MB)", src, dst, dst.stat().st_size / 1e6)
@@ -70,7 +70,7 @@ def ground_truth_labels(
     """Labelled W codes of the world generator for ``gie directions fit interfacegan --labels``.
 
     ``z ~ N(0, I)`` is sampled and mapped to ``w``; the labels are the attributes the generator was trained to render
-    from that ``z`` (its first coordinates, :func:`gie_cli.synth.train.z_attributes`), i.e. the world's ground truth,
+    from that ``z`` (its first coordinates, :func:`gie_cli.synth.latent.z_attributes`), i.e. the world's ground truth,
     one column per attribute in :data:`gie_cli.synth.params.ATTRIBUTES` order. With ``estimator`` the labels are
     instead the attribute estimator's readings of the rendered samples (what the generator actually draws).
 
@@ -85,11 +85,12 @@ def ground_truth_labels(
         ``out``.
     """
     from gie_cli.io.checkpoint import save_safetensors
-    from gie_cli.methods.loading import build_generator, read_components
+    from gie_cli.models.loading import build_generator
+    from gie_cli.synth.latent import z_attributes
     from gie_cli.synth.params import ATTRIBUTES
-    from gie_cli.synth.train import z_attributes
+    from gie_cli.weights import load_components
 
-    comp = read_components(generator_path)
+    comp = load_components(generator_path)
     names = (comp.config.get("world") or {}).get("z_attributes")
     if names != [a.name for a in ATTRIBUTES]:
         raise ValueError(f"{generator_path} is not a world generator of this world version (z_attributes {names})")

@@ -29,10 +29,12 @@ class ImageFolder(Dataset):
     def __init__(self, root: str | Path, size: int, flip: bool = True) -> None:
         root = Path(root)
         if not root.is_dir():
-            raise UsageError(f"--data {root}: not a folder", hint="pass a folder of aligned face images")
+            raise UsageError(
+                f"{root} is not a folder", hint="pass a folder of aligned face images", param="data", value=root
+            )
         self.files = [p for p in iter_image_files([root], recursive=True) if p.suffix.lower() in IMAGE_SUFFIXES]
         if not self.files:
-            raise UsageError(f"--data {root}: no images found")
+            raise UsageError(f"no images found in {root}", param="data", value=root)
         self.size, self.flip = size, flip
         self._bad: set[Path] = set()
 

@@ -45,15 +45,20 @@ def find_resume(resume: str, root: Path, name: str) -> Path:
             snap = latest_snapshot(run)
             if snap is not None:
                 return snap
-        raise UsageError(f"--resume latest: no snapshot of a '{name}' run under {root}", hint="start without --resume")
+        raise UsageError(
+            f"no snapshot of a '{name}' run under {root}", hint="start without resuming", param="resume", value=resume
+        )
     p = Path(resume)
     if p.is_dir():
         snap = latest_snapshot(p)
         if snap is None:
-            raise UsageError(f"--resume {resume}: the folder has no snapshot-*.pt")
+            raise UsageError(f"run folder {resume} has no snapshot-*.pt", param="resume", value=resume)
         return snap
     if not p.is_file():
-        raise UsageError(f"--resume {resume}: not found", hint="pass a snapshot file, a run folder or 'latest'")
+        raise UsageError(
+            f"snapshot {resume} not found", hint="pass a snapshot file, a run folder or 'latest'", param="resume",
+            value=resume,
+        )  # fmt: skip
     return p
 
 

@@ -224,7 +224,7 @@ def convert_nvidia_pickle(src: str | Path, dest: str | Path, source_note: str = 
 
     The file holds ``decoder.*`` (rosinality generator keys) and ``latent_avg`` (``mapping.w_avg``), with a config
     (``format``, ``generator`` kwargs, provenance) in the metadata, so
-    :func:`gie_cli.methods.loading.read_components` and ``build_generator`` read it.
+    :func:`gie_cli.models.loading.read_components` and ``build_generator`` read it.
 
     Args:
         src: The ``.pkl``.
@@ -237,8 +237,7 @@ def convert_nvidia_pickle(src: str | Path, dest: str | Path, source_note: str = 
     Raises:
         CheckpointError: The pickle is unreadable, has no ``G_ema``, or is not a convertible generator.
     """
-    from gie_cli.io.checkpoint import save_safetensors
-    from gie_cli.methods.loading import GIE_CHECKPOINT_FORMAT
+    from gie_cli.io.checkpoint import GIE_CHECKPOINT_FORMAT, save_safetensors
     from gie_cli.models.stylegan2 import convert_nvidia_ada_generator, generator_config_from_state_dict
 
     p = Path(src)

@@ -277,7 +277,7 @@ def resolve_weights(
         CheckpointError: An embedded file does not match the registry.
         DownloadError: The named file could not be downloaded.
     """
-    flag = f"--method {method} " if method else ""
+    flag = f"method {method} " if method else ""
     if not spec:
         reg = registry or _try_registry()
         default = reg.default_for(method) if reg is not None and method else None
@@ -290,22 +290,25 @@ def resolve_weights(
         defaults = reg.defaults if reg is not None else {}
         if defaults:
             having = ", ".join(sorted(defaults))
-            msg = f"{flag or 'this command '}has no embedded default; pass --weights ({what})"
-            hint = f"pass --weights NAME or --weights FILE; {listing}embedded defaults exist for: {having}; "
+            msg = f"{flag or 'this command '}has no embedded default weights; pass weights ({what})"
+            hint = f"pass a registry name or a file; {listing}embedded defaults exist for: {having}; "
         else:
+            # "needs --weights" is kept: library callers (and tests) match it
             msg = f"{flag}needs --weights ({what}); gie has no built-in default weights yet"
-            hint = f"pass --weights NAME or --weights FILE; {listing}"
-        raise UsageError(msg, hint=hint + "see `gie weights list`")
+            hint = f"pass a registry name or a file; {listing}"
+        raise UsageError(msg, hint=hint + "see `gie weights list`", param="weights")
     p = Path(spec).expanduser()
     if p.is_file():
         _announce_embedded_path(p, registry)
         return p
     if p.is_dir():
-        raise UsageError(f"--weights {spec}: is a folder, expected a checkpoint file", hint=f"pass {what}")
+        raise UsageError(
+            f"weights {spec} is a folder, expected a checkpoint file", hint=f"pass {what}", param="weights", value=spec
+        )
     reg = registry or load_registry()
     if spec not in reg:
         if _looks_like_path(spec):
-            raise UsageError(f"--weights {spec}: file not found", hint=f"pass {what}")
+            raise UsageError(f"weights file {spec} not found", hint=f"pass {what}", param="weights", value=spec)
         reg.get(spec)  # raises UsageError with close names
     entry = reg.get(spec)
     if method and entry.method and method not in entry.method:
@@ -320,7 +323,9 @@ def resolve_weights(
             return conv
         raw = entry_path(entry, cache)
         raise UsageError(
-            f"--weights {entry.name}: the {entry.format} file needs a one-time conversion to gie's format",
+            f"weights {entry.name}: the {entry.format} file needs a one-time conversion to gie's format",
+            param="weights",
+            value=entry.name,
             hint=(
                 f"run `gie weights download {entry.name}` and then `gie weights import --convert {raw} "
                 f"--name {entry.name}` (reading a pickle executes no code in gie, but read the warning it prints)"

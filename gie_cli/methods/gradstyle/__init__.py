@@ -4,7 +4,7 @@ Editing", AAAI 2024, arXiv 2402.14398): gie's implementation from the paper (the
 - ``modules``: Gradual Residual Module, Gate&Fusion, Global Alignment Module (Aligner with Selective Attention), the
   perspective warp of the self-supervised training, and :class:`GradStyleNet` (all stages, as generator hooks).
 - ``method``: the ``gradstyle`` inversion method (``gie invert`` / ``gie edit``) and its checkpoint loader.
-- ``train``: the ``gradstyle`` trainer (``gie train``) and a Lookahead optimizer.
+- ``train``: the ``gradstyle`` trainer (``gie train``) and a Lookahead optimizer; never imported by inference code.
 
 Choices where the paper gives no number or shape (each is a setting of ``gie train --method gradstyle``):
 
@@ -37,7 +37,6 @@ from gie_cli.methods.gradstyle.modules import (
     stage_specs,
     warp_perspective,
 )
-from gie_cli.methods.gradstyle.train import GradStyleTrainConfig, GradStyleTrainer, Lookahead
 
 __all__ = [
     "PAPER_LAYERS",
@@ -45,10 +44,7 @@ __all__ = [
     "GateFusion",
     "GradStyleMethod",
     "GradStyleNet",
-    "GradStyleTrainConfig",
-    "GradStyleTrainer",
     "GradualResidualModule",
-    "Lookahead",
     "SelectiveAttention",
     "StageSpec",
     "load_gradstyle",

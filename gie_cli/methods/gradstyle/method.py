@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from gie_cli.errors import CheckpointError, UsageError
-from gie_cli.io.checkpoint import latent_avg_as_wplus, load_state_dict_strict
-from gie_cli.methods.base import Inversion, register_method
+from gie_cli.io.checkpoint import load_state_dict_strict
+from gie_cli.methods.base import Inversion
+from gie_cli.methods.e4e import EncoderMethod
 from gie_cli.methods.gradstyle.modules import GradStyleNet
-from gie_cli.methods.loading import build_encoder, build_generator, read_components, require_weights, save_components
-from gie_cli.methods.psp_e4e import EncoderMethod
+from gie_cli.models.loading import build_encoder, build_generator, save_components, wplus_average
 from gie_cli.models.stylegan2 import Generator
+from gie_cli.settings import coerce
+from gie_cli.weights import load_components, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +37,8 @@ class GradStyleMethod(EncoderMethod):
     to the last refined layer; the :class:`Inversion` carries W+ and each stage's residual feature ``F_m``
     (``extras["residual_<layer>"]``, ``[B, C_l, R_l, R_l]``, float16). :meth:`render` draws from those alone (no
     encoder): without an edit, the Reconstruction Stream (``f + g(f, F_m) F_m``, the stored ``F_m`` is exactly the
-    one computed at inversion); with an edit (``delta`` non-zero, or StyleSpace offsets hooked on the generator),
-    the Editing Stream: each stage's Aligner aligns ``F_m`` to the edited feature before the shared Gate&Fusion.
+    one computed at inversion); with an edit (``delta`` or StyleSpace ``style_offsets`` non-zero), the Editing
+    Stream: each stage's Aligner aligns ``F_m`` to the edited feature before the shared Gate&Fusion.
 
     Args:
         generator: the shared generator (frozen).
@@ -101,36 +104,51 @@ class GradStyleMethod(EncoderMethod):
             )
         return {k: inv.extras[residual_key(k)] for k in self.net.layers}
 
-    def render(self, inv: Inversion, delta: Tensor | None = None) -> Tensor:
-        """Draw ``inv`` (optionally edited by ``delta [B|1, n_latent, D]``) to ``[B, 3, S, S]``.
+    def render(
+        self, inv: Inversion, delta: Tensor | None = None, style_offsets: Mapping[int, Tensor] | None = None
+    ) -> Tensor:
+        """Draw ``inv``, optionally edited, to ``[B, 3, S, S]``.
 
-        Items whose edit is zero (no ``delta`` row and no StyleSpace offset) take the Reconstruction Stream, edited
-        items the Editing Stream (GAM), so a batch of powers ``0, 3`` draws the reconstruction and the edit.
+        Items whose edit is zero (no ``delta`` row and no StyleSpace offset row) take the Reconstruction Stream,
+        edited items the Editing Stream (GAM), so a batch of powers ``0, 3`` draws the reconstruction and the edit.
+
+        Args:
+            inv: the inversion (``B`` items, with the residual features of this checkpoint's stages).
+            delta: W+ offset ``[B|1, n_latent, D]``.
+            style_offsets: StyleSpace offsets, conv layer -> ``[B|1, C_l]`` added to that layer's style vector.
         """
         residuals = self.stored_residuals(inv)
         wplus = inv.wplus if delta is None else inv.wplus + delta.to(inv.wplus)
-        edited = self.edited_items(wplus, delta) if self.use_gam else torch.zeros(len(inv), dtype=torch.bool)
+        offsets = dict(style_offsets or {})
+        if self.use_gam:
+            edited = self.edited_items(len(inv), delta, offsets)
+        else:
+            edited = torch.zeros(len(inv), dtype=torch.bool)
         if not edited.any() or edited.all():
-            return self._draw(wplus, residuals, bool(edited.any()))
-        # a mixed batch draws both streams whole (StyleSpace offsets hooked on the generator are per batch row)
+            return self._draw(wplus, residuals, bool(edited.any()), offsets)
+        # a mixed batch draws both streams whole and picks per item
         pick = edited.to(wplus.device)[:, None, None, None]
-        return torch.where(pick, self._draw(wplus, residuals, True), self._draw(wplus, residuals, False))
+        return torch.where(
+            pick, self._draw(wplus, residuals, True, offsets), self._draw(wplus, residuals, False, offsets)
+        )
 
-    def _draw(self, wplus: Tensor, residuals: dict[int, Tensor], editing: bool) -> Tensor:
+    def _draw(
+        self, wplus: Tensor, residuals: dict[int, Tensor], editing: bool, style_offsets: Mapping[int, Tensor]
+    ) -> Tensor:
+        """One stream for the whole batch: ``wplus [B, n_latent, D]`` -> ``[B, 3, S, S]``."""
         hooks = self.net.editing_hooks(residuals) if editing else self.net.fusion_hooks(residuals)
-        return self.generator(wplus, noise_mode="const", feature_hooks=hooks)
+        return self.generator(wplus, noise_mode="const", feature_hooks=hooks, style_offsets=style_offsets or None)
 
-    def edited_items(self, wplus: Tensor, delta: Tensor | None) -> Tensor:
-        """Which items ``[B]`` (bool, CPU) are edits: a non-zero ``delta`` row, or a StyleSpace offset hooked on the
-        generator's style affines (how ``render_edit`` draws StyleSpace edits, with a zero ``delta``)."""
-        b = wplus.shape[0]
-        rows = torch.zeros(b, dtype=torch.bool)
-        if delta is not None:
-            rows |= (delta != 0).flatten(1).any(1).cpu().expand(b)
-        mods = [self.generator.conv1.conv.modulation, *(c.conv.modulation for c in self.generator.convs)]
-        for layer, mod in enumerate(mods):
-            if len(mod._forward_hooks):  # hooks are bypassed by .forward: the difference is the hooked offset
-                rows |= (mod(wplus[:, layer]) != mod.forward(wplus[:, layer])).any(1).cpu()
+    @staticmethod
+    def edited_items(
+        batch: int, delta: Tensor | None = None, style_offsets: Mapping[int, Tensor] | None = None
+    ) -> Tensor:
+        """Which of ``batch`` items (bool ``[B]``, CPU) are edits: a non-zero row of ``delta [B|1, n_latent, D]`` or of
+        any StyleSpace offset ``[B|1, C_l]`` (a ``1``-row edit applies to every item)."""
+        rows = torch.zeros(batch, dtype=torch.bool)
+        parts = ([] if delta is None else [delta]) + list((style_offsets or {}).values())
+        for t in parts:
+            rows |= (t != 0).flatten(1).any(1).cpu().expand(batch)
         return rows
 
     def describe(self) -> dict:
@@ -165,8 +183,10 @@ def load_gradstyle(weights: str | None, use_gam: bool = True) -> GradStyleMethod
     Raises:
         CheckpointError: the file has no ``gradstyle.*`` part (e.g. a plain e4e checkpoint).
     """
-    path = require_weights(weights, "gradstyle", "a GradStyle checkpoint made by `gie train --method gradstyle`")
-    comp = read_components(path)
+    path = resolve_weights(
+        weights, method="gradstyle", what="a GradStyle checkpoint made by `gie train --method gradstyle`"
+    )
+    comp = load_components(path)
     if "gradstyle" not in comp.parts or "gradstyle" not in comp.config:
         raise CheckpointError(
             path,
@@ -177,22 +197,18 @@ def load_gradstyle(weights: str | None, use_gam: bool = True) -> GradStyleMethod
     encoder, cfg = build_encoder(comp, "e4e")
     net = GradStyleNet(**comp.config["gradstyle"])
     load_state_dict_strict(net, comp.part("gradstyle"), f"{comp.source} [gradstyle.*]")
-    if comp.latent_avg is not None:
-        avg = latent_avg_as_wplus(comp.latent_avg, generator.n_latent)
-    else:
-        avg = generator.w_avg[None].expand(generator.n_latent, -1)
+    avg = wplus_average(comp, generator)
     start = bool(comp.opts.get("start_from_latent_avg", True))
     method = GradStyleMethod(generator, encoder, avg.float(), cfg, net, start, comp.weights_id, use_gam)
     method.weights_path = str(Path(path).resolve())
     return method
 
 
-@register_method("gradstyle", "Gradual Residuals Alignment (Li et al. 2024): e4e + gradual residuals, aligned edits")
-def _load_gradstyle(weights: str | None, **options: object) -> GradStyleMethod:
-    from gie_cli.methods.optim import _coerce
-
+def load_gradstyle_method(weights: str | None, **options: object) -> GradStyleMethod:
+    """The ``gradstyle`` method (catalog entry); its one option is ``use_gam`` (false: edits inject the residuals
+    unaligned)."""
     unknown = sorted(set(options) - {"use_gam"})
     if unknown:
         raise UsageError(f"gradstyle has no option {unknown[0]!r}", hint="known: use_gam (true|false)")
-    use_gam = _coerce("use_gam", options.get("use_gam", True), bool)
+    use_gam = coerce("gradstyle", "use_gam", options.get("use_gam", True), bool)
     return load_gradstyle(weights, use_gam=bool(use_gam))

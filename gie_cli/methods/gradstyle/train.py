@@ -13,13 +13,15 @@ from torch import Tensor, nn
 
 from gie_cli.errors import UsageError
 from gie_cli.io.checkpoint import load_state_dict_strict
+from gie_cli.methods.e4e import load_encoder_method
 from gie_cli.methods.gradstyle.method import GradStyleMethod, load_gradstyle
 from gie_cli.methods.gradstyle.modules import GradStyleNet, parse_layers, random_perspective, stage_specs, warp_features
-from gie_cli.methods.loading import read_components
-from gie_cli.methods.psp_e4e import _config_from_settings, load_encoder_method
+from gie_cli.models import create_model
 from gie_cli.models.stylegan2 import Discriminator, discriminator_config_from_state_dict
-from gie_cli.training.base import Trainer, register_trainer
+from gie_cli.settings import parse_settings
+from gie_cli.training import Trainer
 from gie_cli.training.data import ImageFolder, endless
+from gie_cli.weights import load_components
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +169,7 @@ class GradStyleTrainer(Trainer):
     name = "gradstyle"
 
     def __init__(self, data: str, weights: str | None, device, batch_size: int, seed: int, **settings: str) -> None:
-        self.cfg = c = _config_from_settings(GradStyleTrainConfig, settings, "gradstyle")
+        self.cfg = c = parse_settings(GradStyleTrainConfig, settings, "gradstyle training")
         self.device = torch.device(device)
         if c.init:
             method = load_gradstyle(c.init)
@@ -260,13 +262,13 @@ class GradStyleTrainer(Trainer):
         g = self.generator
         sources = [self.cfg.discriminator] if self.cfg.discriminator else [w for w in (weights, self.cfg.init) if w]
         for src in sources:
-            comp = read_components(src)
+            comp = load_components(src)
             if "discriminator" not in comp.parts:
                 if self.cfg.discriminator:
                     raise UsageError(f"discriminator={src}: the file has no StyleGAN2 discriminator ('d')")
                 continue
             sd = comp.parts["discriminator"]
-            d = Discriminator(**discriminator_config_from_state_dict(sd))
+            d = create_model("stylegan2-discriminator", **discriminator_config_from_state_dict(sd))
             if d.size != g.size:
                 raise UsageError(f"discriminator={src} is for {d.size} px images, the generator draws {g.size} px")
             load_state_dict_strict(d, sd, f"{comp.source} [discriminator]")
@@ -276,7 +278,7 @@ class GradStyleTrainer(Trainer):
             "no StyleGAN2 discriminator in the weights: adversarial loss with a freshly initialised one "
             "(pass --set discriminator=FILE to start from a trained one, as the paper does)"
         )
-        return Discriminator(g.size, channels=g.channels)
+        return create_model("stylegan2-discriminator", size=g.size, channels=g.channels)
 
     # ----------------------------------------------------------------------------------------------- loop API
     def batches(self) -> Iterator[Tensor]:
@@ -418,6 +420,6 @@ class GradStyleTrainer(Trainer):
         self.net.train()
 
 
-@register_trainer("gradstyle", "train GradStyle's residual/alignment modules on a frozen e4e (-w)")
-def _train_gradstyle(**kwargs: Any) -> GradStyleTrainer:
+def train_gradstyle(**kwargs: Any) -> GradStyleTrainer:
+    """The ``gradstyle`` trainer (catalog entry)."""
     return GradStyleTrainer(**kwargs)

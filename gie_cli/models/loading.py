@@ -1,10 +1,12 @@
-"""Loading method components from official pSp-family / rosinality checkpoints or gie's safetensors format."""
+"""Checkpoint files -> modules: reading official pSp-family / rosinality checkpoints and gie's safetensors format into
+parts, and building generators and encoders from them (strict loading, architectures through ``create_model``)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from torch import Tensor, nn
 
 from gie_cli.errors import CheckpointError
 from gie_cli.io.checkpoint import (
+    GIE_CHECKPOINT_FORMAT,
     get_prefixed,
     latent_avg_as_wplus,
     load_safetensors,
@@ -21,13 +24,14 @@ from gie_cli.io.checkpoint import (
     save_safetensors,
 )
 from gie_cli.io.images import sha256_file
-from gie_cli.models.encoders import UNIT_COUNTS, create_encoder
+from gie_cli.models.encoders import UNIT_COUNTS
+from gie_cli.models.registry import create_model
 from gie_cli.models.stylegan2 import Generator, generator_config_from_state_dict
-from gie_cli.weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
-GIE_CHECKPOINT_FORMAT = "gie-checkpoint/1"
+#: Resolves a name that is not a file (a weights-registry name) to a file; supplied by the weights layer.
+Resolver = Callable[[str], Path]
 #: Config key of a checkpoint that takes some parts from another file (see :func:`save_on_base`).
 BASE_KEY = "base"
 
@@ -66,23 +70,33 @@ class Components:
         return self.parts[name]
 
 
-def read_components(path: str | Path) -> Components:
-    """Read a checkpoint (a file, or a weights-registry name) into :class:`Components`.
+def read_components(path: str | Path, resolve: Resolver | None = None) -> Components:
+    """Read a checkpoint file into :class:`Components`.
 
     Accepted layouts: official pSp-family (``state_dict`` with ``encoder.``/``decoder.``/... prefixes, ``opts``,
     ``latent_avg``; DataParallel ``.module.`` infixes are removed), rosinality generator files (``g_ema``,
     ``latent_avg``; optional ``g``/``d``), and gie's safetensors (prefixed tensors + config in the metadata).
+
+    Args:
+        path: The file (or, with ``resolve``, a name it resolves).
+        resolve: Maps a name that is not a file (the file itself, or the base a file is stored on) to a file;
+            ``gie_cli.weights.load_components`` passes the weights registry's resolver.
+
+    Raises:
+        CheckpointError: Unreadable file, unknown layout, or a name that cannot be resolved.
     """
     p = Path(path).expanduser()
-    if not p.is_file():  # a registry name (downloaded when needed; offline: an error naming path, URLs, sha256)
-        p = resolve_weights(str(path))
+    if not p.is_file():
+        if resolve is None:
+            raise CheckpointError(p, "no such file", hint="pass a checkpoint file or a weights-registry name")
+        p = resolve(str(path))
     digest = sha256_file(p)
     if p.suffix == ".safetensors":
         tensors, config = load_safetensors(p)
         parts = _split_prefixes(tensors)
         avg = parts.pop("latent_avg", {}).get("")
         comp = Components(p, parts, avg, config.get("opts", {}), config, digest)
-        return _merge_base(comp, config[BASE_KEY]) if BASE_KEY in config else comp
+        return _merge_base(comp, config[BASE_KEY], resolve) if BASE_KEY in config else comp
     ckpt = read_checkpoint(p)
     if "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):
         sd = {re.sub(r"^(\w+)\.module\.", r"\1.", k): v for k, v in ckpt["state_dict"].items()}
@@ -104,21 +118,19 @@ def read_components(path: str | Path) -> Components:
     )
 
 
-def _resolve_base(spec: str, owner: Path) -> Path:
-    """The file a base reference names: a path relative to ``owner``'s folder, else a registry name (embedded
-    entries resolve silently: the file that refers to them has already been announced)."""
+def _resolve_base(spec: str, owner: Path, resolve: Resolver | None) -> Path:
+    """The file a base reference names: a path relative to ``owner``'s folder, else a name ``resolve`` knows."""
     local = owner.parent / spec
     if local.is_file():
         return local
-    from gie_cli.weights import embedded_file, load_registry
+    if resolve is None:
+        raise CheckpointError(
+            owner, f"is stored on the base {spec!r}, which is not a file beside it", hint="load it by registry name"
+        )
+    return resolve(spec)
 
-    reg = load_registry()
-    if spec in reg and reg.get(spec).embedded:
-        return embedded_file(reg.get(spec))
-    return resolve_weights(spec)
 
-
-def _merge_base(comp: Components, base: dict) -> Components:
+def _merge_base(comp: Components, base: dict, resolve: Resolver | None) -> Components:
     """Fill the parts a file stores by reference (its ``base``: see :func:`save_on_base`) from the base file.
 
     Raises:
@@ -126,8 +138,8 @@ def _merge_base(comp: Components, base: dict) -> Components:
     """
     if not (isinstance(base, dict) and isinstance(base.get("weights"), str) and isinstance(base.get("parts"), list)):
         raise CheckpointError(comp.source, f"malformed {BASE_KEY!r} reference {base!r} (expected weights, parts)")
-    path = _resolve_base(base["weights"], comp.source)
-    parent = read_components(path)
+    path = _resolve_base(base["weights"], comp.source, resolve)
+    parent = read_components(path, resolve)
     want = base.get("sha256")
     if want and parent.sha256 != want:
         raise CheckpointError(
@@ -159,6 +171,7 @@ def save_on_base(
     parts: list[str],
     half: bool = False,
     atol: float = 0.0,
+    resolve: Resolver | None = None,
 ) -> Path:
     """Write ``src`` (a gie safetensors checkpoint) without the ``parts`` it shares with ``base``, which it then
     names by reference (weights name, sha256 and parts, under the config key ``base``); loading merges them back.
@@ -170,6 +183,7 @@ def save_on_base(
         parts: Prefixes (and/or ``"latent_avg"``) taken from the base.
         half: Store the remaining float32 tensors as float16 (``latent_avg`` stays float32).
         atol: Largest allowed difference between a dropped tensor and the base's (0: identical).
+        resolve: Resolves a registry-name ``base`` (see :func:`read_components`).
 
     Returns:
         ``path``.
@@ -180,8 +194,8 @@ def save_on_base(
     src_path = Path(src)
     tensors, config = load_safetensors(src_path)
     owner = Path(path)
-    base_path = Path(base) if Path(base).is_file() else _resolve_base(base, owner)
-    parent = read_components(base_path)
+    base_path = Path(base) if Path(base).is_file() else _resolve_base(base, owner, resolve)
+    parent = read_components(base_path, resolve)
     own = _split_prefixes(tensors)
     for name in parts:
         if name == "latent_avg":
@@ -219,13 +233,21 @@ def build_generator(comp: Components, part: str = "decoder") -> Generator:
     load it strictly; ``w_avg`` is set from ``latent_avg`` when the file has one."""
     sd = comp.part(part)
     cfg = comp.config.get("generator") or generator_config_from_state_dict(sd)
-    g = Generator(**cfg)
+    g = create_model("stylegan2", **cfg)
     load_state_dict_strict(g, sd, f"{comp.source} [{part}.*]")
     if comp.latent_avg is not None:
         g.w_avg.copy_(latent_avg_as_wplus(comp.latent_avg, g.n_latent)[0])
     else:
         g.mean_latent(4096)
     return g
+
+
+def wplus_average(comp: Components, generator: Generator) -> Tensor:
+    """The W+ average ``[n_latent, D]`` encoders start from: the file's ``latent_avg``, else the generator's ``w_avg``
+    on every layer."""
+    if comp.latent_avg is not None:
+        return latent_avg_as_wplus(comp.latent_avg, generator.n_latent).float()
+    return generator.w_avg[None].expand(generator.n_latent, -1).float()
 
 
 def encoder_config_from_state_dict(sd: dict[str, Tensor]) -> dict:
@@ -268,7 +290,7 @@ def build_encoder(comp: Components, kind: str, part: str = "encoder") -> tuple[n
     cfg = comp.config.get("encoder") or encoder_config_from_state_dict(sd)
     try:
         with torch.device("meta"):  # no allocation/initialisation of weights that the checkpoint replaces
-            enc = create_encoder(kind, **cfg)
+            enc = create_model(kind, **cfg)
     except (TypeError, ValueError) as e:
         raise CheckpointError(comp.source, f"cannot build the {kind} encoder: {e}") from None
     load_state_dict_strict(enc, sd, f"{comp.source} [{part}.*]", assign=True)
@@ -282,13 +304,3 @@ def save_components(path: str | Path, modules: dict[str, nn.Module], config: dic
     if latent_avg is not None:
         tensors["latent_avg"] = latent_avg
     save_safetensors(path, tensors, {"format": GIE_CHECKPOINT_FORMAT, **config})
-
-
-def require_weights(weights: str | None, method: str, what: str) -> Path:
-    """Resolve ``--weights`` through the weights registry: a file path, or a registry name (e.g. ``e4e.ffhq``).
-
-    A registry name that is not cached is downloaded (verified); offline (``GIE_OFFLINE=1``) it raises
-    :class:`~gie_cli.errors.WeightsUnavailableError` naming the expected path, URLs and sha256. Nothing given is a
-    usage error listing the registry names for ``method``, unless the method has an embedded default (the demo zoo).
-    """
-    return resolve_weights(weights, method=method, what=what)

@@ -11,9 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gie_cli.errors import UsageError
-from gie_cli.methods.base import Inversion, InversionMethod, create_method, register_method
-from gie_cli.methods.loading import build_generator, read_components, require_weights
+from gie_cli.methods.base import Inversion, InversionMethod
+from gie_cli.methods.registry import create_method
+from gie_cli.models.loading import build_generator
 from gie_cli.models.stylegan2 import Generator
+from gie_cli.settings import parse_settings
+from gie_cli.weights import load_components, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -58,34 +61,13 @@ class OptimConfig:
 
     @classmethod
     def from_options(cls, options: dict) -> OptimConfig:
-        """Build from ``--set key=value`` strings (or typed values); unknown keys are a usage error."""
-        known = {f.name: f for f in fields(cls)}
-        kwargs = {}
-        for k, v in options.items():
-            if k not in known:
-                raise UsageError(f"optim has no setting {k!r}", hint=f"known: {', '.join(known)}")
-            kwargs[k] = _coerce(k, v, type(getattr(cls(), k)))
-        cfg = cls(**kwargs)
+        """Build from ``--set key=value`` strings (or typed values); unknown keys and bad values are usage errors."""
+        cfg = parse_settings(cls, options, "optim")
         if cfg.space not in ("w", "wplus"):
             raise UsageError(f"optim space must be w or wplus, got {cfg.space!r}")
         if cfg.steps < 1:
             raise UsageError("optim steps must be >= 1")
         return cfg
-
-
-def _coerce(key: str, value, typ: type):
-    if not isinstance(value, str) or typ is str:
-        return value
-    try:
-        if typ is bool:
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        return typ(value)
-    except ValueError:
-        raise UsageError(f"optim setting {key}={value!r} is not a valid {typ.__name__}") from None
 
 
 def lr_schedule(t: float, peak: float, rampup: float, rampdown: float) -> float:
@@ -256,8 +238,9 @@ class LatentOptimization(InversionMethod):
         return d
 
 
-@register_method("optim", "latent optimization (StyleGAN2 projector): slow, any generator, W or W+")
-def _load_optim(weights: str | None, **options: object) -> LatentOptimization:
+def load_optim(weights: str | None, **options: object) -> LatentOptimization:
+    """The ``optim`` method (catalog entry): a generator from ``weights`` (or the starting encoder's, or the embedded
+    default) and :class:`OptimConfig` from ``options``."""
     config = OptimConfig.from_options(dict(options))
     init_method = None
     if config.init != "mean":
@@ -265,12 +248,12 @@ def _load_optim(weights: str | None, **options: object) -> LatentOptimization:
         init_method = create_method(kind, config.init)
     path = ""
     if weights:
-        comp = read_components(weights)
+        comp = load_components(weights)
         generator, wid, path = build_generator(comp), comp.weights_id, str(comp.source)
     elif init_method is not None:
         generator, wid, path = init_method.generator, init_method.weights_id, init_method.weights_path
     else:  # the embedded default generator (or a usage error naming the registry entries)
-        comp = read_components(require_weights(None, "optim", "a generator or pSp/e4e checkpoint"))
+        comp = load_components(resolve_weights(None, method="optim", what="a generator or pSp/e4e checkpoint"))
         generator, wid, path = build_generator(comp), comp.weights_id, str(comp.source.resolve())
     method = LatentOptimization(generator, config, init_method, wid)
     method.weights_path = path
