@@ -2,13 +2,12 @@
 
 Run after (re)building the demo models::
 
-    python -m gie_cli.weights.embed_hashes          # rewrite both registry files
+    python -m gie_cli.weights.embed_hashes          # rewrite gie_cli/weights/weights.toml
     python -m gie_cli.weights.embed_hashes --check  # exit 1 if any would change (CI)
 
 Every ``[[weight]]`` block with an ``embedded`` key gets its ``sha256 = ...`` and ``size = ...`` lines replaced by
-the actual values; everything else (comments, order, other entries) is left byte for byte. Both the source
-checkout's ``weights.toml`` and the packaged copy ``gie_cli/weights/weights.toml`` are rewritten, so they stay
-identical when they were.
+the actual values; everything else (comments, order, other entries) is left byte for byte. There is one registry
+file, ``gie_cli/weights/weights.toml`` (the repository's top-level ``weights.toml`` links to it).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gie_cli.weights.cache import sha256_file
-from gie_cli.weights.registry import _source_checkout_registry, load_registry, packaged_registry_path
+from gie_cli.weights.registry import load_registry, packaged_registry_path
 
 __all__ = ["default_targets", "embed_hashes", "main", "rewrite_text"]
 
@@ -82,9 +81,8 @@ def rewrite_text(text: str, facts: dict[str, tuple[str, int]]) -> tuple[str, lis
 
 
 def default_targets() -> list[Path]:
-    """The registry files to rewrite: the source checkout's ``weights.toml`` (if any) and the packaged copy."""
-    targets = [p for p in (_source_checkout_registry(), packaged_registry_path()) if p is not None and p.is_file()]
-    return list(dict.fromkeys(targets))
+    """The registry file to rewrite: gie's ``weights.toml`` (packaged; the top-level file links to it)."""
+    return [packaged_registry_path()]
 
 
 def embed_hashes(
@@ -139,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m gie_cli.weights.embed_hashes",
         description="Fill in sha256/size of the embedded (gie_cli/zoo) entries of weights.toml from the files.",
     )
-    ap.add_argument("registries", nargs="*", type=Path, help="registry files (default: both weights.toml copies)")
+    ap.add_argument("registries", nargs="*", type=Path, help="registry files (default: gie's weights.toml)")
     ap.add_argument("--root", type=Path, default=None, help="folder embedded paths are relative to (default: gie_cli)")
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if an entry is out of date")
     args = ap.parse_args(argv)

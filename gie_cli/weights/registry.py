@@ -236,25 +236,16 @@ def package_dir() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
-def _source_checkout_registry() -> Path | None:
-    """``<repo>/weights.toml`` when gie runs from a source checkout (a ``pyproject.toml`` beside the package)."""
-    root = Path(__file__).resolve().parents[2]
-    candidate = root / "weights.toml"
-    if candidate.is_file() and (root / "pyproject.toml").is_file() and (root / "gie_cli").is_dir():
-        return candidate
-    return None
-
-
 def packaged_registry_path() -> Path:
-    """The copy of ``weights.toml`` shipped inside the package (``gie_cli/weights/weights.toml``)."""
+    """gie's ``weights.toml``, shipped inside the package (``gie_cli/weights/weights.toml``; the repository's top-level
+    ``weights.toml`` is a link to it)."""
     return Path(__file__).resolve().parent / "weights.toml"
 
 
 def registry_path(path: str | Path | None = None) -> Path:
     """Locates the registry file.
 
-    Order: the explicit ``path``; ``$GIE_WEIGHTS_TOML``; ``weights.toml`` at the root of a source checkout; the copy
-    packaged inside ``gie_cli/weights/`` (installed wheels).
+    Order: the explicit ``path``; ``$GIE_WEIGHTS_TOML``; the file packaged inside ``gie_cli/weights/``.
 
     Args:
         path: Explicit registry file, or None.
@@ -267,7 +258,7 @@ def registry_path(path: str | Path | None = None) -> Path:
     env = os.environ.get(REGISTRY_ENV)
     if env:
         return Path(env).expanduser()
-    return _source_checkout_registry() or packaged_registry_path()
+    return packaged_registry_path()
 
 
 def load_registry(path: str | Path | None = None) -> Registry:

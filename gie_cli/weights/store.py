@@ -277,7 +277,7 @@ def resolve_weights(
         CheckpointError: An embedded file does not match the registry.
         DownloadError: The named file could not be downloaded.
     """
-    flag = f"method {method} " if method else ""
+    flag = f"--method {method} " if method else ""  # the wording is kept: library callers (and tests) match it
     if not spec:
         reg = registry or _try_registry()
         default = reg.default_for(method) if reg is not None and method else None
@@ -290,7 +290,7 @@ def resolve_weights(
         defaults = reg.defaults if reg is not None else {}
         if defaults:
             having = ", ".join(sorted(defaults))
-            msg = f"{flag or 'this command '}has no embedded default weights; pass weights ({what})"
+            msg = f"{flag or 'this command '}has no embedded default; pass --weights ({what})"
             hint = f"pass a registry name or a file; {listing}embedded defaults exist for: {having}; "
         else:
             # "needs --weights" is kept: library callers (and tests) match it
@@ -308,7 +308,7 @@ def resolve_weights(
     reg = registry or load_registry()
     if spec not in reg:
         if _looks_like_path(spec):
-            raise UsageError(f"weights file {spec} not found", hint=f"pass {what}", param="weights", value=spec)
+            raise UsageError(f"weights {spec}: file not found", hint=f"pass {what}", param="weights", value=spec)
         reg.get(spec)  # raises UsageError with close names
     entry = reg.get(spec)
     if method and entry.method and method not in entry.method:
