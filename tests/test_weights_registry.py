@@ -18,8 +18,7 @@ from typer.testing import CliRunner
 
 from gie_cli.cli import app
 from gie_cli.errors import CheckpointError, UsageError, WeightsUnavailableError
-from gie_cli.methods.loading import require_weights
-from gie_cli.weights import cache_dir, entry_path, import_file, load_registry, registry_path
+from gie_cli.weights import cache_dir, entry_path, import_file, load_registry, registry_path, resolve_weights
 from gie_cli.weights.cache import file_lock, is_offline
 from gie_cli.weights.registry import RegistryError, packaged_registry_path
 
@@ -58,7 +57,7 @@ def clean_env(tmp_path, monkeypatch):
 
 def test_registry_covers_the_official_weights(clean_env):
     reg = load_registry()
-    assert reg.path == ROOT / "weights.toml"
+    assert reg.path.resolve() == (ROOT / "weights.toml").resolve()  # the top-level file links to the packaged one
     assert REQUIRED <= set(reg.names)
     for e in reg:
         assert (e.urls or e.embedded) and e.license and e.source and e.format and e.method, e.name
@@ -306,33 +305,17 @@ def test_require_weights_resolves_through_the_registry(clean_env, monkeypatch):
     monkeypatch.setenv("GIE_CACHE_DIR", str(clean_env / "cache"))
     monkeypatch.setenv("GIE_OFFLINE", "1")
     with pytest.raises(UsageError, match="test.a"):
-        require_weights(None, "e4e", "an e4e checkpoint")
+        resolve_weights(None, method="e4e", what="an e4e checkpoint")
     with pytest.raises(UsageError, match="file not found"):
-        require_weights("missing/e4e.pt", "e4e", "an e4e checkpoint")
+        resolve_weights("missing/e4e.pt", method="e4e", what="an e4e checkpoint")
     with pytest.raises(WeightsUnavailableError) as ei:
-        require_weights("test.a", "e4e", "an e4e checkpoint")
+        resolve_weights("test.a", method="e4e", what="an e4e checkpoint")
     assert str(clean_env / "cache" / "test.a" / "a.pt") in str(ei.value)
 
 
-def _save_tiny_e4e(path: Path) -> None:
-    import torch
-
-    from gie_cli.methods.psp_e4e import EncoderMethod
-    from gie_cli.models.encoders import create_encoder
-    from gie_cli.models.stylegan2 import Generator
-
-    torch.manual_seed(0)
-    g = Generator(32, style_dim=32, n_mlp=2, channel_max=32)
-    g.mean_latent(256)
-    cfg = {"mode": "ir_se", "unit_counts": [1, 1, 1, 1], "widths": [8, 16, 24, 32], "n_styles": g.n_latent}
-    cfg.update(style_dim=32, input_size=64)
-    enc = create_encoder("e4e", **cfg)
-    EncoderMethod(g, enc, g.broadcast(g.w_avg[None])[0].clone(), "e4e", cfg, True, "tiny").save(path)
-
-
-def test_invert_accepts_a_registry_name(clean_env):
+def test_invert_accepts_a_registry_name(clean_env, tiny_e4e):
     ckpt = clean_env / "tiny.safetensors"
-    _save_tiny_e4e(ckpt)
+    tiny_e4e.save(ckpt)
     reg = clean_env / "weights.toml"
     reg.write_text(
         '[[weight]]\nname = "tiny.e4e"\nfilename = "tiny.safetensors"\nurls = ["http://127.0.0.1:9/t"]\n'
