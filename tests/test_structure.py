@@ -55,7 +55,7 @@ def test_layering_check_catches_cycles_upward_imports_training_and_private_names
     assert "gie_cli.models.net (line 1) imports gie_cli.weights.store: upward import (models -> weights)" in text
     assert "gie_cli.training.loop (line 1) imports gie_cli.methods.a: upward import (training -> methods)" in text
     assert "gie_cli.methods.a.method (line 1) imports gie_cli.methods.a.train: inference code imports training" in text
-    assert "private name(s) _hidden from another package" in text
+    assert "gie_cli.methods.a.method (line 2) imports gie_cli.io.x: private name(s) _hidden from another module" in text
     cycles = [v for v in found if v.startswith("import cycle")]
     assert any("gie_cli.models.net" in c and "gie_cli.weights.store" in c for c in cycles), cycles
     assert any("gie_cli.methods.a.method" in c and "gie_cli.methods.a.train" in c for c in cycles), cycles

@@ -13,7 +13,7 @@ import numpy as np
 from gie_cli.synth.detail import detail_maps
 from gie_cli.synth.geometry import points5_from_68
 from gie_cli.synth.params import FaceParams, clip_params
-from gie_cli.synth.render import _masks_from, background_rgb, render_faces, tune_malloc
+from gie_cli.synth.render import background_rgb, masks_from, render_faces, tune_malloc
 
 __all__ = ["PhotoFace", "PhotoResult", "render_photo", "sidecar_dict"]
 
@@ -178,7 +178,7 @@ def render_photo(
     faces = []
     for k, p in enumerate(all_params):
         lm = out.landmarks[k].astype(np.float32)
-        masks, _ = _masks_from(out.coverage[k], out.object_cov[k], p)
+        masks, _ = masks_from(out.coverage[k], out.object_cov[k], p)
         faces.append(PhotoFace(p, lm, points5_from_68(lm).astype(np.float32), quads[k], places[k][3],
                                places[k][2], masks))  # fmt: skip
     return PhotoResult(out.image, faces, sidecar_dict(faces, (w, h)))

@@ -1040,7 +1040,8 @@ class RenderResult:
         return torch.from_numpy(self.image).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
-def _masks_from(cov: dict[str, np.ndarray], obj_cov: list[np.ndarray], p: FaceParams) -> tuple[dict, list]:
+def masks_from(cov: dict[str, np.ndarray], obj_cov: list[np.ndarray], p: FaceParams) -> tuple[dict, list]:
+    """Boolean region masks ``[H, W]`` (face, hair, ...) and one mask per OOD object from a render's coverage maps."""
     masks = {
         "face": cov["face"] >= 0.5,
         "hair": cov["hair"] >= 0.5,
@@ -1120,7 +1121,7 @@ def render(params: FaceParams, size: int = 256, *, supersample: int | None = Non
     bg = background_rgb(p, det, e2u, size, size)
     out = _render_scene(size, size, ss, [job], bg)
     cov = out.coverage[0]
-    masks, obj_masks = _masks_from(cov, out.object_cov[0], p)
+    masks, obj_masks = masks_from(cov, out.object_cov[0], p)
     for o, c in zip(p.ood, out.object_cov[0], strict=True):
         cov[o.kind] = np.maximum(cov.get(o.kind, np.zeros_like(c)), c)
     return RenderResult(

@@ -6,8 +6,8 @@ Dependencies run one way, from high layers to low ones::
         -> models -> {io, ops, device} -> {errors, settings, catalog, registries}
 
 A module may import its own package and any package on a lower layer. Two more rules: inference code never
-imports training code (``training`` or a ``train`` module), and nobody imports a private (``_name``) helper from
-another package.
+imports training code (``training`` or a ``train`` module), and no module imports a private (``_name``) helper from
+another module (a package's ``__init__`` may re-export its own modules' names).
 
 Run ``python -m gie_cli.tools.layering`` (exit 1 with one line per violation) or call :func:`check`.
 """
@@ -78,6 +78,10 @@ def _resolve(module: str, is_pkg: bool, node: ast.ImportFrom) -> str:
 def _top(module: str) -> str:
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _is_package(root: Path, module: str) -> bool:
+    return (root.parent.joinpath(*module.split(".")) / "__init__.py").is_file()
 
 
 def _is_training(module: str) -> bool:
@@ -172,8 +176,9 @@ def check(root: Path | None = None) -> Report:
             if _is_training(target) and not _is_training(mod) and src_top not in TRAINING_USERS:
                 report.violations.append(f"{where}: inference code imports training code")
             private = [n for n in names if n.startswith("_") and not n.startswith("__")]
-            if private and dst_top != src_top:
-                report.violations.append(f"{where}: private name(s) {', '.join(private)} from another package")
+            own_package = mod == target.rsplit(".", 1)[0] and imports.get(mod) is not None and _is_package(root, mod)
+            if private and not own_package:
+                report.violations.append(f"{where}: private name(s) {', '.join(private)} from another module")
     for comp in _cycles(report.graph):
         report.violations.append(f"import cycle of {len(comp)} modules: {' -> '.join(comp)}")
     return report

@@ -252,7 +252,7 @@ class Verification:
         return self.level not in ("sha256", "sha256-partial")
 
 
-def _html_or_text(path: Path) -> str:
+def html_or_text(path: Path) -> str:
     """A reason when the file starts like a web page, Git LFS pointer or plain text; else ``""``."""
     with open(path, "rb") as f:
         head = f.read(1024)
@@ -292,7 +292,7 @@ def check_file(
     if entry.size and size != entry.size:
         return Verification(False, "size", "", size, f"size {size} bytes, expected {entry.size}")
     if not entry.sha256 and not entry.size:
-        junk = _html_or_text(path)
+        junk = html_or_text(path)
         if junk:
             return Verification(False, "none", "", size, junk)
         if entry.size_approx and size < APPROX_MIN_FRACTION * entry.size_approx:

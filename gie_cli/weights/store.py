@@ -18,11 +18,11 @@ from gie_cli.errors import CheckpointError, UsageError, WeightsUnavailableError
 from gie_cli.weights import registry as _registry_mod
 from gie_cli.weights.cache import (
     Verification,
-    _html_or_text,
     cache_dir,
     check_file,
     entry_path,
     file_lock,
+    html_or_text,
     is_offline,
     lock_path,
     meta_path,
@@ -167,7 +167,7 @@ def verify_embedded(entry: WeightEntry) -> Verification:
     size = path.stat().st_size
     if size == 0:
         return Verification(False, "size", "", 0, "empty file (0 bytes)")
-    junk = _html_or_text(path)
+    junk = html_or_text(path)
     if junk:
         return Verification(False, "none", "", size, junk)
     note = "no sha256/size recorded for this embedded file (python -m gie_cli.weights.embed_hashes); not verified"
