@@ -6,7 +6,8 @@ trainer is created, so ``gie --help`` stays fast and no package imports its plug
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 
 class Entry(NamedTuple):
@@ -51,9 +52,52 @@ TRAINERS: dict[str, Entry] = {
 }
 
 
-def load(entry: Entry):
+def load(entry: Entry) -> Callable[..., Any]:
     """Import and return the factory an entry names."""
     import importlib
 
     module, _, attr = entry.target.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+class LazyRegistry:
+    """Names -> factories: the built-in entries of a table above (imported on first use) plus plugins registered at
+    run time, which cannot shadow a built-in name.
+
+    Args:
+        kind: What the factories make, for messages (``"method"``, ``"trainer"``).
+        builtin: The catalog table.
+        unknown: Builds the error raised for an unknown name, from the name and the known names.
+    """
+
+    def __init__(self, kind: str, builtin: dict[str, Entry], unknown: Callable[[str, list[str]], Exception]) -> None:
+        self.kind, self.builtin, self.unknown = kind, builtin, unknown
+        self.plugins: dict[str, tuple[Callable[..., Any], str]] = {}
+
+    def register(self, name: str, summary: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator registering a plugin factory under ``name``."""
+
+        def deco(factory: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self.builtin or name in self.plugins:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self.plugins[name] = (factory, summary)
+            return factory
+
+        return deco
+
+    def summaries(self) -> dict[str, str]:
+        """Every name -> its one-line summary, sorted by name (imports nothing)."""
+        names = {k: e.summary for k, e in self.builtin.items()} | {k: v[1] for k, v in self.plugins.items()}
+        return dict(sorted(names.items()))
+
+    def factory(self, name: str) -> Callable[..., Any]:
+        """The factory of ``name`` (a built-in one is imported now).
+
+        Raises:
+            Exception: ``unknown(name, known)`` for a name nobody registered.
+        """
+        if name in self.plugins:
+            return self.plugins[name][0]
+        if name not in self.builtin:
+            raise self.unknown(name, list(self.summaries()))
+        return load(self.builtin[name])

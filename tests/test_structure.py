@@ -122,8 +122,8 @@ def test_catalog_names_are_what_the_registries_list():
 
 
 def test_a_plugin_method_registers_beside_the_catalog_and_cannot_shadow_it():
-    from gie_cli.methods import register_method
-    from gie_cli.methods.registry import _PLUGINS, method_factory
+    from gie_cli.methods import method_factory, register_method
+    from gie_cli.methods.registry import REGISTRY
 
     with pytest.raises(ValueError, match="already registered"):
         register_method("e4e", "shadow")(lambda weights, **_: None)
@@ -135,7 +135,7 @@ def test_a_plugin_method_registers_beside_the_catalog_and_cannot_shadow_it():
     try:
         assert method_factory("test-plugin") is factory
     finally:
-        _PLUGINS.pop("test-plugin")
+        REGISTRY.plugins.pop("test-plugin")
     with pytest.raises(UsageError, match="unknown method 'nope'"):
         method_factory("nope")
 

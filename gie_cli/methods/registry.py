@@ -12,25 +12,21 @@ from gie_cli.errors import UsageError
 from gie_cli.methods.base import InversionMethod
 
 MethodFactory = Callable[..., InversionMethod]
-_PLUGINS: dict[str, tuple[MethodFactory, str]] = {}
+REGISTRY = catalog.LazyRegistry(
+    "method",
+    catalog.METHODS,
+    lambda name, known: UsageError(f"unknown method {name!r}", hint=f"choose one of: {', '.join(known)}"),
+)
 
 
 def register_method(name: str, summary: str) -> Callable[[MethodFactory], MethodFactory]:
     """Decorator registering a plugin loader ``factory(weights: str | None, **options) -> InversionMethod``."""
-
-    def deco(factory: MethodFactory) -> MethodFactory:
-        if name in catalog.METHODS or name in _PLUGINS:
-            raise ValueError(f"method {name!r} is already registered")
-        _PLUGINS[name] = (factory, summary)
-        return factory
-
-    return deco
+    return REGISTRY.register(name, summary)
 
 
 def list_methods() -> dict[str, str]:
     """Registered method names -> one-line summaries (imports nothing)."""
-    names = {k: e.summary for k, e in catalog.METHODS.items()} | {k: v[1] for k, v in _PLUGINS.items()}
-    return dict(sorted(names.items()))
+    return REGISTRY.summaries()
 
 
 def method_factory(name: str) -> MethodFactory:
@@ -39,11 +35,7 @@ def method_factory(name: str) -> MethodFactory:
     Raises:
         UsageError: No such method.
     """
-    if name in _PLUGINS:
-        return _PLUGINS[name][0]
-    if name not in catalog.METHODS:
-        raise UsageError(f"unknown method {name!r}", hint=f"choose one of: {', '.join(list_methods())}")
-    return catalog.load(catalog.METHODS[name])
+    return REGISTRY.factory(name)
 
 
 def create_method(

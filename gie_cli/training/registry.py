@@ -10,25 +10,21 @@ from gie_cli.errors import UsageError
 from gie_cli.training.base import Trainer
 
 TrainerFactory = Callable[..., Trainer]
-_PLUGINS: dict[str, tuple[TrainerFactory, str]] = {}
+REGISTRY = catalog.LazyRegistry(
+    "trainer",
+    catalog.TRAINERS,
+    lambda name, known: UsageError(f"no trainer for method {name!r}", hint=f"trainable: {', '.join(known)}"),
+)
 
 
 def register_trainer(name: str, summary: str) -> Callable[[TrainerFactory], TrainerFactory]:
     """Decorator registering ``factory(data, weights, device, batch_size, seed, **settings) -> Trainer``."""
-
-    def deco(factory: TrainerFactory) -> TrainerFactory:
-        if name in catalog.TRAINERS or name in _PLUGINS:
-            raise ValueError(f"trainer {name!r} is already registered")
-        _PLUGINS[name] = (factory, summary)
-        return factory
-
-    return deco
+    return REGISTRY.register(name, summary)
 
 
 def list_trainers() -> dict[str, str]:
     """Trainer names -> one-line summaries (imports nothing)."""
-    names = {k: e.summary for k, e in catalog.TRAINERS.items()} | {k: v[1] for k, v in _PLUGINS.items()}
-    return dict(sorted(names.items()))
+    return REGISTRY.summaries()
 
 
 def create_trainer(name: str, **kwargs: object) -> Trainer:
@@ -37,8 +33,4 @@ def create_trainer(name: str, **kwargs: object) -> Trainer:
     Raises:
         UsageError: No trainer of that name.
     """
-    if name in _PLUGINS:
-        return _PLUGINS[name][0](**kwargs)
-    if name not in catalog.TRAINERS:
-        raise UsageError(f"no trainer for method {name!r}", hint=f"trainable: {', '.join(list_trainers())}")
-    return catalog.load(catalog.TRAINERS[name])(**kwargs)
+    return REGISTRY.factory(name)(**kwargs)
