@@ -26,7 +26,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
     """
     spec = (spec or "auto").strip().lower()
     if not _DEVICE_RE.match(spec):
-        raise UsageError(f"invalid --device {spec!r}", hint="use auto, cpu, cuda or cuda:N")
+        # the wording "invalid --device" is kept: library callers (and tests) match it
+        raise UsageError(f"invalid --device {spec!r}", hint="use auto, cpu, cuda or cuda:N", param="device", value=spec)
     if spec == "auto":
         dev = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         why = "CUDA available" if dev.type == "cuda" else "no CUDA device found"
@@ -36,12 +37,19 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             reason = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
-            raise UsageError(f"--device {spec}: CUDA is not usable ({reason})", hint="use --device cpu or auto")
+            raise UsageError(
+                f"device {spec!r}: CUDA is not usable ({reason})", hint="use cpu or auto", param="device", value=spec
+            )
         n = torch.cuda.device_count()
         if dev.index is not None and dev.index >= n:
-            raise UsageError(f"--device {spec}: only {n} CUDA device(s) visible", hint=f"use cuda:0..cuda:{n - 1}")
+            raise UsageError(
+                f"device {spec!r}: only {n} CUDA device(s) visible",
+                hint=f"use cuda:0..cuda:{n - 1}",
+                param="device",
+                value=spec,
+            )
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UsageError(f"--device {spec}: MPS is not available", hint="use --device cpu or auto")
+        raise UsageError(f"device {spec!r}: MPS is not available", hint="use cpu or auto", param="device", value=spec)
     log.info("device: %s", _describe(dev))
     return dev
 
@@ -65,7 +73,10 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
     if spec == "auto":
         return torch.float32
     if spec not in DTYPES:
-        raise UsageError(f"invalid --dtype {spec!r}", hint="use auto, fp32, fp16 or bf16")
+        # the wording "invalid --dtype" is kept: library callers (and tests) match it
+        raise UsageError(f"invalid --dtype {spec!r}", hint="use auto, fp32, fp16 or bf16", param="dtype", value=spec)
     if spec != "fp32" and device.type != "cuda":
-        raise UsageError(f"--dtype {spec} needs a CUDA device (got {device.type})", hint="use --dtype fp32 on CPU")
+        raise UsageError(
+            f"dtype {spec} needs a CUDA device (got {device.type})", hint="use fp32 on CPU", param="dtype", value=spec
+        )
     return DTYPES[spec]

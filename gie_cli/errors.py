@@ -53,9 +53,24 @@ def _rebuild(cls: type, state: dict) -> GieError:
 
 
 class UsageError(GieError):
-    """Bad user input (arguments, paths, option values); the CLI exits with code 2."""
+    """Bad user input (arguments, paths, option values); the CLI exits with code 2.
+
+    The message is written in the library's terms (parameter names, not command-line flags). The CLI maps ``param``
+    to the flag of the running command and shows it in front of the message (``--device xyz: ...``).
+
+    Attributes:
+        param: Name of the library parameter at fault (e.g. ``"device"``, ``"weights"``, ``"ood_prob"``), or None.
+        value: The offending value as the user gave it, or None.
+    """
 
     exit_code = 2
+
+    def __init__(
+        self, message: str, hint: str | None = None, *, param: str | None = None, value: object = None
+    ) -> None:
+        super().__init__(message, hint)
+        self.param = param
+        self.value = value
 
 
 class ImageLoadError(GieError):

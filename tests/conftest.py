@@ -1,21 +1,128 @@
-"""Shared test helpers: parity fixtures (official layouts, deterministic weights, recorded outputs), the torchvision
-import shim."""
+"""Shared test helpers: parity fixtures (official layouts, deterministic weights, recorded outputs), the tiny e4e and
+the synthetic face the CLI tests share, the torchvision import shim; the ``slow`` marker (run with GIE_SLOW_TESTS=1),
+``--order=reverse|shuffle|shuffle:SEED``, and per-test isolation of global state (logging, torch settings, RNG seeds,
+cwd, environment)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
+import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PARITY = FIXTURES / "parity"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+# --------------------------------------------------------------------------------------------------- slow tests, order
+def slow_tests_enabled() -> bool:
+    """GIE_SLOW_TESTS=1 (any value but empty or 0) runs the tests marked ``slow``; by default they are skipped."""
+    return os.environ.get("GIE_SLOW_TESTS", "") not in ("", "0")
+
+
+_ORDER = pytest.StashKey[tuple]()
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--order",
+        default="default",
+        help="run the tests in 'default', 'reverse', 'shuffle' (random seed, printed in the header) or "
+        "'shuffle:SEED' order; tests stay grouped by module, modules and the tests in each are reordered",
+    )
+
+
+def pytest_configure(config):
+    value = config.getoption("order")
+    kind, _, seed = value.partition(":")
+    if kind not in ("default", "reverse", "shuffle") or (seed and (kind != "shuffle" or not seed.isdigit())):
+        raise pytest.UsageError(f"--order={value}: expected default, reverse, shuffle or shuffle:SEED")
+    if kind == "shuffle":
+        seed = int(seed) if seed else random.SystemRandom().randrange(10**6)
+    config.stash[_ORDER] = (kind, seed if kind == "shuffle" else None)
+
+
+def pytest_report_header(config):
+    kind, seed = config.stash[_ORDER]
+    order = f"shuffle (seed {seed}: rerun with --order=shuffle:{seed})" if kind == "shuffle" else kind
+    slow = "run" if slow_tests_enabled() else "skipped (set GIE_SLOW_TESTS=1 to run them)"
+    return [f"test order: {order}", f"slow tests: {slow}"]
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest groups the items by parametrized module-scoped fixtures
+def pytest_collection_modifyitems(config, items):
+    if not slow_tests_enabled():
+        skip = pytest.mark.skip(reason="slow test: set GIE_SLOW_TESTS=1")
+        for item in items:
+            if item.get_closest_marker("slow"):
+                item.add_marker(skip)
+    kind, seed = config.stash[_ORDER]
+    if kind == "default":
+        return
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    groups = list(modules.values())
+    if kind == "reverse":
+        groups = [g[::-1] for g in groups[::-1]]
+    else:
+        rng = random.Random(seed)
+        rng.shuffle(groups)
+        for g in groups:
+            rng.shuffle(g)
+    items[:] = [item for g in groups for item in g]
+
+
+# --------------------------------------------------------------------------------------------------- global state
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Every test (and the module fixtures it builds first) starts from the same global RNG state, whatever ran
+    before it: no test relies on the seeds another test left."""
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+
+
+def _is_pytest_handler(h: logging.Handler) -> bool:
+    return type(h).__module__.startswith("_pytest")
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """Restore what a test (the CLI's logging set-up, torch settings) may change in the process: the ``gie_cli`` and
+    root loggers, torch's default dtype, thread count and grad mode, the working directory and os.environ."""
+    log, root = logging.getLogger("gie_cli"), logging.getLogger()
+    saved_log = (log.handlers[:], log.level, log.propagate, log.disabled)
+    saved_root = (root.handlers[:], root.level)
+    saved_torch = (torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled())
+    cwd, environ = os.getcwd(), dict(os.environ)
+    yield
+    log.handlers[:], log.propagate, log.disabled = saved_log[0], saved_log[2], saved_log[3]
+    log.setLevel(saved_log[1])
+    for h in root.handlers[:]:
+        if h not in saved_root[0] and not _is_pytest_handler(h):
+            root.removeHandler(h)
+    root.setLevel(saved_root[1])
+    dtype, threads, grad = saved_torch
+    torch.set_default_dtype(dtype)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    torch.set_grad_enabled(grad)
+    if os.getcwd() != cwd:
+        os.chdir(cwd)
+    if dict(os.environ) != environ:
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def _fixture_weights():
@@ -48,8 +155,54 @@ def assert_parity(out: torch.Tensor, ref: torch.Tensor, max_abs: float = 1e-4) -
     return err
 
 
-slow = pytest.mark.skipif(not os.environ.get("GIE_SLOW_TESTS"), reason="slow test: set GIE_SLOW_TESTS=1")
+slow = pytest.mark.slow  # skipped unless GIE_SLOW_TESTS=1 (pytest_collection_modifyitems above)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+# --------------------------------------------------------------------------------------------------- tiny models
+def make_tiny_e4e(kind: str = "e4e"):
+    """A tiny random e4e (or pSp, ``kind="psp"``): 32 px generator with 32-d styles, 64 px ir_se encoder; the same
+    weights on every call."""
+    from gie_cli.methods.e4e import EncoderMethod
+    from gie_cli.models.encoders import create_encoder
+    from gie_cli.models.stylegan2 import Generator
+
+    torch.manual_seed(0)
+    g = Generator(32, style_dim=32, n_mlp=2, channel_max=32)
+    g.mean_latent(512)
+    cfg = {
+        "mode": "ir_se",
+        "unit_counts": [1, 1, 1, 1],
+        "widths": [8, 16, 24, 32],
+        "n_styles": g.n_latent,
+        "style_dim": 32,
+        "input_size": 64,
+    }
+    enc = create_encoder(kind, **cfg)
+    return EncoderMethod(g, enc, g.broadcast(g.w_avg[None])[0].clone(), kind, cfg, True, "tiny").eval()
+
+
+def make_face(seed: int, size: int = 80) -> Image.Image:
+    """A flat-coloured ``size`` px square with an asymmetric blob, colours keyed by ``seed``."""
+    rng = np.random.default_rng(seed)
+    arr = np.zeros((size, size, 3), np.uint8)
+    arr[:] = rng.integers(0, 255, 3)
+    arr[size // 4 : size // 2, size // 5 : size // 2] = rng.integers(0, 255, 3)  # asymmetric blob
+    return Image.fromarray(arr)
+
+
+@pytest.fixture()
+def tiny_e4e():
+    """A fresh :func:`make_tiny_e4e` (the test may change it)."""
+    return make_tiny_e4e()
+
+
+@pytest.fixture(scope="session")
+def tiny_e4e_weights(tmp_path_factory) -> Path:
+    """:func:`make_tiny_e4e` saved as ``tiny_e4e.safetensors``, shared by the whole session: read it, never write it."""
+    path = tmp_path_factory.mktemp("tiny_e4e") / "tiny_e4e.safetensors"
+    make_tiny_e4e().save(path)
+    return path
 
 
 def import_torchvision():

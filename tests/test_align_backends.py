@@ -164,12 +164,18 @@ def test_face_alignment_backend_runs_from_local_files(fake_fa_weights, monkeypat
     assert backend.detect(Image.new("RGB", (64, 64))) == []
 
 
+def _hide_package(monkeypatch, package: str) -> None:
+    """Make ``package`` unimportable, its submodules too (an earlier test may have imported them)."""
+    for name in [package, *(m for m in sys.modules if m.startswith(package + "."))]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
 def test_missing_backend_package_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "mediapipe", None)
+    _hide_package(monkeypatch, "mediapipe")
     with pytest.raises(UsageError) as exc:
         create_backend("mediapipe")
     assert "pip install" in str(exc.value) and "mediapipe==0.10.14" in str(exc.value)
-    monkeypatch.setitem(sys.modules, "face_alignment", None)
+    _hide_package(monkeypatch, "face_alignment")
     with pytest.raises(UsageError, match="pip install face-alignment"):
         create_backend("face-alignment")
 

@@ -192,12 +192,8 @@ def test_paste_puts_the_crop_back(photos, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    from test_invert_cli import _tiny_e4e
-
-    path = tmp_path_factory.mktemp("w") / "tiny_e4e.safetensors"
-    _tiny_e4e().save(path)
-    return path
+def weights(tiny_e4e_weights) -> Path:
+    return tiny_e4e_weights
 
 
 def test_invert_aligns_raw_photos(tmp_path, weights):

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_tiny_e4e
 from PIL import Image
-from test_invert_cli import _tiny_e4e
 from typer.testing import CliRunner
 
 from gie_cli.benchmark.data import synthface_data
 from gie_cli.benchmark.metrics import MetricSuite, to_size
-from gie_cli.benchmark.runner import parse_edits, parse_method_entries, split_settings, split_weights
 from gie_cli.benchmark.world import WorldJudge
 from gie_cli.cli import app
-from gie_cli.editing.directions import Direction, generator_binding
+from gie_cli.cli.benchmark import parse_edits, parse_method_entries, split_settings, split_weights
+from gie_cli.editing import Direction, generator_binding
 from gie_cli.errors import UsageError
-from gie_cli.methods.base import create_method
+from gie_cli.methods import create_method
 from gie_cli.synth.estimator import AttributeEstimator
 from gie_cli.synth.params import ATTRIBUTE_NAMES, attribute_vector, sample_params
 from gie_cli.synth.render import render
@@ -34,7 +34,7 @@ N, BATCH, SEED = 5, 2, 4242
 def files(tmp_path_factory) -> dict[str, Path]:
     """Tiny e4e weights (32 px generator), a random attribute estimator and a ``smile`` direction for the generator."""
     root = tmp_path_factory.mktemp("bench")
-    method = _tiny_e4e()
+    method = make_tiny_e4e()
     method.save(root / "e4e.safetensors")
     torch.manual_seed(1)
     AttributeEstimator(width=4).save(root / "est.safetensors")
@@ -220,10 +220,10 @@ def test_option_parsers():
             parse_method_entries(bad, known)
 
 
-def test_benchmark_runs_one_method_under_two_labels(files, isolated, tmp_path):
+def test_benchmark_runs_one_method_under_two_labels(files, isolated, tmp_path, tiny_e4e):
     folder = _noise_folder(tmp_path / "aligned", 2, 32, seed=1)
     other = tmp_path / "other.safetensors"
-    changed = _tiny_e4e()
+    changed = tiny_e4e
     with torch.no_grad():
         changed.latent_avg.add_(0.5)  # another model: other codes, other renders
     changed.save(other)

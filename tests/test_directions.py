@@ -19,7 +19,7 @@ from gie_cli.editing.fit import (
     stylespace_direction,
 )
 from gie_cli.editing.importers import FFHQ_GANSPACE_EDITS, import_file, import_ganspace, import_interfacegan
-from gie_cli.editing.stylespace import layer_to_s_index, s_index_to_layer, style_offsets, style_vectors
+from gie_cli.editing.stylespace import layer_to_s_index, s_index_to_layer, style_vectors
 from gie_cli.errors import CheckpointError
 from gie_cli.io.checkpoint import read_checkpoint
 from gie_cli.models.stylegan2 import Generator
@@ -173,7 +173,7 @@ def test_stylespace_indexing_matches_sfe_tables():
             s_index_to_layer(torgb)
 
 
-def test_style_offsets_hook_equals_the_wplus_edit_it_encodes():
+def test_style_offsets_equal_the_wplus_edit_they_encode():
     g = _tiny()
     w = g.broadcast(sample_w(g, 2, seed=5))
     dw = torch.randn(2, 32)
@@ -184,13 +184,12 @@ def test_style_offsets_hook_equals_the_wplus_edit_it_encodes():
     with torch.no_grad():
         ref = g(wp)
         base = g(w)
-        with style_offsets(g, {2: offset}):
-            hooked = g(w)
+        hooked = g(w, style_offsets={2: offset})
         after = g(w)
     assert torch.allclose(hooked, ref, atol=1e-5) and not torch.allclose(hooked, base, atol=1e-3)
-    assert torch.equal(after, base)  # hooks removed
-    with pytest.raises(ValueError, match="width"), style_offsets(g, {2: torch.zeros(1, 5)}):
-        pass
+    assert torch.equal(after, base)  # nothing stays on the generator
+    with pytest.raises(ValueError, match="style offset of layer 2"):
+        g(w, style_offsets={2: torch.zeros(1, 5)})
 
 
 def test_stylespace_single_channel_direction_and_detection():
@@ -270,7 +269,7 @@ def test_shipped_official_directions_are_found_by_name(monkeypatch, tmp_path):
     monkeypatch.delenv("GIE_DIRECTIONS_PATH", raising=False)
     names = {d["name"] for d in list_directions() if not d["shadowed"]}
     assert {"age", "smile", "pose", *FFHQ_GANSPACE_EDITS} <= names
-    from gie_cli.editing.directions import load_direction_candidates
+    from gie_cli.editing import load_direction_candidates
 
     # "smile" is also a synthetic-world direction (directions/, first on the path); the FFHQ file is a candidate
     cands = load_direction_candidates("smile")
@@ -282,3 +281,27 @@ def test_shipped_official_directions_are_found_by_name(monkeypatch, tmp_path):
     (tmp_path / "directions").mkdir()
     import_interfacegan(OFFICIAL / "age.pt", name="smile", convention="sfe").save(tmp_path / "directions")
     assert load_direction("smile").scale == 0.5
+
+
+def test_world_directions_are_package_data_found_from_the_package(monkeypatch, tmp_path):
+    """The synthetic world's directions live in the package (so a wheel carries them), are found through
+    importlib.resources and not through a source checkout's root, and the top-level `directions` is a link to them."""
+    from importlib import resources
+    from pathlib import Path
+
+    from gie_cli.editing import DIRECTION_SUFFIX, list_directions, shipped_directions_dirs
+
+    monkeypatch.setenv("GIE_CACHE_DIR", str(tmp_path))  # an empty user folder
+    monkeypatch.delenv("GIE_DIRECTIONS_PATH", raising=False)
+    package = Path(str(resources.files("gie_cli.editing")))
+    world = package / "world"
+    assert shipped_directions_dirs() == [world, package / "shipped"]
+    found = {
+        Path(d["path"]).name.removesuffix(DIRECTION_SUFFIX)
+        for d in list_directions()
+        if Path(d["path"]).parent == world
+    }
+    assert {"yaw", "smile", "mouth_open", "glasses", "age", "hair_length", "hair_lightness"} <= found
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "directions").resolve() == world.resolve()  # the design card's folder is the package folder
+    assert '"editing/world/*.safetensors"' in (root / "pyproject.toml").read_text()  # ... shipped in wheels

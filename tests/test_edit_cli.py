@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES
+from conftest import FIXTURES, make_face, make_tiny_e4e
 from PIL import Image
-from test_invert_cli import _face, _tiny_e4e
 from typer.testing import CliRunner
 
 from gie_cli.cli import app
@@ -20,7 +19,7 @@ from gie_cli.editing import Direction, apply, generator_binding, generator_finge
 from gie_cli.editing.fit import stylespace_direction
 from gie_cli.io.images import load_image, tensor_to_image
 from gie_cli.io.latents import load_latent
-from gie_cli.methods.base import Inversion, create_method
+from gie_cli.methods import Inversion, create_method
 
 runner = CliRunner()
 
@@ -30,15 +29,14 @@ def _invoke(*args, input=None, env=None):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_e4e_weights):
     """Tiny e4e weights, two aligned crops inverted by `gie invert --json`, and directions for its generator."""
     root = tmp_path_factory.mktemp("edit")
-    weights = root / "tiny_e4e.safetensors"
-    _tiny_e4e().save(weights)
+    weights = tiny_e4e_weights
     photos = root / "aligned"
     photos.mkdir()
     for i in (1, 2):
-        _face(i, 64).save(photos / f"p{i}.png")
+        make_face(i, 64).save(photos / f"p{i}.png")
     res = _invoke("invert", photos, "-o", root / "inv", "--weights", weights, "--json")
     assert res.exit_code == 0, res.output
     method = create_method("e4e", str(weights))
@@ -48,7 +46,7 @@ def setup(tmp_path_factory):
     vec = torch.nn.functional.normalize(torch.randn(32, generator=torch.Generator().manual_seed(0)), dim=0)
     Direction("tilt", "w", {"vector": vec}, list(range(g.n_latent)), 1.0, (-3.0, 3.0), generator=binding).save(dirs)
     stylespace_direction("chan", g, 3, 5, 0.7, binding, {"method": "test"}).save(dirs)
-    other = _tiny_e4e()
+    other = make_tiny_e4e()
     with torch.no_grad():
         other.generator.convs[0].conv.weight.mul_(1.1)  # same shapes, other weights
     foreign = generator_binding(other.generator, "other")
@@ -113,12 +111,12 @@ def test_wrong_generator_is_refused_unless_forced(setup, tmp_path):
     assert res.exit_code == 1 and "width 512" in res.stderr and "--force cannot" in res.stderr
 
 
-def test_a_direction_name_resolves_to_the_file_bound_to_the_latents_generator(setup, tmp_path):
+def test_a_direction_name_resolves_to_the_file_bound_to_the_latents_generator(setup, tmp_path, tiny_e4e):
     """Two folders on the search path hold a direction called "tilt": the first is bound to another generator, the
     second to the latent's; the name picks the second (no --force needed) and the record says which generator."""
     g = setup["method"].generator
     vec = setup["vec"]
-    other = _tiny_e4e()
+    other = tiny_e4e
     with torch.no_grad():
         other.generator.convs[0].conv.weight.mul_(1.1)
     first, second = tmp_path / "first", tmp_path / "second"

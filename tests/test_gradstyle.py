@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_e4e
 from PIL import Image
 from safetensors import safe_open
-from test_invert_cli import _tiny_e4e
 from typer.testing import CliRunner
 
 from gie_cli.cli import app
@@ -22,17 +22,16 @@ from gie_cli.editing.fit import stylespace_direction
 from gie_cli.errors import CheckpointError
 from gie_cli.io.images import image_to_tensor, load_image, tensor_to_image
 from gie_cli.io.latents import load_latent
-from gie_cli.methods.base import Inversion, create_method
+from gie_cli.methods import Inversion, create_method
 from gie_cli.methods.gradstyle import (
     GradStyleNet,
-    GradStyleTrainer,
-    Lookahead,
     SelectiveAttention,
     random_perspective,
     stage_specs,
     warp_perspective,
 )
 from gie_cli.methods.gradstyle.modules import keep_count, warp_features
+from gie_cli.methods.gradstyle.train import GradStyleTrainer, Lookahead
 from gie_cli.models.encoders import create_encoder
 from gie_cli.models.stylegan2 import Generator
 
@@ -49,7 +48,7 @@ def _invoke(*args):
 def world(tmp_path_factory) -> dict:
     """A tiny e4e checkpoint (32 px generator, untrained encoder) and 8 images its generator drew."""
     root = tmp_path_factory.mktemp("gradstyle")
-    e4e = _tiny_e4e()
+    e4e = make_tiny_e4e()
     weights = root / "e4e.safetensors"
     e4e.save(weights)
     data = root / "data"
@@ -126,7 +125,7 @@ def test_selective_attention_keeps_exactly_the_top_mu_percent_per_query():
         SelectiveAttention(16, 16, 16, heads=1, mu=0.0)
 
 
-def test_stages_follow_the_paper_and_gates_lie_in_0_1_with_the_stage_shapes():
+def test_stages_follow_the_paper_and_gates_lie_in_0_1_with_the_stage_shapes(tiny_e4e):
     with torch.device("meta"):  # the 1024 px setting: 3rd, 6th, 8th blocks = layers 1, 4, 6 (8/16/32 px)
         g1024 = Generator(1024)
         enc = create_encoder("e4e", "ir_se50")
@@ -144,7 +143,7 @@ def test_stages_follow_the_paper_and_gates_lie_in_0_1_with_the_stage_shapes():
         (4, 16, 128, "p2"),
         (6, 32, 96, "p1"),
     ]
-    e4e = _tiny_e4e()
+    e4e = tiny_e4e
     specs = stage_specs(e4e.generator, e4e.encoder, [1, 3, 6])
     net = GradStyleNet(specs, e4e.encoder.feature_dim).eval()
     for grm in net.grm.values():  # give the (zero-initialised) residual heads some output
@@ -372,7 +371,7 @@ def test_edit_runs_the_editing_stream(world, trained, tmp_path):
 
 
 def test_a_checkpoint_stored_on_its_base_loads_the_same_and_checks_the_base(world, trained, tmp_path):
-    from gie_cli.methods.loading import read_components, save_on_base
+    from gie_cli.models.loading import read_components, save_on_base
 
     base = tmp_path / "base" / "e4e.safetensors"
     base.parent.mkdir()

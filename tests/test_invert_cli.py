@@ -8,49 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_face, make_tiny_e4e
 from PIL import Image
 from typer.testing import CliRunner
 
 from gie_cli.cli import app
 from gie_cli.io.images import load_image
 from gie_cli.io.latents import load_latent
-from gie_cli.methods.base import Inversion, create_method
-from gie_cli.methods.psp_e4e import EncoderMethod
-from gie_cli.models.encoders import create_encoder
-from gie_cli.models.stylegan2 import Generator
+from gie_cli.methods import Inversion, create_method
 
 runner = CliRunner()
 
 
-def _tiny_e4e(kind: str = "e4e") -> EncoderMethod:
-    torch.manual_seed(0)
-    g = Generator(32, style_dim=32, n_mlp=2, channel_max=32)
-    g.mean_latent(512)
-    cfg = {
-        "mode": "ir_se",
-        "unit_counts": [1, 1, 1, 1],
-        "widths": [8, 16, 24, 32],
-        "n_styles": g.n_latent,
-        "style_dim": 32,
-        "input_size": 64,
-    }
-    enc = create_encoder(kind, **cfg)
-    return EncoderMethod(g, enc, g.broadcast(g.w_avg[None])[0].clone(), kind, cfg, True, "tiny").eval()
-
-
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("w") / "tiny_e4e.safetensors"
-    _tiny_e4e().save(path)
-    return path
-
-
-def _face(seed: int, size: int = 80) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    arr = np.zeros((size, size, 3), np.uint8)
-    arr[:] = rng.integers(0, 255, 3)
-    arr[size // 4 : size // 2, size // 5 : size // 2] = rng.integers(0, 255, 3)  # asymmetric blob
-    return Image.fromarray(arr)
+def weights(tiny_e4e_weights) -> Path:
+    return tiny_e4e_weights
 
 
 def _exif_rotated(img: Image.Image, path: Path) -> None:
@@ -65,16 +37,16 @@ def _exif_rotated(img: Image.Image, path: Path) -> None:
 def photos(tmp_path) -> Path:
     d = tmp_path / "aligned"
     d.mkdir()
-    _face(1).save(d / "a.png")
-    _face(2).save(d / "b.jpg", quality=95)
-    _face(3).convert("L").save(d / "gray.png")
-    rgba = _face(4).convert("RGBA")
+    make_face(1).save(d / "a.png")
+    make_face(2).save(d / "b.jpg", quality=95)
+    make_face(3).convert("L").save(d / "gray.png")
+    rgba = make_face(4).convert("RGBA")
     rgba.putalpha(Image.new("L", rgba.size, 128))
     rgba.save(d / "rgba.png")
-    _exif_rotated(_face(5), d / "rotated.png")
-    _face(5).save(d / "upright.png")
+    _exif_rotated(make_face(5), d / "rotated.png")
+    make_face(5).save(d / "upright.png")
     (d / "sub").mkdir()
-    _face(6).save(d / "sub" / "c.png")
+    make_face(6).save(d / "sub" / "c.png")
     return d
 
 
@@ -83,7 +55,7 @@ def _bad_inputs(d: Path) -> None:
     (d / "corrupt.png").write_bytes(buf[: len(buf) // 2])
     (d / "empty.jpg").write_bytes(b"")
     (d / "notes.png").write_text("this is not an image\n")
-    _face(7, 80).crop((0, 0, 80, 60)).save(d / "wide.png")
+    make_face(7, 80).crop((0, 0, 80, 60)).save(d / "wide.png")
 
 
 def _invoke(*args, input=None):
@@ -208,7 +180,7 @@ def test_output_folder_is_input_folder_and_missing_input(photos, weights, tmp_pa
 
 
 def test_official_format_checkpoint_loads_through_the_same_path(tmp_path, photos):
-    m = _tiny_e4e("psp")
+    m = make_tiny_e4e("psp")
     sd = {f"encoder.{k}": v for k, v in m.encoder.state_dict().items()}
     sd.update({f"decoder.{k}": v for k, v in m.generator.state_dict().items()})
     ckpt = tmp_path / "psp_tiny_encode.pt"

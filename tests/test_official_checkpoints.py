@@ -8,11 +8,11 @@ import gc
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_parity, load_parity
+from conftest import assert_parity, load_parity, slow
 
 from gie_cli.errors import StateDictMismatchError
-from gie_cli.methods.base import create_method
-from gie_cli.methods.loading import build_generator, read_components
+from gie_cli.methods import create_method
+from gie_cli.models.loading import build_generator, read_components
 
 
 def _official_file(tmp_path, kind: str, legacy: bool, avg_rows: int):
@@ -36,6 +36,7 @@ def _official_file(tmp_path, kind: str, legacy: bool, avg_rows: int):
     return path, avg, enc_io, dec_io
 
 
+@slow  # 1024 px decoder + ir_se50 encoder: 13-14 s each (tiny pSp-format file: test_invert_cli)
 @pytest.mark.parametrize("kind,legacy,avg_rows", [("e4e", False, 18), ("psp", True, 0)])
 def test_official_psp_family_checkpoint(tmp_path, kind, legacy, avg_rows):
     path, avg, enc_io, dec_io = _official_file(tmp_path, kind, legacy, avg_rows)

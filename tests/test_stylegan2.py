@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_parity, load_parity, manifest_keys
+from conftest import assert_parity, load_parity, manifest_keys, slow
 
 from gie_cli.models import Discriminator, Generator, create_model
 from gie_cli.models.stylegan2 import (
@@ -36,7 +36,9 @@ def _reduce_1024(img: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"pool4": F.avg_pool2d(img, 4), "crop64": img[..., 480:544, 480:544]}
 
 
-@pytest.mark.parametrize("name", list(GEN_FIXTURES))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=slow) if size == 1024 else n for n, size in GEN_FIXTURES.items()]
+)  # 1024 px: 6-8 s each, slow; 64 and 256 px run by default
 @pytest.mark.parametrize("fused", [False, True])
 def test_generator_parity(name, fused, monkeypatch):
     monkeypatch.setattr(ModulatedConv2d, "fused", fused)

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from gie_cli.cli import app
 from gie_cli.io.images import tensor_to_image
-from gie_cli.methods.base import create_method
-from gie_cli.methods.loading import save_components
+from gie_cli.methods import create_method
+from gie_cli.models.loading import save_components
 from gie_cli.models.stylegan2 import Generator
 
 runner = CliRunner()
@@ -137,7 +137,7 @@ def test_world_generator_regression_lowers_loss(tmp_path):
     assert res.exit_code == 0, res.output
     m = _metrics(runs / "00000-generator")
     assert m[-1]["loss"] < 0.7 * m[0]["loss"], (m[0], m[-1])
-    from gie_cli.methods.loading import build_generator, read_components
+    from gie_cli.models.loading import build_generator, read_components
 
     comp = read_components(Path(res.stdout.strip()))
     g = build_generator(comp)
@@ -148,7 +148,8 @@ def test_world_generator_regression_lowers_loss(tmp_path):
 
 def test_world_latent_passes_pixel_norm_unchanged_and_carries_the_attributes():
     from gie_cli.models.stylegan2 import PixelNorm
-    from gie_cli.synth.train import attribute_z, parse_channels, world_latent, z_attributes
+    from gie_cli.synth.latent import attribute_z, world_latent, z_attributes
+    from gie_cli.synth.train import parse_channels
 
     attrs = (torch.rand(5, 20, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.99  # inside the clip
     z = world_latent(attrs, 64)

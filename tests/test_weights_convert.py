@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from gie_cli.cli import app
 from gie_cli.errors import CheckpointError, UsageError
-from gie_cli.methods.loading import build_generator, read_components
+from gie_cli.models.loading import build_generator, read_components
 from gie_cli.models.stylegan2 import Generator, convert_nvidia_ada_generator, generator_config_from_state_dict
 from gie_cli.weights import resolve_weights
 from gie_cli.weights.nvidia import load_network_pickle, stub_state_dict

@@ -335,21 +335,9 @@ def test_cli_list_path_verify_download_rm(pkg, monkeypatch):
     assert res.exit_code == 1 and "pip install --force-reinstall gie" in res.stderr
 
 
-def test_invert_without_weights_uses_the_embedded_default(pkg, monkeypatch, tmp_path):
-    import torch
-
-    from gie_cli.methods.psp_e4e import EncoderMethod
-    from gie_cli.models.encoders import create_encoder
-    from gie_cli.models.stylegan2 import Generator
-
-    torch.manual_seed(0)
-    g = Generator(32, style_dim=32, n_mlp=2, channel_max=32)
-    g.mean_latent(256)
-    cfg = {"mode": "ir_se", "unit_counts": [1, 1, 1, 1], "widths": [8, 16, 24, 32], "n_styles": g.n_latent}
-    cfg.update(style_dim=32, input_size=64)
-    enc = create_encoder("e4e", **cfg)
+def test_invert_without_weights_uses_the_embedded_default(pkg, monkeypatch, tmp_path, tiny_e4e):
     ckpt = pkg / "zoo" / "demo-e4e.safetensors"
-    EncoderMethod(g, enc, g.broadcast(g.w_avg[None])[0].clone(), "e4e", cfg, True, "tiny").save(ckpt)
+    tiny_e4e.save(ckpt)
     monkeypatch.setenv("GIE_WEIGHTS_TOML", str(_write_registry(tmp_path, ckpt.read_bytes())))
     monkeypatch.setenv("GIE_OFFLINE", "1")
     img = tmp_path / "in" / "face.png"

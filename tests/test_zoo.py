@@ -13,9 +13,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gie_cli.cli import app
-from gie_cli.editing.directions import Direction, generator_fingerprint, list_directions
+from gie_cli.editing import Direction, generator_fingerprint, list_directions
 from gie_cli.io.images import sha256_file
-from gie_cli.methods.base import create_method
+from gie_cli.methods import create_method
 from gie_cli.synth.estimator import AttributeEstimator
 from gie_cli.synth.params import ATTRIBUTES
 from gie_cli.synth.zoo import ZOO_DIR, ZOO_FILES
@@ -53,8 +53,8 @@ def test_zoo_files_are_registered_hashed_small_and_half_precision():
 def test_no_zoo_model_is_stored_twice():
     from safetensors import safe_open
 
-    from gie_cli.methods.loading import read_components
     from gie_cli.synth.zoo import ZOO_BASES
+    from gie_cli.weights import load_components
 
     reg = load_registry()
     for kind, (base, parts) in ZOO_BASES.items():
@@ -62,7 +62,7 @@ def test_no_zoo_model_is_stored_twice():
         with safe_open(str(path), framework="pt") as f:
             stored = {k.split(".", 1)[0] for k in f.keys()}
         assert not stored & set(parts), (kind, stored)
-        comp = read_components(path)  # the parts come back from the base, which is the registered file
+        comp = load_components(path)  # the parts come back from the base, which is the registered file
         assert comp.config["base"] == {"weights": base, "sha256": reg.get(base).sha256, "parts": parts}
         assert set(parts) - {"latent_avg"} <= set(comp.parts) and comp.latent_avg is not None
 

@@ -157,7 +157,12 @@ class LandmarksFileBackend:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else None
         if self.path is not None and not self.path.exists():
-            raise UsageError(f"--landmarks {self.path}: not found", hint="pass a landmarks JSON file or a folder")
+            raise UsageError(
+                f"landmarks {self.path} not found",
+                hint="pass a landmarks JSON file or a folder",
+                param="landmarks",
+                value=self.path,
+            )
 
     def file_for(self, source: Path) -> Path:
         """The landmarks file used for image ``source``."""
@@ -179,7 +184,7 @@ class LandmarksFileBackend:
         assert f is not None
         if not f.is_file():
             raise LandmarksFileError(
-                f"no landmarks file {f}", hint="write one (schema: gie align --help) or use another --backend"
+                f"no landmarks file {f}", hint="write one (schema: gie align --help) or use another landmark backend"
             )
         try:
             data = json.loads(f.read_text(encoding="utf-8"))
@@ -388,9 +393,11 @@ def create_backend(name: str, landmarks: str | Path | None = None, device: str =
         WeightsUnavailableError: face-alignment weights are missing.
     """
     if name not in BACKENDS:
-        raise UsageError(f"unknown landmark backend {name!r}", hint=f"choose one of: {', '.join(BACKENDS)}")
+        raise UsageError(
+            f"unknown landmark backend {name!r}", hint=f"choose one of: {', '.join(BACKENDS)}", param="backend"
+        )
     if landmarks is not None and name != "file":
-        raise UsageError("--landmarks only applies to --backend file")
+        raise UsageError("a landmarks file or folder only applies to the file backend", param="landmarks")
     if name == "file":
         return LandmarksFileBackend(landmarks)
     if name == "mediapipe":
@@ -421,9 +428,9 @@ def select_faces(faces: Sequence[Face], policy: str) -> list[Face]:
         return ordered
     if policy == "error":
         if len(ordered) > 1:
-            raise MultipleFacesError(f"{len(ordered)} faces found (--faces error expects one)")
+            raise MultipleFacesError(f"{len(ordered)} faces found (the face policy 'error' expects one)")
         return ordered
-    raise UsageError(f"unknown --faces policy {policy!r}", hint="use largest, all or error")
+    raise UsageError(f"unknown face policy {policy!r}", hint="use largest, all or error", param="faces")
 
 
 class MultipleFacesError(GieError):

@@ -72,7 +72,7 @@ class BenchData:
 
 def _check_size(size: int) -> None:
     if size < MIN_SIZE:
-        raise UsageError(f"--size {size} is too small", hint=f"use at least {MIN_SIZE} px")
+        raise UsageError(f"size {size} is too small", hint=f"use at least {MIN_SIZE} px", param="size", value=size)
 
 
 def synthface_data(
@@ -100,14 +100,16 @@ def synthface_data(
     from gie_cli.synth.render import render
 
     if n < 2:
-        raise UsageError("--n must be at least 2 (FID and averages need several images)")
+        raise UsageError(f"n must be at least 2, got {n} (FID and averages need several images)", param="n", value=n)
     _check_size(size)
     if not 0.0 <= ood_prob <= 1.0:
-        raise UsageError(f"--ood-prob must be in [0, 1], got {ood_prob}")
+        raise UsageError(f"ood_prob must be in [0, 1], got {ood_prob}", param="ood_prob", value=ood_prob)
     if seed in TRAINING_SEEDS:
         raise UsageError(
-            f"--seed {seed} is one of the seeds the demo zoo was trained on ({', '.join(map(str, TRAINING_SEEDS))})",
+            f"seed {seed} is one of the seeds the demo zoo was trained on ({', '.join(map(str, TRAINING_SEEDS))})",
             hint=f"use a held-out seed, e.g. the default {SYNTH_SEED}",
+            param="seed",
+            value=seed,
         )
     rng = np.random.default_rng(seed)
     images, params, masks = [], [], []
@@ -159,12 +161,22 @@ def folder_data(folder: str | Path, n: int | None = None, size: int = 256, recur
     _check_size(size)
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise UsageError(f"--data {folder}: not a folder", hint="pass a folder of aligned crops or 'synthface'")
+        raise UsageError(
+            f"{folder} is not a folder",
+            hint="pass a folder of aligned crops or 'synthface'",
+            param="data",
+            value=folder,
+        )
     files = iter_image_files([root], recursive)
     if n is not None:
         files = files[:n]
     if len(files) < 2:
-        raise UsageError(f"--data {folder}: found {len(files)} image(s), need at least 2", hint="check the folder/-r")
+        raise UsageError(
+            f"found {len(files)} image(s) in {folder}, need at least 2",
+            hint="check the folder (and whether to search sub-folders)",
+            param="data",
+            value=folder,
+        )
     images = []
     for f in files:
         img = load_image(f)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
 import resource
 import sys
 import time
@@ -19,32 +18,30 @@ from torch import Tensor
 from gie_cli.benchmark.data import BenchData
 from gie_cli.benchmark.metrics import Accumulator, MetricSuite, to_size
 from gie_cli.benchmark.world import WorldJudge, target_attribute
-from gie_cli.errors import GieError, UsageError
-from gie_cli.methods.base import invert_and_render, synchronize
+from gie_cli.errors import GieError
+from gie_cli.methods import invert_and_render, synchronize
 from gie_cli.metrics.regions import masked_mse
 
 __all__ = [
     "METRIC_WEIGHT_KEYS",
     "EditSpec",
+    "MethodSpec",
     "PeakMemory",
     "PreparedEdit",
     "load_directions",
-    "parse_edits",
     "run_method",
-    "split_settings",
-    "split_weights",
 ]
 
 log = logging.getLogger(__name__)
 
 METRIC_WEIGHT_KEYS = ("lpips-vgg", "lpips-alex", "identity", "fid", "attributes")
-"""``--weights KEY=FILE`` keys that name a metric network rather than a method."""
+"""Keys of the metric networks' weights (the CLI's ``--weights KEY=FILE`` keys that are not methods)."""
 
 
-# --------------------------------------------------------------------------------------------------- options
+# --------------------------------------------------------------------------------------------------- specs
 @dataclass(frozen=True)
 class EditSpec:
-    """One ``--edits`` entry: a direction (by name or path) and a power."""
+    """One edit: a direction (by name or path) and a power."""
 
     direction: str
     power: float
@@ -55,115 +52,21 @@ class EditSpec:
         return f"{Path(self.direction).name.removesuffix('.direction.safetensors')}:{self.power:+g}"
 
 
-def parse_edits(spec: str | None) -> list[EditSpec]:
-    """``"smile:3,age:-2"`` -> edit specs (a direction without ``:power`` is an error).
+@dataclass(frozen=True)
+class MethodSpec:
+    """One benchmarked method: a row of the tables.
 
-    Raises:
-        UsageError: A malformed entry.
+    Attributes:
+        label: The row's name (the method's name unless one method is benchmarked several times).
+        method: The method (``create_method`` name).
+        weights: Its weights (file or registry name), or None for its embedded default.
+        settings: Method options passed to ``create_method``.
     """
-    out: list[EditSpec] = []
-    for part in (spec or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        name, sep, power = part.rpartition(":")
-        try:
-            value = float(power)
-        except ValueError:
-            value = None
-        if not sep or not name.strip() or value is None:
-            raise UsageError(f"--edits entry {part!r} is not DIRECTION:POWER", hint="e.g. --edits smile:3,age:-2")
-        out.append(EditSpec(name.strip(), value))
-    labels = [e.label for e in out]
-    if len(set(labels)) != len(labels):
-        raise UsageError("--edits lists the same edit twice")
-    return out
 
-
-def _pairs(items: Sequence[str], flag: str, example: str) -> list[tuple[str, str]]:
-    out = []
-    for s in items:
-        key, sep, value = s.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise UsageError(f"{flag} {s!r} is not KEY=VALUE", hint=f"e.g. {flag} {example}")
-        out.append((key.strip(), value.strip()))
-    return out
-
-
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]*$")
-
-
-def parse_method_entries(text: str, known: Sequence[str]) -> dict[str, str]:
-    """``--methods`` entries, ``METHOD`` or ``LABEL=METHOD``, as ``{label: method}`` in the given order.
-
-    A label names the row in the tables and is the key of ``--weights LABEL=...`` and ``--set LABEL.KEY=...``, so one
-    method can be benchmarked with several checkpoints (an ablation).
-
-    Raises:
-        UsageError: No entry, an unknown method, a malformed or repeated label.
-    """
-    kinds: dict[str, str] = {}
-    for item in (t.strip() for t in text.split(",")):
-        if not item:
-            continue
-        label, eq, kind = (s.strip() for s in item.partition("="))
-        kind = kind if eq else label
-        if kind not in known:
-            raise UsageError(f"--methods: unknown method {kind!r}", hint=f"choose from: {', '.join(known)}")
-        if not _LABEL.match(label):
-            raise UsageError(
-                f"--methods: bad label {label!r}", hint="labels are letters, digits, '_', '+' and '-' (LABEL=METHOD)"
-            )
-        if label in kinds:
-            raise UsageError(f"--methods lists {label!r} twice", hint="give repeated methods labels: LABEL=METHOD")
-        kinds[label] = kind
-    if not kinds:
-        raise UsageError("--methods is empty", hint=f"choose from: {', '.join(known)}")
-    return kinds
-
-
-def split_weights(items: Sequence[str], methods: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """``--weights`` values ``KEY=FILE``: per method, or per metric network (:data:`METRIC_WEIGHT_KEYS`).
-
-    Returns:
-        ``(method -> weights, metric key -> file)``.
-
-    Raises:
-        UsageError: A malformed value, a key that is neither a benchmarked method nor a metric, or a repeated key.
-    """
-    by_method: dict[str, str] = {}
-    by_metric: dict[str, str] = {}
-    for key, value in _pairs(items, "--weights", "e4e=e4e.ffhq"):
-        if key in methods:
-            target = by_method
-        elif key in METRIC_WEIGHT_KEYS:
-            target = by_metric
-        else:
-            raise UsageError(
-                f"--weights {key}=...: {key!r} is neither a benchmarked method nor a metric",
-                hint=f"methods: {', '.join(methods)}; metrics: {', '.join(METRIC_WEIGHT_KEYS)}",
-            )
-        if key in target:
-            raise UsageError(f"--weights {key}=... given twice")
-        target[key] = value
-    return by_method, by_metric
-
-
-def split_settings(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, str]]:
-    """``--set METHOD.KEY=VALUE`` values -> per-method option dicts (passed to ``create_method``).
-
-    Raises:
-        UsageError: A malformed value or a method that is not benchmarked.
-    """
-    out: dict[str, dict[str, str]] = {m: {} for m in methods}
-    for key, value in _pairs(items, "--set", "optim.steps=300"):
-        method, dot, opt = key.partition(".")
-        if not dot or not opt:
-            raise UsageError(f"--set {key}=...: the key must be METHOD.KEY", hint="e.g. --set optim.steps=300")
-        if method not in out:
-            raise UsageError(f"--set {key}=...: {method!r} is not benchmarked", hint=f"methods: {', '.join(methods)}")
-        out[method][opt] = value
-    return out
+    label: str
+    method: str
+    weights: str | None = None
+    settings: Mapping[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------- memory
@@ -239,7 +142,7 @@ def load_directions(edits: Sequence[EditSpec]) -> dict[str, list | str]:
     Returns:
         Direction name -> candidate directions, or the reason it cannot be loaded.
     """
-    from gie_cli.editing.directions import load_direction_candidates
+    from gie_cli.editing import load_direction_candidates
 
     out: dict[str, list | str] = {}
     for e in edits:
@@ -255,7 +158,7 @@ def load_directions(edits: Sequence[EditSpec]) -> dict[str, list | str]:
 def _prepare_edits(
     edits: Sequence[EditSpec], directions: Mapping[str, list | str], method, fingerprint: str
 ) -> list[PreparedEdit]:
-    from gie_cli.editing.directions import check_generator, pick_for_generator
+    from gie_cli.editing import check_generator, pick_for_generator
 
     out = []
     for e in edits:
@@ -285,7 +188,7 @@ class _Times:
 
 def _forward(method, x: Tensor, edits: Sequence[PreparedEdit], device: torch.device):
     """Invert, render and edit one batch; returns ``(recon, {label: edited}, seconds per stage)``."""
-    from gie_cli.editing.directions import apply, render_edit
+    from gie_cli.editing import apply, render_edit
 
     secs: dict[str, float] = {}
     inv, recon, secs["encode"], secs["render"] = invert_and_render(method, x)
@@ -348,9 +251,7 @@ def _measure(
 
 
 def run_method(
-    name: str,
-    weights: str | None,
-    options: Mapping[str, str],
+    spec: MethodSpec,
     data: BenchData,
     suite: MetricSuite,
     judge: WorldJudge | None,
@@ -359,7 +260,6 @@ def run_method(
     batch_size: int,
     device: torch.device,
     dtype: torch.dtype,
-    kind: str | None = None,
 ) -> dict[str, Any]:
     """Benchmarks one method on all images.
 
@@ -367,9 +267,7 @@ def run_method(
     batch, or the first batch run again when there is only one. Stage times are synchronised on CUDA.
 
     Args:
-        name: Row label (the method name unless ``--methods LABEL=METHOD``).
-        weights: ``--weights`` of the method (file or registry name), or None for its embedded default.
-        options: Method options (``--set METHOD.KEY=VALUE``).
+        spec: The method, its row label, weights and options.
         data: The images.
         suite: The metric networks.
         judge: The world's ground truth (synthface with an attribute estimator), or None.
@@ -378,18 +276,17 @@ def run_method(
         batch_size: Images per batch.
         device: Where the method runs.
         dtype: The method's precision (metrics always run in float32).
-        kind: The method (``create_method``); None: ``name``.
 
     Returns:
         The method's result record (``status`` ``ok`` or ``failed`` with ``reason``); never raises for a failure of
         the method itself.
     """
-    from gie_cli.editing.directions import generator_fingerprint
-    from gie_cli.methods.base import create_method
+    from gie_cli.editing import generator_fingerprint
+    from gie_cli.methods import create_method
 
+    name, kind, weights, options = spec.label, spec.method, spec.weights, dict(spec.settings)
     mem = PeakMemory(device)
     mem.reset()
-    kind = kind or name
     row: dict[str, Any] = {
         "method": name,
         "kind": kind,

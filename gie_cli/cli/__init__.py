@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import logging
 import os
 import traceback
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
 
 from gie_cli import __version__
+from gie_cli.cli.options import QuietOpt, VerboseOpt, examples, make_typer
 
-app = typer.Typer(
-    name="gie",
-    help="Batch GAN inversion and attribute editing of face photos with StyleGAN2.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+app = make_typer(
+    "gie",
+    "Batch GAN inversion and attribute editing of face photos with StyleGAN2.",
+    add_completion=True,
+    epilog=examples(
+        "gie align ./photos -o aligned",
+        "gie invert aligned -w e4e.ffhq -o inv",
+        "gie edit inv -d smile --power=-3,3 -o edits --grid",
+        note="-q/-v also work after the command name (gie invert -q ...).",
+    ),
 )
+
+_VERBOSITY = "gie.verbosity"  # key in click's context meta: what the root's -q/-v asked for
 
 
 def _version_callback(value: bool) -> None:
@@ -29,7 +38,10 @@ def _version_callback(value: bool) -> None:
 
 
 def setup_logging(verbosity: int) -> None:
-    """Install one stderr handler on the ``gie_cli`` logger: -q -> WARNING, default INFO, -v -> DEBUG."""
+    """Install one stderr handler on the ``gie_cli`` logger: -q -> WARNING, default INFO, -v -> DEBUG.
+
+    This changes the logger for the rest of the process; commands use :func:`logging_scope`, which undoes it.
+    """
     level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
     logger = logging.getLogger("gie_cli")
     logger.handlers.clear()
@@ -45,48 +57,92 @@ def setup_logging(verbosity: int) -> None:
     logger.propagate = False
 
 
+@contextlib.contextmanager
+def logging_scope(verbosity: int) -> Iterator[None]:
+    """:func:`setup_logging` for the duration of a command; the ``gie_cli`` logger's handlers, level and
+    propagation are restored afterwards (in-process runs, e.g. tests, leave no global state behind)."""
+    logger = logging.getLogger("gie_cli")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    setup_logging(verbosity)
+    try:
+        yield
+    finally:
+        for h in logger.handlers:
+            if h not in saved[0]:
+                h.close()
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+
+
 @app.callback()
 def _root(
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging (repeatable).")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+    ctx: typer.Context,
+    verbose: VerboseOpt = 0,
+    quiet: QuietOpt = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Batch GAN inversion and attribute editing of face photos with StyleGAN2."""
-    setup_logging(-1 if quiet else verbose)
+    ctx.meta[_VERBOSITY] = (verbose, quiet)
+
+
+def _verbosity(ctx: typer.Context | None, verbose: int, quiet: bool) -> int:
+    """The root's -q/-v combined with the command's own: -q (anywhere) wins, -v counts add up."""
+    root_verbose, root_quiet = ctx.meta.get(_VERBOSITY, (0, False)) if ctx is not None else (0, False)
+    return -1 if (quiet or root_quiet) else verbose + root_verbose
+
+
+_EXTRA = (  # parameters every command gets; the wrapper takes them off before calling the command
+    inspect.Parameter("gie_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
+    inspect.Parameter("gie_verbose", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=VerboseOpt),
+    inspect.Parameter("gie_quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=QuietOpt),
+)
 
 
 def command(*args, target: typer.Typer | None = None, **kwargs):
-    """``app.command`` plus gie's error policy: an error is one line on stderr and exit 1 (usage errors: 2).
+    """``app.command`` plus gie's policies for every command.
+
+    - ``-q/--quiet`` and ``-v/--verbose`` are accepted after the command name too (``gie invert -q ...``);
+    - logging is set up for the command and the ``gie_cli`` logger restored when it ends (:func:`logging_scope`);
+    - an error is one line on stderr and exit 1 (usage errors: 2); a :class:`~gie_cli.errors.UsageError` naming a
+      library parameter is shown with the command's flag (:func:`gie_cli.cli.options.render_error`).
+      Set ``GIE_DEBUG=1`` for the traceback.
 
     ``target`` registers the command on a sub-app (e.g. ``gie weights``) instead of the root app.
-    Set ``GIE_DEBUG=1`` for the traceback.
     """
 
     def decorate(fn):
         @functools.wraps(fn)
-        def wrapper(*a, **k):
+        def wrapper(*a, gie_ctx: typer.Context | None = None, gie_verbose: int = 0, gie_quiet: bool = False, **k):
             from gie_cli.errors import GieError
 
-            try:
-                return fn(*a, **k)
-            except (typer.Exit, typer.Abort, typer.TyperException):
-                raise
-            except GieError as e:
-                if os.environ.get("GIE_DEBUG"):
-                    traceback.print_exc()
-                typer.echo(f"error: {e}", err=True)
-                raise typer.Exit(e.exit_code) from None
-            except KeyboardInterrupt:
-                typer.echo("interrupted", err=True)
-                raise typer.Exit(130) from None
-            except Exception as e:  # an unexpected failure: one line, traceback on request
-                if os.environ.get("GIE_DEBUG"):
-                    traceback.print_exc()
-                typer.echo(f"error: {type(e).__name__}: {e} (set GIE_DEBUG=1 for the traceback)", err=True)
-                raise typer.Exit(1) from None
+            name = gie_ctx.info_name if gie_ctx is not None else fn.__name__
+            with logging_scope(_verbosity(gie_ctx, gie_verbose, gie_quiet)):
+                try:
+                    return fn(*a, **k)
+                except (typer.Exit, typer.Abort, typer.TyperException):
+                    raise
+                except GieError as e:
+                    if os.environ.get("GIE_DEBUG"):
+                        traceback.print_exc()
+                    from gie_cli.cli.options import render_error
 
+                    typer.echo(f"error: {render_error(e, name)}", err=True)
+                    raise typer.Exit(e.exit_code) from None
+                except KeyboardInterrupt:
+                    typer.echo("interrupted", err=True)
+                    raise typer.Exit(130) from None
+                except Exception as e:  # an unexpected failure: one line, traceback on request
+                    if os.environ.get("GIE_DEBUG"):
+                        traceback.print_exc()
+                    typer.echo(f"error: {type(e).__name__}: {e} (set GIE_DEBUG=1 for the traceback)", err=True)
+                    raise typer.Exit(1) from None
+
+        sig = inspect.signature(fn, eval_str=True)
+        wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), *_EXTRA])
+        wrapper.__annotations__ = {**fn.__annotations__, **{p.name: p.annotation for p in _EXTRA}}
         return (app if target is None else target).command(*args, **kwargs)(wrapper)
 
     return decorate

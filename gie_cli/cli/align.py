@@ -11,32 +11,37 @@ from typing import Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import (
+from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, plan_items
+from gie_cli.cli.options import (
+    AlignBackend,
+    Alpha,
+    AlphaOpt,
+    DeviceOpt,
     DryRunOpt,
+    Faces,
     FailFastOpt,
-    Item,
+    ImageExt,
+    JsonOpt,
+    OnExisting,
     OnExistingOpt,
-    Record,
+    OutputOpt,
     RecursiveOpt,
-    Reporter,
-    check_on_existing,
-    check_output_dir,
-    collect_inputs,
-    split_existing,
+    choice,
+    ext_option,
 )
-from gie_cli.cli.options import DeviceOpt, JsonOpt
 from gie_cli.errors import GieError, UsageError
 
 log = logging.getLogger(__name__)
 
 
 BackendOpt = Annotated[
-    str,
-    typer.Option(
+    AlignBackend,
+    choice(
+        AlignBackend,
         "--backend",
-        help="Landmark detector: auto (a <stem>.landmarks.json beside the image, else face-alignment) | "
-        "face-alignment (FAN 68 points; needs its two weight files on disk) | mediapipe "
-        '(offline; pip install "gie\\[mediapipe]") | file (JSON landmarks, see below).',
+        help="Landmark detector: auto (a <stem>.landmarks.json beside the image, else face-alignment), "
+        "face-alignment (FAN 68 points; needs its two weight files on disk), mediapipe "
+        '(offline; pip install "gie\\[mediapipe]") or file (JSON landmarks, see below).',
     ),
 ]
 LandmarksOpt = Annotated[
@@ -62,26 +67,27 @@ _EPILOG = (
 
 @command(epilog=_EPILOG)
 def align(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    output: OutputOpt,
     inputs: Annotated[list[str] | None, typer.Argument(help="Photos, folders, or - to read paths from stdin.")] = None,
     size: Annotated[
         int, typer.Option("--size", "-s", min=16, max=4096, help="Side of the aligned crops (256 for the encoders).")
     ] = 1024,
     faces: Annotated[
-        str,
-        typer.Option(
+        Faces,
+        choice(
+            Faces,
             "--faces",
-            help="Several faces in a photo: largest (the largest one) | all (NAME_face1, NAME_face2, ..., largest "
-            "first) | error (the item fails).",
+            help="Several faces in a photo: largest (the largest one), all (NAME_face1, NAME_face2, ..., largest "
+            "first) or error (the item fails).",
         ),
-    ] = "largest",
-    backend: BackendOpt = "auto",
+    ] = Faces.largest,
+    backend: BackendOpt = AlignBackend.auto,
     landmarks: LandmarksOpt = None,
     device: DeviceOpt = "auto",
     recursive: RecursiveOpt = False,
-    on_existing: OnExistingOpt = "skip",
-    alpha: Annotated[str, typer.Option("--alpha", help="Transparent inputs: white | black | drop | error.")] = "white",
-    ext: Annotated[str, typer.Option("--ext", help="Image format of the crops: png | jpg | webp.")] = "png",
+    on_existing: OnExistingOpt = OnExisting.skip,
+    alpha: AlphaOpt = Alpha.white,
+    ext: Annotated[ImageExt, ext_option("the crops")] = ImageExt.png,
     dry_run: DryRunOpt = False,
     fail_fast: FailFastOpt = False,
     json_out: JsonOpt = False,
@@ -96,32 +102,19 @@ def align(
     when every input is ok, skipped or no_face; 1 when any input failed (unreadable image, missing landmarks file,
     several faces with --faces error); 2 for usage errors.
     """
-    from gie_cli.alignment import BACKENDS, FACE_POLICIES
     from gie_cli.io.images import IMAGE_SUFFIXES
 
-    check_on_existing(on_existing)
-    if faces not in FACE_POLICIES:
-        raise UsageError(f"--faces must be one of {', '.join(FACE_POLICIES)}, got {faces!r}")
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown --backend {backend!r}", hint=f"choose one of: {', '.join(BACKENDS)}")
     if landmarks is not None and backend != "file":
         raise UsageError("--landmarks only applies to --backend file", hint="add --backend file")
-    if ext not in ("png", "jpg", "webp"):
-        raise UsageError(f"--ext must be png, jpg or webp, got {ext!r}")
-    raw_inputs = inputs or []
-    check_output_dir(output, [Path(p) for p in raw_inputs if p != "-"])
-    found = collect_inputs(raw_inputs, recursive, IMAGE_SUFFIXES, exclude=output)
-    items = [Item(src, name, _planned_outputs(output, name, faces, ext)) for src, name in found]
+    items = plan_items(
+        inputs, output, recursive, IMAGE_SUFFIXES, lambda _, name: _planned_outputs(output, name, faces, ext)
+    )
+    job = BatchJob("align", output, items, on_existing, fail_fast, json_out, done=lambda it: _is_done(it, faces))
     if dry_run:
-        for it in items:
-            state = "exists" if _is_done(it, faces) else "todo"
-            typer.echo(f"{state}\t{it.source}\t" + "\t".join(str(p) for p in it.outputs.values()))
-        typer.echo(f"dry run: {len(items)} input(s), backend {backend}, size {size}, faces {faces}", err=True)
+        job.dry_run(f", backend {backend}, size {size}, faces {faces}")
         return
 
-    reporter = Reporter(output, len(items), json_out, "align")
-    todo = split_existing(items, on_existing, reporter, done=lambda it: _is_done(it, faces))
-    if todo:
+    def work(todo: list[Item]) -> PerItem:
         from gie_cli.alignment import create_backend
 
         dev = "cpu"
@@ -131,12 +124,9 @@ def align(
             dev = str(resolve_device(device))
         detector = create_backend(backend, landmarks, dev)
         log.info("align: backend %s, size %d, faces %s", backend, size, faces)
-        for it in todo:
-            rec = _align_one(it, detector, backend, size, faces, ext, alpha, output)
-            reporter.add(rec)
-            if fail_fast and rec.status == "failed":
-                break
-    raise typer.Exit(reporter.finish())
+        return PerItem(lambda it, _: _align_one(it, detector, backend, size, faces, ext, alpha, output))
+
+    raise typer.Exit(job.run(work))
 
 
 def _face_name(name: str, faces: str, index: int) -> str:
@@ -184,9 +174,6 @@ def _align_one(it: Item, detector, backend: str, size: int, faces: str, ext: str
         found, aligned = align_photo(photo, detector, size, faces, Path(it.source))
     except GieError as e:
         return Record(src, "failed", reason=str(e))
-    except Exception as e:  # noqa: BLE001 - a detector crash fails this item, the run goes on
-        log.debug("alignment failed", exc_info=True)
-        return Record(src, "failed", reason=f"{type(e).__name__}: {e}")
     t_align = time.perf_counter()
     info: dict = {"faces_found": len(found), "source_size": list(photo.size)}
     if not aligned:

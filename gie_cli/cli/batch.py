@@ -1,31 +1,39 @@
-"""Batch-job plumbing shared by invert, edit and align: inputs, output naming, skip policy, manifest, reporting."""
+"""The batch engine of invert, edit, align and paste: inputs -> items, skip policy, dry run, manifest and
+reporting, the item/batch loop with failure capture, ``--fail-fast``, CUDA out-of-memory back-off, exit code.
+
+A command validates its options, builds its :class:`Item` list (:func:`plan_items`) and hands a :class:`BatchJob`
+the per-item (:class:`PerItem`) or per-batch (:class:`PerBatch`) work; everything else happens here, the same way
+for every command.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Any
 
 import typer
 
-from gie_cli.errors import UsageError
+from gie_cli.cli.options import (  # noqa: F401 - re-exported: the option aliases used to live here
+    BatchSizeOpt,
+    DryRunOpt,
+    FailFastOpt,
+    OnExisting,
+    OnExistingOpt,
+    RecursiveOpt,
+)
+from gie_cli.errors import GieError, UsageError
 
-ON_EXISTING = ("skip", "overwrite", "error")
+log = logging.getLogger(__name__)
 
-OnExistingOpt = Annotated[
-    str,
-    typer.Option("--on-existing", help="What to do when an item's outputs exist: skip (resume) | overwrite | error."),
-]
-RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders of input folders.")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="List the planned work and exit without running.")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per model batch.")]
-FailFastOpt = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed item.")]
+ON_EXISTING = tuple(m.value for m in OnExisting)
 
 
 @dataclass
@@ -41,6 +49,7 @@ class Item:
     source: Path
     name: str
     outputs: dict[str, Path] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # what a command's precheck found out about the item
 
 
 @dataclass
@@ -214,6 +223,12 @@ class Reporter:
             self._task = self._progress.add_task(command, total=total)
             self._progress.start()
 
+    def close(self) -> None:
+        """Stop the progress bar (a run-level error ends the run without a summary)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
     def add(self, rec: Record) -> None:
         """Record one finished item (written to the manifest immediately, so an interrupted run keeps its log)."""
         self.counts[rec.status] += 1
@@ -231,8 +246,7 @@ class Reporter:
 
     def finish(self) -> int:
         """Print the summary on stderr; return the exit code (0 all ok/skipped, 1 any failure)."""
-        if self._progress is not None:
-            self._progress.stop()
+        self.close()
         secs = time.perf_counter() - self._t0
         parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
         typer.echo(f"{self.command}: {parts or 'nothing to do'} in {secs:.1f}s (manifest: {self.manifest})", err=True)
@@ -241,3 +255,241 @@ class Reporter:
         if len(self.problems) > 20:
             typer.echo(f"  ... and {len(self.problems) - 20} more (see the manifest)", err=True)
         return 1 if self.counts["failed"] else 0
+
+
+# --------------------------------------------------------------------------------------------------- the engine
+def plan_items(
+    inputs: Sequence[str] | None,
+    output: Path,
+    recursive: bool,
+    suffixes: Iterable[str],
+    outputs: Callable[[Path, str], dict[str, Path]],
+    stdin_keys: Sequence[str] = ("input",),
+) -> list[Item]:
+    """Inputs (files, folders, ``-``) -> items whose outputs are ``outputs(source, name)``.
+
+    Raises:
+        UsageError: The output folder is an input folder, a missing input, or no inputs at all.
+    """
+    raw = list(inputs or [])
+    check_output_dir(output, [Path(p) for p in raw if p != "-"])
+    found = collect_inputs(raw, recursive, suffixes, exclude=output, stdin_keys=stdin_keys)
+    return [Item(src, name, outputs(src, name)) for src, name in found]
+
+
+@dataclass
+class PerItem:
+    """Work done one item at a time.
+
+    Attributes:
+        process: ``(item, batch_size) -> Record``. An exception fails the item (a :class:`GieError` with its
+            message, anything else as ``Type: message``); CUDA out-of-memory halves ``batch_size`` and retries the
+            item when there is a batch size to halve.
+        batch_size: The model batch size the item's work uses inside (e.g. edit powers per batch), or None.
+    """
+
+    process: Callable[[Item, int | None], Record]
+    batch_size: int | None = None
+
+
+@dataclass
+class PerBatch:
+    """Work done on batches of items (one model call per batch).
+
+    Attributes:
+        compute: ``payloads -> results`` (one result per payload, same order): the model call. CUDA out-of-memory
+            halves the batch size and retries; at batch size 1 the items fail. Any other exception fails the batch's
+            items with ``Type: message``.
+        finish: ``(item, payload, result) -> Record``: save one item's outputs; an exception fails that item.
+        batch_size: Items per batch at the start.
+        prepare: ``item -> payload`` (e.g. load the image), or a :class:`Record` that settles the item (e.g.
+            ``no_face``); an exception fails the item. Runs once per item, even when its batch is retried.
+    """
+
+    compute: Callable[[list[Any]], Sequence[Any]]
+    finish: Callable[[Item, Any, Any], Record]
+    batch_size: int
+    prepare: Callable[[Item], Any] = lambda item: item
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is CUDA out-of-memory (torch is only looked at when it is imported already)."""
+    torch = sys.modules.get("torch")
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    return oom is not None and isinstance(e, oom)
+
+
+def _free_cuda_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def failure_reason(e: BaseException) -> str:
+    """The manifest reason of a failed item: a :class:`GieError`'s message, else ``Type: message``."""
+    return str(e) if isinstance(e, GieError) else f"{type(e).__name__}: {e}"
+
+
+@dataclass
+class BatchJob:
+    """One batch command's run over its items.
+
+    Attributes:
+        command: The command name (manifest ``command``, summary, progress bar).
+        output: The output folder (``manifest.jsonl`` goes there).
+        items: All items, in input order.
+        on_existing: ``skip`` (items whose outputs all exist are ``skipped``), ``overwrite``, or ``error`` (items
+            with any existing output fail).
+        fail_fast: Stop at the first failed item (the others are not processed; they get no record).
+        json_out: One JSON line per item on stdout.
+        done: Whether an item's outputs are complete (default: all of ``item.outputs`` exist).
+        precheck: Runs on every item before the skip policy; an exception fails the item (e.g. paste: the item's
+            alignment record must exist even when its composite does).
+    """
+
+    command: str
+    output: Path
+    items: list[Item]
+    on_existing: str = "skip"
+    fail_fast: bool = False
+    json_out: bool = False
+    done: Callable[[Item], bool] = is_done
+    precheck: Callable[[Item], None] | None = None
+    reporter: Reporter | None = field(default=None, init=False)
+    stopped: bool = field(default=False, init=False)
+
+    def dry_run(self, note: str = "") -> int:
+        """List every item on stdout (``exists|todo``, input, outputs; tab-separated) and a summary on stderr;
+        write nothing. Returns the exit code (0)."""
+        for it in self.items:
+            state = "exists" if self.done(it) else "todo"
+            typer.echo(f"{state}\t{it.source}\t" + "\t".join(str(p) for p in it.outputs.values()))
+        typer.echo(f"dry run: {len(self.items)} input(s){note}", err=True)
+        return 0
+
+    def run(self, work: Callable[[list[Item]], PerItem | PerBatch]) -> int:
+        """Settle existing items, then process the rest with ``work(todo)`` (called only when there is work, so
+        models load only then; its exceptions end the run). Returns the exit code: 0 when every item is ok,
+        skipped or no_face, 1 when any failed."""
+        self.reporter = Reporter(self.output, len(self.items), self.json_out, self.command)
+        try:
+            todo = self._split()
+            if todo and not self.stopped:
+                plan = work(todo)
+                if isinstance(plan, PerBatch):
+                    self._run_batches(todo, plan)
+                else:
+                    self._run_items(todo, plan)
+        except BaseException:
+            self.reporter.close()
+            raise
+        return self.reporter.finish()
+
+    # ----------------------------------------------------------------------------------------------- internals
+    def add(self, rec: Record) -> None:
+        """Record one finished item; under ``fail_fast`` a failure stops the run."""
+        assert self.reporter is not None
+        self.reporter.add(rec)
+        if rec.status == "failed" and self.fail_fast:
+            self.stopped = True
+
+    def _fail(self, it: Item, e: BaseException) -> None:
+        if not isinstance(e, GieError):
+            log.debug("%s: %s failed", self.command, it.source, exc_info=True)
+        self.add(Record(str(it.source), "failed", reason=failure_reason(e)))
+
+    def _split(self) -> list[Item]:
+        todo = []
+        for it in self.items:
+            if self.stopped:
+                break
+            if self.precheck is not None:
+                try:
+                    self.precheck(it)
+                except Exception as e:  # noqa: BLE001 - a failed check fails this item only
+                    self._fail(it, e)
+                    continue
+            rec = existing_record(it, self.on_existing, self.done(it))
+            if rec is None:
+                todo.append(it)
+            else:
+                self.add(rec)
+        return todo
+
+    def _run_items(self, todo: list[Item], plan: PerItem) -> None:
+        bs = plan.batch_size
+        for it in todo:
+            while not self.stopped:
+                try:
+                    rec = plan.process(it, bs)
+                except Exception as e:  # noqa: BLE001 - a failure fails this item; the run goes on
+                    if is_out_of_memory(e):
+                        _free_cuda_cache()
+                        if bs is not None and bs > 1:
+                            bs = max(1, bs // 2)
+                            log.warning("CUDA out of memory: batch size reduced to %d", bs)
+                            continue
+                        e = GieError("CUDA out of memory" + (" at batch size 1" if bs == 1 else ""))
+                    self._fail(it, e)
+                else:
+                    self.add(rec)
+                break
+            if self.stopped:
+                return
+
+    def _run_batches(self, todo: list[Item], plan: PerBatch) -> None:
+        pending = list(todo)
+        prepared: dict[int, Any] = {}  # id(item) -> payload, kept across retries
+        bs = plan.batch_size
+        while pending and not self.stopped:
+            chunk, pending = pending[:bs], pending[bs:]
+            ready: list[Item] = []
+            for it in chunk:
+                if id(it) not in prepared:
+                    try:
+                        payload = plan.prepare(it)
+                    except Exception as e:  # noqa: BLE001 - a failure fails this item; the run goes on
+                        self._fail(it, e)
+                        if self.stopped:
+                            return
+                        continue
+                    if isinstance(payload, Record):
+                        self.add(payload)
+                        if self.stopped:
+                            return
+                        continue
+                    prepared[id(it)] = payload
+                ready.append(it)
+            if not ready:
+                continue
+            try:
+                results = plan.compute([prepared[id(it)] for it in ready])
+            except Exception as e:  # noqa: BLE001 - a model failure fails these items, the run goes on
+                if is_out_of_memory(e):
+                    _free_cuda_cache()
+                    if bs > 1:
+                        bs = max(1, bs // 2)
+                        log.warning("CUDA out of memory: batch size reduced to %d", bs)
+                        pending = ready + pending
+                        continue
+                    e = GieError("CUDA out of memory at batch size 1")
+                    reason = str(e)
+                else:
+                    log.debug("batch failed", exc_info=True)
+                    reason = f"{type(e).__name__}: {e}"
+                for it in ready:
+                    prepared.pop(id(it), None)
+                    self.add(Record(str(it.source), "failed", reason=reason))
+                if self.stopped:
+                    return
+                continue
+            for it, result in zip(ready, results, strict=True):
+                payload = prepared.pop(id(it))
+                try:
+                    rec = plan.finish(it, payload, result)
+                except Exception as e:  # noqa: BLE001 - a failed save fails this item only
+                    self._fail(it, e)
+                else:
+                    self.add(rec)
+                if self.stopped:
+                    return

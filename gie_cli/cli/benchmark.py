@@ -4,32 +4,153 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import BatchSizeOpt, RecursiveOpt
-from gie_cli.cli.options import DeviceOpt, DtypeOpt, JsonOpt
+from gie_cli.cli.options import (
+    SYNTHFACE,
+    BatchSizeOpt,
+    DeviceOpt,
+    Dtype,
+    DtypeOpt,
+    JsonOpt,
+    RecursiveOpt,
+    examples,
+    output_option,
+    parse_pairs,
+    settings_option,
+    weights_option,
+)
 from gie_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from gie_cli.benchmark.runner import EditSpec
 
 log = logging.getLogger(__name__)
 
-_EPILOG = (
-    "Examples:\n\n"
-    "  gie benchmark --methods e4e,optim --data synthface --n 32 --edits smile:2,age:2 -o benchmarks/results/world\n\n"
-    "  gie benchmark --methods e4e,psp --weights e4e=e4e.ffhq --weights psp=psp.ffhq --data aligned/ -o bench\n\n"
-    "  gie benchmark --methods optim --set optim.steps=100 --weights identity=model_ir_se50.pth -o bench"
+_EPILOG = examples(
+    "gie benchmark --methods e4e,optim --data synthface --n 32 --edits smile:2,age:2 -o benchmarks/results/world",
+    "gie benchmark --methods e4e,psp --weights e4e=e4e.ffhq --weights psp=psp.ffhq --data aligned/ -o bench",
+    "gie benchmark --methods optim --set optim.steps=100 --weights identity=model_ir_se50.pth -o bench",
 )
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]*$")
+
+
+# --------------------------------------------------------------------------------------------------- option parsers
+def parse_edits(spec: str | None) -> list[EditSpec]:
+    """``--edits "smile:3,age:-2"`` -> edit specs (a direction without ``:power`` is an error).
+
+    Raises:
+        UsageError: A malformed entry.
+    """
+    from gie_cli.benchmark.runner import EditSpec
+
+    out: list[EditSpec] = []
+    for part in (spec or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, power = part.rpartition(":")
+        try:
+            value = float(power)
+        except ValueError:
+            value = None
+        if not sep or not name.strip() or value is None:
+            raise UsageError(f"--edits entry {part!r} is not DIRECTION:POWER", hint="e.g. --edits smile:3,age:-2")
+        out.append(EditSpec(name.strip(), value))
+    labels = [e.label for e in out]
+    if len(set(labels)) != len(labels):
+        raise UsageError("--edits lists the same edit twice")
+    return out
+
+
+def parse_method_entries(text: str, known: Sequence[str]) -> dict[str, str]:
+    """``--methods`` entries, ``METHOD`` or ``LABEL=METHOD``, as ``{label: method}`` in the given order.
+
+    A label names the row in the tables and is the key of ``--weights LABEL=...`` and ``--set LABEL.KEY=...``, so one
+    method can be benchmarked with several checkpoints (an ablation).
+
+    Raises:
+        UsageError: No entry, an unknown method, a malformed or repeated label.
+    """
+    kinds: dict[str, str] = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        label, eq, kind = (s.strip() for s in item.partition("="))
+        kind = kind if eq else label
+        if kind not in known:
+            raise UsageError(f"--methods: unknown method {kind!r}", hint=f"choose from: {', '.join(known)}")
+        if not _LABEL.match(label):
+            raise UsageError(
+                f"--methods: bad label {label!r}", hint="labels are letters, digits, '_', '+' and '-' (LABEL=METHOD)"
+            )
+        if label in kinds:
+            raise UsageError(f"--methods lists {label!r} twice", hint="give repeated methods labels: LABEL=METHOD")
+        kinds[label] = kind
+    if not kinds:
+        raise UsageError("--methods is empty", hint=f"choose from: {', '.join(known)}")
+    return kinds
+
+
+def split_weights(items: Sequence[str], methods: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``--weights`` values ``KEY=FILE``: per method, or per metric network (``METRIC_WEIGHT_KEYS``).
+
+    Returns:
+        ``(method -> weights, metric key -> file)``.
+
+    Raises:
+        UsageError: A malformed value, a key that is neither a benchmarked method nor a metric, or a repeated key.
+    """
+    from gie_cli.benchmark.runner import METRIC_WEIGHT_KEYS
+
+    by_method: dict[str, str] = {}
+    by_metric: dict[str, str] = {}
+    for key, value in parse_pairs(items, "--weights", "e4e=e4e.ffhq"):
+        if key in methods:
+            target = by_method
+        elif key in METRIC_WEIGHT_KEYS:
+            target = by_metric
+        else:
+            raise UsageError(
+                f"--weights {key}=...: {key!r} is neither a benchmarked method nor a metric",
+                hint=f"methods: {', '.join(methods)}; metrics: {', '.join(METRIC_WEIGHT_KEYS)}",
+            )
+        if key in target:
+            raise UsageError(f"--weights {key}=... given twice")
+        target[key] = value
+    return by_method, by_metric
+
+
+def split_settings(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``--set METHOD.KEY=VALUE`` values -> per-method option dicts (passed to ``create_method``).
+
+    Raises:
+        UsageError: A malformed value or a method that is not benchmarked.
+    """
+    out: dict[str, dict[str, str]] = {m: {} for m in methods}
+    for key, value in parse_pairs(items, "--set", "optim.steps=300"):
+        method, dot, opt = key.partition(".")
+        if not dot or not opt:
+            raise UsageError(f"--set {key}=...: the key must be METHOD.KEY", hint="e.g. --set optim.steps=300")
+        if method not in out:
+            raise UsageError(f"--set {key}=...: {method!r} is not benchmarked", hint=f"methods: {', '.join(methods)}")
+        out[method][opt] = value
+    return out
 
 
 @command(epilog=_EPILOG)
 def benchmark(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for benchmark.json and benchmark.md.")],
+    output: Annotated[Path, output_option("Folder for benchmark.json and benchmark.md.")],
     methods: Annotated[
         str,
         typer.Option(
@@ -45,7 +166,7 @@ def benchmark(
             "--data",
             help="synthface (held-out synthetic-world faces with ground truth) or a folder of aligned face crops.",
         ),
-    ] = "synthface",
+    ] = SYNTHFACE,
     n: Annotated[
         int | None, typer.Option("--n", "-n", min=2, help="Images (synthface default 32; a folder: all).")
     ] = None,
@@ -55,16 +176,14 @@ def benchmark(
     ] = None,
     weights: Annotated[
         list[str] | None,
-        typer.Option(
-            "--weights",
-            "-w",
-            help="KEY=FILE (repeatable): weights of a method (file or registry name; default: the method's embedded "
-            "one) or of a metric network: lpips-vgg, lpips-alex, identity, fid, attributes.",
+        weights_option(
+            "KEY=FILE (repeatable): weights of a method (file or registry name; default: the method's embedded "
+            "one) or of a metric network: lpips-vgg, lpips-alex, identity, fid, attributes."
         ),
     ] = None,
     settings: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Method setting METHOD.KEY=VALUE (repeatable), e.g. --set optim.steps=200."),
+        settings_option("Method setting METHOD.KEY=VALUE (repeatable), e.g. --set optim.steps=200."),
     ] = None,
     metrics: Annotated[
         str,
@@ -83,7 +202,7 @@ def benchmark(
     ] = 0.3,
     recursive: RecursiveOpt = False,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = Dtype.auto,
     json_out: JsonOpt = False,
 ) -> None:
     """Run several inversion methods on the same images and compare quality and speed.
@@ -102,17 +221,10 @@ def benchmark(
     from gie_cli.benchmark.data import SYNTH_SIZE, folder_data, synthface_data
     from gie_cli.benchmark.metrics import DEFINITIONS, MetricSuite, parse_metric_names
     from gie_cli.benchmark.report import BENCHMARK_FORMAT, environment, json_safe, rich_tables, write_reports
-    from gie_cli.benchmark.runner import (
-        load_directions,
-        parse_edits,
-        parse_method_entries,
-        run_method,
-        split_settings,
-        split_weights,
-    )
+    from gie_cli.benchmark.runner import MethodSpec, load_directions, run_method
     from gie_cli.benchmark.world import load_judge
     from gie_cli.device import resolve_device, resolve_dtype
-    from gie_cli.methods.base import list_methods
+    from gie_cli.methods import list_methods
 
     kinds = parse_method_entries(methods, list_methods())
     names = list(kinds)
@@ -126,7 +238,7 @@ def benchmark(
     dt = resolve_dtype(dtype, dev)
 
     t0 = time.perf_counter()
-    if data == "synthface":
+    if data == SYNTHFACE:
         bench = synthface_data(n or 32, size or SYNTH_SIZE, seed, ood_prob)
     else:
         bench = folder_data(data, n, size or 256, recursive)
@@ -150,13 +262,12 @@ def benchmark(
             )
     directions = load_directions(edit_specs)
 
+    specs = [MethodSpec(name, kinds[name], method_weights.get(name), options[name]) for name in names]
     results = []
-    for name in names:
+    for spec in specs:
+        name = spec.label
         log.info("benchmark: %s", name)
-        row = run_method(
-            name, method_weights.get(name), options[name], bench, suite, judge, edit_specs, directions,
-            batch_size, dev, dt, kind=kinds[name],
-        )  # fmt: skip
+        row = run_method(spec, bench, suite, judge, edit_specs, directions, batch_size, dev, dt)
         results.append(row)
         if row["status"] == "ok":
             log.info("%s: %.2f images/s", name, row["timing"]["images_per_s"] or 0.0)
@@ -232,7 +343,7 @@ def _command_line(
     for s in settings or []:
         parts += ["--set", s]
     parts += ["--metrics", metrics, "--batch-size", str(batch_size), "--size", str(size)]
-    if data == "synthface":
+    if data == SYNTHFACE:
         parts += ["--seed", str(seed), "--ood-prob", f"{ood_prob:g}"]
     elif recursive:
         parts.append("--recursive")

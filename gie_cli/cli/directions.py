@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gie_cli.cli import app, command
 from gie_cli.cli.options import DeviceOpt, JsonOpt
 from gie_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from gie_cli.editing import Direction
 
 log = logging.getLogger(__name__)
 
@@ -83,51 +86,12 @@ def parse_range(spec: str | None) -> tuple[float, float] | None:
     return (min(lo, hi), max(lo, hi))
 
 
-def load_generator(weights: str, device: str = "cpu"):
-    """``(generator, weights_id)`` from any checkpoint gie reads (method checkpoints, rosinality ``g_ema`` files)."""
-    from gie_cli.device import resolve_device
-    from gie_cli.methods.loading import build_generator, read_components
-
-    comp = read_components(weights)
-    g = build_generator(comp).eval().requires_grad_(False)
-    return g.to(resolve_device(device)), comp.weights_id
-
-
-def _out_dir(output: Path | None) -> Path:
-    from gie_cli.editing.directions import user_directions_dir
-
-    return output if output is not None else user_directions_dir()
-
-
-def _write(directions: list, output: Path | None, overwrite: bool, json_out: bool) -> None:
+def _write(directions: list[Direction], output: Path | None, overwrite: bool, json_out: bool) -> None:
     """Save directions (refusing to replace files unless ``overwrite``) and print their paths (or JSON lines)."""
-    from gie_cli.editing.directions import DIRECTION_SUFFIX
+    from gie_cli.editing import output_dir, save_directions
 
-    folder = _out_dir(output)
-    targets = [folder / f"{d.name}{DIRECTION_SUFFIX}" for d in directions]
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise UsageError(f"direction file(s) exist: {', '.join(existing)}", hint="pass --overwrite or --name")
-    for d, t in zip(directions, targets, strict=True):
-        path = d.save(t)
-        d.path = path
+    for d, path in zip(directions, save_directions(directions, output_dir(output), overwrite), strict=True):
         typer.echo(json.dumps(d.summary()) if json_out else str(path))
-    log.info("wrote %d direction(s) to %s", len(directions), folder)
-
-
-def _binding(weights: str | None, generator_id: str | None, device: str = "cpu") -> dict[str, Any] | None:
-    from gie_cli.editing.directions import generator_binding
-
-    if weights is None:
-        return None
-    g, wid = load_generator(weights, device)
-    return generator_binding(g, generator_id or wid)
-
-
-def _provenance(method: str, **extra: Any) -> dict:
-    from gie_cli.editing.directions import provenance
-
-    return provenance(method, **extra)
 
 
 # --------------------------------------------------------------------------------------------------- list / show
@@ -138,7 +102,7 @@ def list_(
 ) -> None:
     """List the directions found by name: $GIE_DIRECTIONS_PATH, the user folder (<gie cache>/directions, where
     import and fit write), then the directions shipped with gie. The first file of a name wins."""
-    from gie_cli.editing.directions import list_directions, search_path
+    from gie_cli.editing import list_directions, search_path
 
     found = [d for d in list_directions() if show_all or not d["shadowed"]]
     if json_out:
@@ -181,18 +145,9 @@ def show(
     json_out: JsonOpt = False,
 ) -> None:
     """Show one direction: space, layers, scale convention, power range, generator binding, provenance, tensors."""
-    from gie_cli.editing.directions import load_direction
+    from gie_cli.editing import load_direction
 
-    d = load_direction(direction)
-    cfg = {**d.config(), "path": str(d.path)}
-    cfg["tensors"] = {
-        k: {"shape": list(v.shape), "norm": round(float(v.float().norm()), 6)}
-        for k, v in d.tensors.items()
-        if not k.startswith("classifier.")
-    }
-    n_clf = sum(v.numel() for k, v in d.tensors.items() if k.startswith("classifier."))
-    if n_clf:
-        cfg["tensors"]["classifier.*"] = {"parameters": n_clf}
+    cfg = load_direction(direction).details()
     if json_out:
         typer.echo(json.dumps(cfg))
         return
@@ -252,8 +207,8 @@ def import_(
     InterFaceGAN tensors [1,512] (W, all layers) and [1,18,512] (W+) from e4e/HFGI/SFE; GANSpace ffhq_pca.pt
     (mean/comp/std) as its named (component, start, end, strength) edits; SFE [1,9216] W+ boundaries (.npy).
     """
-    from gie_cli.editing.directions import GANSPACE_MODES
-    from gie_cli.editing.importers import CONVENTIONS, FFHQ_GANSPACE_EDITS, FORMATS, import_file
+    from gie_cli.editing import GANSPACE_MODES, weights_binding
+    from gie_cli.editing.importers import CONVENTIONS, FORMATS, import_file, select_ganspace_edits
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
@@ -266,16 +221,8 @@ def import_(
     for f in files:
         if not f.is_file():
             raise UsageError(f"file not found: {f}")
-    selected = None
-    if edits:
-        wanted = [e.strip() for e in edits.split(",") if e.strip()]
-        unknown = [e for e in wanted if e not in FFHQ_GANSPACE_EDITS]
-        if unknown:
-            raise UsageError(
-                f"unknown GANSpace edit(s) {', '.join(unknown)}", hint=f"known: {', '.join(FFHQ_GANSPACE_EDITS)}"
-            )
-        selected = {e: FFHQ_GANSPACE_EDITS[e] for e in wanted}
-    binding = _binding(weights, generator_id)
+    selected = select_ganspace_edits(edits)
+    binding = weights_binding(weights, generator_id)
     n_latent = int((binding or {}).get("n_latent") or 18)
     layer_list = parse_layers(layers, n_latent)
     out = []
@@ -339,8 +286,9 @@ def fit_interfacegan(
 
     Latents come from --labels, or are sampled from the generator's mapping network and scored by --classifier.
     """
-    from gie_cli.editing.directions import check_name, generator_binding
-    from gie_cli.editing.fit import interfacegan_direction, label_samples, linear_boundary, load_function, sample_w
+    from gie_cli.editing import check_name, generator_binding, load_generator, provenance
+    from gie_cli.editing.fit import interfacegan_direction, linear_boundary
+    from gie_cli.editing.labels import labelled_latents
 
     check_name(name)
     if (labels is None) == (classifier is None):
@@ -350,23 +298,9 @@ def fit_interfacegan(
     if space not in ("w", "wplus"):
         raise UsageError("--space must be w or wplus")
     g, wid = load_generator(weights, device)
-    if labels is not None:
-        x, y = load_labels_checked(labels, g)
-        if x.ndim == 3 and space == "w":
-            x = x.mean(1)
-        source: dict[str, Any] = {"labels": str(labels.resolve())}
-    else:
-        fn = load_function(classifier)
-        col = _column(attribute, getattr(fn, "columns", None), classifier)
-        x = sample_w(g, samples, seed, truncation)
-        y = label_samples(g, x, fn, on, attribute=col)
-        source = {"classifier": classifier, "on": on, "samples": samples, "seed": seed, "truncation": truncation}
-    if y.ndim == 2:
-        if attribute is None:
-            raise UsageError("the labels have several columns: choose one with --attribute")
-        y = y[:, _column(attribute, _label_columns(labels) if labels is not None else None, str(labels))]
+    x, y, source = labelled_latents(g, labels, classifier, attribute, on, space, samples, seed, truncation)
     fit = linear_boundary(x, y, solver, c, ratio, split, seed)
-    prov = _provenance("fit:interfacegan", **source)
+    prov = provenance("fit:interfacegan", **source)
     d = interfacegan_direction(
         name,
         fit,
@@ -379,44 +313,6 @@ def fit_interfacegan(
     )
     log.info("InterFaceGAN %s: validation accuracy %s", name, fit.stats["val_accuracy"])
     _write([d], output, overwrite, json_out)
-
-
-def _label_columns(path: Path) -> list[str] | None:
-    """Column names stored in a ``.safetensors`` labels file's config (``columns``), if any."""
-    if path.suffix != ".safetensors":
-        return None
-    from gie_cli.io.checkpoint import load_safetensors
-
-    cols = load_safetensors(path)[1].get("columns")
-    return [str(c) for c in cols] if isinstance(cols, list) else None
-
-
-def _column(attribute: str | None, columns: list[str] | None, source: str | None) -> int | None:
-    """``--attribute`` as a column index: an int, or a name looked up in ``columns``."""
-    if attribute is None:
-        return None
-    if attribute.lstrip("-").isdigit():
-        return int(attribute)
-    if not columns or attribute not in columns:
-        known = f"known: {', '.join(columns)}" if columns else "this labelling function has no named columns"
-        raise UsageError(f"--attribute {attribute!r} is not a column of {source}", hint=f"pass an index; {known}")
-    return list(columns).index(attribute)
-
-
-def load_labels_checked(path: Path, g):
-    """:func:`gie_cli.editing.fit.load_labels` plus a shape check against the generator."""
-    from gie_cli.editing.fit import load_labels
-
-    x, y = load_labels(path)
-    ok = (x.ndim == 2 and x.shape[1] == g.style_dim) or (
-        x.ndim == 3 and tuple(x.shape[1:]) == (g.n_latent, g.style_dim)
-    )
-    if not ok:
-        raise UsageError(
-            f"{path}: latents of shape {list(x.shape[1:])} do not fit the generator "
-            f"([{g.style_dim}] or [{g.n_latent}, {g.style_dim}])"
-        )
-    return x, y
 
 
 @command(name="regression", target=fit_app)
@@ -449,8 +345,9 @@ def fit_regression(
     For attributes that are correlated or encoded together, one InterFaceGAN boundary per attribute drags the others
     along; the joint fit does not, as far as the latent encodes them linearly (the per-column R^2 of a linear
     read-out is logged and stored)."""
-    from gie_cli.editing.directions import Direction, check_name, generator_binding
-    from gie_cli.editing.fit import multi_label_regression
+    from gie_cli.editing import check_name, generator_binding, load_generator, provenance
+    from gie_cli.editing.fit import multi_label_regression, regression_direction
+    from gie_cli.editing.labels import column_index, label_columns, load_labels_checked
 
     if space not in ("w", "wplus"):
         raise UsageError("--space must be w or wplus")
@@ -462,30 +359,20 @@ def fit_regression(
         x = x.mean(1)
     shape = x.shape[1:]
     fit = multi_label_regression(x.reshape(len(x), -1), y, ridge)
-    columns = _label_columns(labels)
+    columns = label_columns(labels)
     rows = parse_layers(layers, g.n_latent)
     out = []
     for a in attribute:
-        i = _column(a, columns, str(labels))
+        i = column_index(a, columns, str(labels))
         if i is None or not -y.shape[1] <= i < y.shape[1]:
             raise UsageError(f"--attribute {a}: no such column (labels have {y.shape[1]})")
         name = check_name(columns[i] if columns else f"label{i}")
         vec = fit.coef[i].reshape(shape)
         log.info("regression %s: |dw| per unit %.4f, linear read-out R^2 %.3f", name, vec.norm(), fit.r2[i])
-        out.append(
-            Direction(
-                name=name,
-                space="w" if vec.ndim == 1 else "wplus",
-                tensors={"vector": vec.clone()},
-                layers=rows if rows is not None else list(range(g.n_latent)),
-                power_range=parse_range(power_range) or (-1.0, 1.0),
-                generator=generator_binding(g, wid),
-                provenance=_provenance(
-                    "fit:regression", labels=str(labels.resolve()), column=i, r2=float(fit.r2[i]), ridge=ridge
-                ),
-                description=f"joint least-squares latent change per unit of {name} (others held fixed)",
-            )
-        )
+        prov = provenance("fit:regression", labels=str(labels.resolve()), column=i, r2=float(fit.r2[i]), ridge=ridge)
+        layer_list = rows if rows is not None else list(range(g.n_latent))
+        rng = parse_range(power_range) or (-1.0, 1.0)
+        out.append(regression_direction(name, vec, layer_list, generator_binding(g, wid), prov, rng))
     _write(out, output, overwrite, json_out)
 
 
@@ -509,7 +396,7 @@ def fit_ganspace(
 ) -> None:
     """GANSpace (Härkönen et al. 2020): principal components of sampled W codes, one direction per component
     (orthonormal, ordered by variance), applied to --layers."""
-    from gie_cli.editing.directions import GANSPACE_MODES, check_name, generator_binding
+    from gie_cli.editing import GANSPACE_MODES, check_name, generator_binding, load_generator, provenance
     from gie_cli.editing.fit import pca, sample_w
     from gie_cli.editing.importers import ganspace_direction
 
@@ -525,7 +412,7 @@ def fit_ganspace(
     rng = parse_range(power_range) or (-3.0, 3.0)
     out = []
     for i in range(len(res.std)):
-        prov = _provenance(
+        prov = provenance(
             "fit:ganspace", samples=samples, seed=seed, truncation=truncation, explained=float(res.explained[i])
         )
         out.append(
@@ -565,8 +452,9 @@ def fit_stylespace(
 ) -> None:
     """StyleSpace (Wu et al. 2021): a single style channel of one conv layer, given by --layer/--channel or detected
     from --labels (largest |mean_pos - mean| / std_pos)."""
-    from gie_cli.editing.directions import check_name, generator_binding
-    from gie_cli.editing.fit import detect_stylespace_channels, sample_w, style_statistics, stylespace_direction
+    from gie_cli.editing import check_name, generator_binding, load_generator, provenance
+    from gie_cli.editing.fit import stylespace_channel_from_labels, stylespace_channel_scale, stylespace_direction
+    from gie_cli.editing.labels import load_labels_checked
     from gie_cli.editing.stylespace import s_index_to_layer
 
     check_name(name)
@@ -575,11 +463,8 @@ def fit_stylespace(
     if labels is not None:
         if layer is not None or channel is not None:
             raise UsageError("give either --labels or --layer/--channel")
-        x, y = load_labels_checked(labels, g)
-        best = detect_stylespace_channels(g, x, y.reshape(len(y), -1)[:, 0])
-        layer, channel, theta, sign = best[0]
-        extra = {"labels": str(labels.resolve()), "theta": theta, "candidates": [list(b) for b in best]}
-        log.info("StyleSpace: most specific channel %d of layer %d (theta %.3f)", channel, layer, theta)
+        layer, channel, sign, found = stylespace_channel_from_labels(g, *load_labels_checked(labels, g))
+        extra = {"labels": str(labels.resolve()), **found}
     elif layer is None or channel is None:
         raise UsageError("give --layer and --channel, or --labels")
     elif s_index:
@@ -590,9 +475,8 @@ def fit_stylespace(
     if not 0 <= layer < g.num_layers:
         raise UsageError(f"conv layer {layer} out of range 0..{g.num_layers - 1}")
     if scale is None:
-        _, std = style_statistics(g, sample_w(g, samples, seed))[layer]
-        scale = float(std[channel]) if 0 <= channel < len(std) else 1.0
-    prov = _provenance("fit:stylespace", samples=samples, seed=seed, **extra)
+        scale = stylespace_channel_scale(g, layer, channel, samples, seed)
+    prov = provenance("fit:stylespace", samples=samples, seed=seed, **extra)
     d = stylespace_direction(
         name, g, layer, channel, scale, generator_binding(g, wid), prov, sign, parse_range(power_range) or (-10.0, 10.0)
     )
@@ -634,27 +518,17 @@ def fit_label(
 ) -> None:
     """Style Transformer (Hu et al. 2022) label-based editing: a per-latent path along the (first- or second-order)
     gradient of a latent attribute classifier toward --target; the classifier is stored in the direction file."""
-    from gie_cli.editing.directions import check_name, generator_binding
+    from gie_cli.editing import check_name, generator_binding, load_generator, provenance
     from gie_cli.editing.fit import label_direction, train_latent_classifier
-    from gie_cli.editing.label import LatentClassifier, classifier_config_from_state_dict
-    from gie_cli.io.checkpoint import get_prefixed, load_state_dict_strict, read_checkpoint
+    from gie_cli.editing.label import load_latent_classifier
+    from gie_cli.editing.labels import load_labels_checked
 
     check_name(name)
     if (classifier is None) == (labels is None):
         raise UsageError("give exactly one of --classifier and --labels")
     g, wid = load_generator(weights, device)
     if classifier is not None:
-        ck = read_checkpoint(classifier)
-        sd = ck["state_dict"] if isinstance(ck.get("state_dict"), dict) else ck
-        if any(k.startswith("classifier.") for k in sd):
-            sd = get_prefixed(sd, "classifier")
-        try:
-            cfg = classifier_config_from_state_dict(sd)
-        except ValueError as e:
-            raise UsageError(f"--classifier {classifier}: {e}") from None
-        clf = LatentClassifier(**cfg, activation=activation)
-        load_state_dict_strict(clf, sd, str(classifier))
-        clf.eval().requires_grad_(False)
+        clf = load_latent_classifier(classifier, activation)
         source: dict[str, Any] = {"classifier": str(classifier.resolve())}
     else:
         x, y = load_labels_checked(labels, g)
@@ -670,7 +544,7 @@ def fit_label(
         idx = clf.attribute_index(attribute)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    prov = _provenance(f"fit:label[order={order}]", **source)
+    prov = provenance(f"fit:label[order={order}]", **source)
     d = label_direction(
         name, clf, idx, generator_binding(g, wid), prov, target, order, xi, seed,
         parse_layers(layers, g.n_latent), parse_range(power_range) or (0.0, 5.0),

@@ -9,18 +9,18 @@ import typer
 
 from gie_cli import __version__
 from gie_cli.cli import command
-from gie_cli.cli.options import DeviceOpt, JsonOpt
+from gie_cli.cli.options import DeviceOpt, JsonOpt, examples
 
 
-@command()
+@command(epilog=examples("gie info", "gie info --json --device cuda:1"))
 def info(device: DeviceOpt = "auto", json_out: JsonOpt = False) -> None:
     """Show the resolved device, the ops implementation, library versions, methods and trainable parts."""
     import torch
 
     from gie_cli.device import resolve_device
-    from gie_cli.methods.base import list_methods
+    from gie_cli.methods import list_methods
     from gie_cli.ops import active_impl
-    from gie_cli.training.base import list_trainers
+    from gie_cli.training import list_trainers
 
     dev = resolve_device(device)
     facts = {

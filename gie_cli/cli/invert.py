@@ -12,62 +12,61 @@ from typing import Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import (
+from gie_cli.cli.batch import BatchJob, Item, PerBatch, Record, plan_items
+from gie_cli.cli.options import (
+    AlignBackend,
+    Alpha,
+    AlphaOpt,
     BatchSizeOpt,
+    DeviceOpt,
     DryRunOpt,
+    Dtype,
+    DtypeOpt,
     FailFastOpt,
-    Item,
+    ImageExt,
+    JsonOpt,
+    OnExisting,
     OnExistingOpt,
-    Record,
+    OutputOpt,
     RecursiveOpt,
-    Reporter,
-    check_on_existing,
-    check_output_dir,
-    collect_inputs,
-    is_done,
-    split_existing,
+    SettingsOpt,
+    WeightsOpt,
+    choice,
+    examples,
+    ext_option,
+    parse_settings,
 )
-from gie_cli.cli.options import DeviceOpt, DtypeOpt, JsonOpt
 from gie_cli.errors import GieError, UsageError
 
 log = logging.getLogger(__name__)
 
+__all__ = ["invert", "parse_settings"]
 
-def parse_settings(settings: list[str]) -> dict[str, str]:
-    """``["steps=100", "space=w"]`` -> ``{"steps": "100", "space": "w"}``."""
-    out = {}
-    for s in settings:
-        key, sep, value = s.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--set {s!r} is not KEY=VALUE")
-        out[key.strip()] = value.strip()
-    return out
+_EPILOG = examples(
+    "gie invert aligned/ -m e4e -w e4e.ffhq -o inv",
+    "gie invert ./photos -w e4e.ffhq -o inv --json > inv.jsonl      # raw photos are aligned first",
+    "gie invert aligned/ -m optim -w stylegan2.ffhq --set steps=500 --set space=wplus -o inv",
+    "find shots -name '*.jpg' | gie invert - -o inv --dry-run",
+)
 
 
-@command()
+@command(epilog=_EPILOG)
 def invert(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    output: OutputOpt,
     inputs: Annotated[
         list[str] | None,
         typer.Argument(help="Face photos or aligned face crops, folders, or - to read paths from stdin."),
     ] = None,
     method: Annotated[str, typer.Option("--method", "-m", help="Inversion method (`gie info` lists them).")] = "e4e",
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            "--weights", "-w", help="Weights of the method: a registry name (gie weights list) or a checkpoint file."
-        ),
-    ] = None,
-    settings: Annotated[
-        list[str] | None, typer.Option("--set", help="Method setting KEY=VALUE (repeatable), e.g. --set steps=200.")
-    ] = None,
+    weights: WeightsOpt = None,
+    settings: SettingsOpt = None,
     batch_size: BatchSizeOpt = 4,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = Dtype.auto,
     recursive: RecursiveOpt = False,
-    on_existing: OnExistingOpt = "skip",
-    alpha: Annotated[str, typer.Option("--alpha", help="Transparent inputs: white | black | drop | error.")] = "white",
-    ext: Annotated[str, typer.Option("--ext", help="Image format of reconstructions: png | jpg | webp.")] = "png",
+    on_existing: OnExistingOpt = OnExisting.skip,
+    alpha: AlphaOpt = Alpha.white,
+    ext: Annotated[ImageExt, ext_option("the reconstructions")] = ImageExt.png,
     align: Annotated[
         bool | None,
         typer.Option(
@@ -79,13 +78,14 @@ def invert(
         ),
     ] = None,
     align_backend: Annotated[
-        str,
-        typer.Option(
+        AlignBackend,
+        choice(
+            AlignBackend,
             "--align-backend",
-            help="Landmarks for alignment: auto (a NAME.landmarks.json beside the photo, else face-alignment) | "
-            "face-alignment | mediapipe | file.",
+            help="Landmarks for alignment: auto (a NAME.landmarks.json beside the photo, else face-alignment), "
+            "face-alignment, mediapipe or file.",
         ),
-    ] = "auto",
+    ] = AlignBackend.auto,
     landmarks: Annotated[
         Path | None,
         typer.Option("--landmarks", help="--align-backend file: landmarks JSON file or folder (see `gie align -h`)."),
@@ -104,46 +104,36 @@ def invert(
     """
     import torch
 
-    from gie_cli.alignment import BACKENDS
     from gie_cli.alignment.auto import needs_alignment, own_sidecar
     from gie_cli.device import resolve_device, resolve_dtype
     from gie_cli.io.images import IMAGE_SUFFIXES
-    from gie_cli.methods.base import create_method, list_methods
+    from gie_cli.methods import create_method, list_methods
 
-    check_on_existing(on_existing)
-    if ext not in ("png", "jpg", "webp"):
-        raise UsageError(f"--ext must be png, jpg or webp, got {ext!r}")
     if method not in list_methods():
         raise UsageError(f"unknown method {method!r}", hint=f"choose one of: {', '.join(list_methods())}")
-    if align_backend not in BACKENDS:
-        raise UsageError(f"unknown --align-backend {align_backend!r}", hint=f"choose one of: {', '.join(BACKENDS)}")
     if landmarks is not None and align_backend != "file":
         raise UsageError("--landmarks only applies to --align-backend file", hint="add --align-backend file")
-    raw_inputs = inputs or []
-    check_output_dir(output, [Path(p) for p in raw_inputs if p != "-"])
-    found = collect_inputs(raw_inputs, recursive, IMAGE_SUFFIXES, exclude=output, stdin_keys=("image", "input"))
-    items = []
     plan = _AlignPlan()
-    for src, name in found:
+
+    def outputs(src: Path, name: str) -> dict[str, Path]:
         outs = {"image": output / f"{name}.recon.{ext}", "latent": output / f"{name}.latent.safetensors"}
         if needs_alignment(src, align):
             plan.names.add(name)
             outs["align"] = output / f"{name}.align.json"
         elif align is None and own_sidecar(src) is not None:
             outs["align"] = output / f"{name}.align.json"  # carry the record of `gie align` along
-        items.append(Item(src, name, outs))
+        return outs
+
+    items = plan_items(inputs, output, recursive, IMAGE_SUFFIXES, outputs, stdin_keys=("image", "input"))
+    job = BatchJob("invert", output, items, on_existing, fail_fast, json_out)
     if dry_run:
-        for it in items:
-            state = "exists" if is_done(it) else "todo"
-            typer.echo(f"{state}\t{it.source}\t" + "\t".join(str(p) for p in it.outputs.values()))
-        typer.echo(f"dry run: {len(items)} input(s), method {method}, weights {weights or '-'}", err=True)
+        job.dry_run(f", method {method}, weights {weights or '-'}")
         return
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    reporter = Reporter(output, len(items), json_out, "invert")
-    todo = split_existing(items, on_existing, reporter)
-    if todo:
+
+    def work(todo: list[Item]) -> PerBatch:
         if any(it.name in plan.names for it in todo):
             from gie_cli.alignment import create_backend
 
@@ -166,8 +156,9 @@ def invert(
             model.input_size,
             model.output_size,
         )
-        _run(model, todo, reporter, batch_size, dev, dt, alpha, fail_fast, plan)
-    raise typer.Exit(reporter.finish())
+        return _batch_work(model, batch_size, dev, dt, alpha, plan)
+
+    raise typer.Exit(job.run(work))
 
 
 @dataclass
@@ -183,83 +174,37 @@ def _strs(outputs: dict[str, Path]) -> dict[str, str]:
     return {k: str(v) for k, v in outputs.items()}
 
 
-def _run(
-    model,
-    items: list[Item],
-    reporter: Reporter,
-    batch_size: int,
-    dev,
-    dt,
-    alpha: str,
-    fail_fast: bool,
-    plan: _AlignPlan | None = None,
-) -> None:
-    """Load, invert, render and save ``items`` batch by batch; CUDA out-of-memory halves the batch size."""
-    import torch
-
+def _batch_work(model, batch_size: int, dev, dt, alpha: str, plan: _AlignPlan | None = None) -> PerBatch:
+    """Load (and align) each item, invert and render batches, save each item (see :class:`PerBatch`)."""
     from gie_cli.alignment.auto import NoFaceError
 
-    pending = list(items)
-    bs = batch_size
-    while pending:
-        chunk, pending = pending[:bs], pending[bs:]
-        loaded = []
-        for it in chunk:
-            t0 = time.perf_counter()
-            try:
-                x, info = _load_input(it, model.input_size, alpha, plan or _AlignPlan())
-            except NoFaceError as e:
-                reporter.add(Record(str(it.source), "no_face", reason=_reason(e)))
-                continue
-            except GieError as e:
-                reporter.add(Record(str(it.source), "failed", reason=_reason(e)))
-                if fail_fast:
-                    return
-                continue
-            loaded.append((it, x, info, (time.perf_counter() - t0) * 1000))
-        if not loaded:
-            continue
+    plan = plan or _AlignPlan()
+
+    def prepare(it: Item):
+        t0 = time.perf_counter()
         try:
-            results = _invert_batch(model, [x for _, x, _, _ in loaded], dev, dt)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            if bs == 1:
-                for it, *_ in loaded:
-                    reporter.add(Record(str(it.source), "failed", reason="CUDA out of memory at batch size 1"))
-                continue
-            bs = max(1, bs // 2)
-            log.warning("CUDA out of memory: batch size reduced to %d", bs)
-            pending = [it for it, *_ in loaded] + pending
-            continue
-        except Exception as e:  # noqa: BLE001 - a model failure fails these items, the run goes on
-            log.debug("batch failed", exc_info=True)
-            for it, *_ in loaded:
-                reporter.add(Record(str(it.source), "failed", reason=f"{type(e).__name__}: {e}"))
-            if fail_fast:
-                return
-            continue
-        inv, images, t_inv, t_render = results
+            x, info = _load_input(it, model.input_size, alpha, plan)
+        except NoFaceError as e:
+            return Record(str(it.source), "no_face", reason=_reason(e))
+        return x, info, (time.perf_counter() - t0) * 1000
+
+    def compute(loaded: list) -> list:
+        inv, images, t_inv, t_render = _invert_batch(model, [x for x, _, _ in loaded], dev, dt)
         n = len(loaded)
-        for i, (it, _, info, t_load) in enumerate(loaded):
-            t0 = time.perf_counter()
-            try:
-                _save_item(model, it, inv.item(i), images[i], info)
-            except (GieError, OSError) as e:
-                reporter.add(Record(str(it.source), "failed", reason=_reason(e)))
-                if fail_fast:
-                    return
-                continue
-            timings = {
-                "load": t_load,
-                "invert": t_inv / n,
-                "render": t_render / n,
-                "save": (time.perf_counter() - t0) * 1000,
-            }
-            reporter.add(
-                Record(
-                    str(it.source), "ok", _strs(it.outputs), None, {k: round(v, 2) for k, v in timings.items()}, info
-                )
-            )
+        return [(inv.item(i), images[i], t_inv / n, t_render / n) for i in range(n)]
+
+    def finish(it: Item, loaded, result) -> Record:
+        _, info, t_load = loaded
+        inv, image, t_inv, t_render = result
+        t0 = time.perf_counter()
+        try:
+            _save_item(model, it, inv, image, info)
+        except OSError as e:
+            raise GieError(_reason(e)) from e
+        timings = {"load": t_load, "invert": t_inv, "render": t_render, "save": (time.perf_counter() - t0) * 1000}
+        return Record(str(it.source), "ok", _strs(it.outputs), None, {k: round(v, 2) for k, v in timings.items()}, info)
+
+    return PerBatch(compute, finish, batch_size, prepare)
 
 
 def _reason(e: Exception) -> str:
@@ -332,7 +277,7 @@ def _load_input(it: Item, size: int, alpha: str, plan: _AlignPlan):
 def _invert_batch(model, xs, dev, dt):
     import torch
 
-    from gie_cli.methods.base import invert_and_render
+    from gie_cli.methods import invert_and_render
 
     inv, images, t_enc, t_render = invert_and_render(model, torch.stack(xs).to(dev, dt))
     return inv, images.float().cpu(), t_enc * 1000, t_render * 1000

@@ -10,36 +10,33 @@ from typing import Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import (
+from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, plan_items
+from gie_cli.cli.options import (
     DryRunOpt,
     FailFastOpt,
-    Item,
+    ImageExt,
+    JsonOpt,
+    OnExisting,
     OnExistingOpt,
-    Record,
+    OutputOpt,
     RecursiveOpt,
-    Reporter,
-    check_on_existing,
-    check_output_dir,
-    collect_inputs,
-    existing_record,
-    is_done,
+    examples,
+    ext_option,
 )
-from gie_cli.cli.options import JsonOpt
 from gie_cli.errors import GieError, UsageError
 
 log = logging.getLogger(__name__)
 
-_EPILOG = (
-    "Examples:\n\n"
-    "  gie align photo.jpg -o aligned && (edit aligned/photo.png) && gie paste aligned/photo.png -o final\n\n"
-    "  gie paste inv/photo.recon.png -o final          # finds inv/photo.align.json written by `gie invert`\n\n"
-    "  gie paste a_face2.png --photo final/a_face1.png -o final2   # several faces: paste onto the last composite"
+_EPILOG = examples(
+    "gie align photo.jpg -o aligned && (edit aligned/photo.png) && gie paste aligned/photo.png -o final",
+    "gie paste inv/photo.recon.png -o final          # finds inv/photo.align.json written by `gie invert`",
+    "gie paste a_face2.png --photo final/a_face1.png -o final2   # several faces: paste onto the last composite",
 )
 
 
 @command(epilog=_EPILOG)
 def paste(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    output: OutputOpt,
     inputs: Annotated[
         list[str] | None, typer.Argument(help="Edited aligned face images, folders, or - to read paths from stdin.")
     ] = None,
@@ -55,8 +52,8 @@ def paste(
         float, typer.Option("--feather", min=0.0, max=0.95, help="Soft edge of the face mask, fraction of its radius.")
     ] = 0.15,
     recursive: RecursiveOpt = False,
-    on_existing: OnExistingOpt = "skip",
-    ext: Annotated[str, typer.Option("--ext", help="Image format of the composites: png | jpg | webp.")] = "png",
+    on_existing: OnExistingOpt = OnExisting.skip,
+    ext: Annotated[ImageExt, ext_option("the composites")] = ImageExt.png,
     dry_run: DryRunOpt = False,
     fail_fast: FailFastOpt = False,
     json_out: JsonOpt = False,
@@ -69,33 +66,23 @@ def paste(
     """
     from gie_cli.io.images import IMAGE_SUFFIXES
 
-    check_on_existing(on_existing)
-    if ext not in ("png", "jpg", "webp"):
-        raise UsageError(f"--ext must be png, jpg or webp, got {ext!r}")
     for opt, p in (("--meta", meta), ("--photo", photo)):
         if p is not None and not p.is_file():
             raise UsageError(f"{opt} {p}: file not found")
-    raw_inputs = inputs or []
-    check_output_dir(output, [Path(p) for p in raw_inputs if p != "-"])
-    found = collect_inputs(raw_inputs, recursive, IMAGE_SUFFIXES, exclude=output, stdin_keys=("image", "input"))
-    items = [Item(src, name, {"image": output / f"{name}.{ext}"}) for src, name in found]
+    items = plan_items(
+        inputs, output, recursive, IMAGE_SUFFIXES, lambda _, name: {"image": output / f"{name}.{ext}"},
+        stdin_keys=("image", "input"),
+    )  # fmt: skip
+
+    def precheck(it: Item) -> None:  # the record must be usable even when the composite exists
+        it.data["record"], it.data["meta"], it.data["photo"] = _sources(it, meta, photo)
+
+    job = BatchJob("paste", output, items, on_existing, fail_fast, json_out, precheck=None if dry_run else precheck)
     if dry_run:
-        for it in items:
-            typer.echo(f"{'exists' if is_done(it) else 'todo'}\t{it.source}\t{it.outputs['image']}")
-        typer.echo(f"dry run: {len(items)} input(s)", err=True)
+        job.dry_run()
         return
-    reporter = Reporter(output, len(items), json_out, "paste")
-    for it in items:
-        try:
-            record, meta_dict, photo_file = _sources(it, meta, photo)
-        except GieError as e:
-            rec = Record(str(it.source), "failed", reason=str(e))
-        else:
-            rec = existing_record(it, on_existing) or _paste_one(it, record, meta_dict, photo_file, feather)
-        reporter.add(rec)
-        if fail_fast and rec.status == "failed":
-            break
-    raise typer.Exit(reporter.finish())
+    work = PerItem(lambda it, _: _paste_one(it, it.data["record"], it.data["meta"], it.data["photo"], feather))
+    raise typer.Exit(job.run(lambda todo: work))
 
 
 def _sources(it: Item, meta_path: Path | None, photo_path: Path | None) -> tuple[Path, dict, Path]:
@@ -134,9 +121,6 @@ def _paste_one(it: Item, record: Path, meta: dict, photo_file: Path, feather: fl
         atomic_save_image(composite, out)
     except GieError as e:
         return Record(src, "failed", reason=str(e))
-    except Exception as e:  # noqa: BLE001 - one bad item does not stop the run
-        log.debug("paste failed", exc_info=True)
-        return Record(src, "failed", reason=f"{type(e).__name__}: {e}")
     info = {"record": str(record), "photo": str(photo_file), "face_index": meta.get("face_index")}
     ms = {"total": round((time.perf_counter() - t0) * 1000, 2)}
     return Record(src, "ok", {"image": str(out)}, None, ms, info)

@@ -8,12 +8,19 @@ from typing import Annotated
 import typer
 
 from gie_cli.cli import command
+from gie_cli.cli.options import examples, output_option
 from gie_cli.errors import UsageError
 
+_EPILOG = examples(
+    "gie synth -o world/ -n 100                  # photos with landmark sidecars",
+    "gie synth -o crops/ -n 32 --faces --size 64   # aligned face crops",
+    "gie synth -o w/ -n 8 && gie align w -o aligned --backend file",
+)
 
-@command()
+
+@command(epilog=_EPILOG)
 def synth(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (images + params.jsonl).")],
+    output: Annotated[Path, output_option("Output folder (images + params.jsonl).")],
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="Number of images.")] = 8,
     size: Annotated[int, typer.Option("--size", "-s", min=16, max=2048, help="Crop side; photo height.")] = 256,
     photos: Annotated[

@@ -9,23 +9,27 @@ from typing import Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.invert import parse_settings
-from gie_cli.cli.options import DeviceOpt
+from gie_cli.cli.options import DeviceOpt, batch_size_option, examples, parse_settings, settings_option, weights_option
 from gie_cli.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 
-@command()
+_EPILOG = examples(
+    "gie train --method e4e --data aligned/ -w generator.safetensors --steps 20000",
+    "gie train --method gradstyle --data aligned/ -w e4e.ffhq --set discriminator=stylegan2.ffhq",
+    "gie train --method e4e --data aligned/ --resume latest",
+)
+
+
+@command(epilog=_EPILOG)
 def train(
     method: Annotated[str, typer.Option("--method", "-m", help="Method whose trainable parts are trained.")],
     data: Annotated[str, typer.Option("--data", help="Folder of aligned training images.")],
-    weights: Annotated[
-        str | None, typer.Option("--weights", "-w", help="Frozen parts (e.g. the generator) or weights to fine-tune.")
-    ] = None,
+    weights: Annotated[str | None, weights_option("Frozen parts (e.g. the generator) or weights to fine-tune.")] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Total optimisation steps.")] = 1000,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 8,
-    settings: Annotated[list[str] | None, typer.Option("--set", help="Trainer setting KEY=VALUE (repeatable).")] = None,
+    batch_size: Annotated[int, batch_size_option("Images per training step.")] = 8,
+    settings: Annotated[list[str] | None, settings_option("Trainer setting KEY=VALUE (repeatable).")] = None,
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Folder holding the numbered run folders.")] = Path("runs"),
     resume: Annotated[
         str | None, typer.Option("--resume", help="Continue: a snapshot file, a run folder, or 'latest'.")
@@ -39,7 +43,7 @@ def train(
     import torch
 
     from gie_cli.device import resolve_device
-    from gie_cli.training.base import create_trainer, list_trainers
+    from gie_cli.training import create_trainer, list_trainers
     from gie_cli.training.loop import run_training
 
     if method not in list_trainers():

@@ -10,26 +10,23 @@ from typing import Annotated
 import typer
 
 from gie_cli.cli import app, command
-from gie_cli.cli.options import JsonOpt
+from gie_cli.cli.options import JsonOpt, examples, make_typer, output_option
 from gie_cli.errors import GieError, UsageError
 
 log = logging.getLogger(__name__)
 
-weights_app = typer.Typer(
-    name="weights",
-    help=(
-        "Official checkpoints: list the registry, download (verified, resumable), verify, locate, import, remove. "
-        "Cache: --cache-dir > GIE_CACHE_DIR > $XDG_CACHE_HOME/gie > the platform cache folder; "
-        "GIE_OFFLINE=1 forbids network access. Embedded entries (world.*) are small demo models shipped inside "
-        "gie: the defaults when --weights is omitted; never downloaded or cached."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    epilog=(
-        "Examples: gie weights list; gie weights download e4e.ffhq; gie weights path lpips.vgg; "
-        "gie weights import ~/Downloads/e4e_ffhq_encode.pt; gie weights import --convert ffhq.pkl --name "
-        "stylegan2_ada.ffhq"
+weights_app = make_typer(
+    "weights",
+    "Official checkpoints: list the registry, download (verified, resumable), verify, locate, import, remove. "
+    "Cache: --cache-dir > GIE_CACHE_DIR > $XDG_CACHE_HOME/gie > the platform cache folder; "
+    "GIE_OFFLINE=1 forbids network access. Embedded entries (world.*) are small demo models shipped inside "
+    "gie: the defaults when --weights is omitted; never downloaded or cached.",
+    epilog=examples(
+        "gie weights list",
+        "gie weights download e4e.ffhq",
+        "gie weights path lpips.vgg",
+        "gie weights import ~/Downloads/e4e_ffhq_encode.pt",
+        "gie weights import --convert ffhq.pkl --name stylegan2_ada.ffhq",
     ),
 )
 app.add_typer(weights_app, name="weights")
@@ -92,7 +89,7 @@ def _select(reg, names: list[str] | None, all_: bool, default_all: bool = False)
     return [reg.get(n) for n in names]
 
 
-@command("list", target=weights_app)
+@command("list", target=weights_app, epilog=examples("gie weights list", "gie weights list --method e4e --json"))
 def list_cmd(
     method: Annotated[str | None, typer.Option("--method", "-m", help="Only entries that feed this method.")] = None,
     cache_dir: CacheDirOpt = None,
@@ -120,7 +117,11 @@ def list_cmd(
     log.debug("registry %s, %d entries", reg.path, len(entries))
 
 
-@command("download", target=weights_app)
+@command(
+    "download",
+    target=weights_app,
+    epilog=examples("gie weights download e4e.ffhq", "GIE_CACHE_DIR=/data/gie gie weights download --all"),
+)
 def download_cmd(
     names: NamesArg = None,
     all_: AllOpt = False,
@@ -175,7 +176,7 @@ def download_cmd(
         raise typer.Exit(1)
 
 
-@command("verify", target=weights_app)
+@command("verify", target=weights_app, epilog=examples("gie weights verify", "gie weights verify e4e.ffhq --json"))
 def verify_cmd(
     names: NamesArg = None,
     all_: AllOpt = False,
@@ -215,7 +216,9 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
-@command("path", target=weights_app)
+@command(
+    "path", target=weights_app, epilog=examples("gie weights path e4e.ffhq", "ls -l $(gie weights path lpips.vgg)")
+)
 def path_cmd(
     name: Annotated[str, typer.Argument(help="Registry name.")],
     cache_dir: CacheDirOpt = None,
@@ -238,7 +241,14 @@ def path_cmd(
         log.info("not converted yet: `gie weights import --convert %s --name %s`", p, name)
 
 
-@command("import", target=weights_app)
+@command(
+    "import",
+    target=weights_app,
+    epilog=examples(
+        "gie weights import ~/Downloads/e4e_ffhq_encode.pt",
+        "gie weights import --convert ffhq.pkl --name stylegan2_ada.ffhq",
+    ),
+)
 def import_cmd(
     file: Annotated[Path, typer.Argument(help="A weights file you already have.")],
     name: Annotated[
@@ -253,9 +263,7 @@ def import_cmd(
             help="FILE is an NVIDIA stylegan2-ada-pytorch .pkl: convert its G_ema to gie's safetensors format.",
         ),
     ] = False,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="With --convert: where to write the converted file.")
-    ] = None,
+    output: Annotated[Path | None, output_option("With --convert: where to write the converted file.")] = None,
     cache_dir: CacheDirOpt = None,
     registry: RegistryOpt = None,
     json_out: JsonOpt = False,
@@ -329,7 +337,7 @@ def _convert(file: Path, name: str | None, output: Path | None, cache_dir: Path 
     return out
 
 
-@command("rm", target=weights_app)
+@command("rm", target=weights_app, epilog=examples("gie weights rm e4e.ffhq", "gie weights rm --all"))
 def rm_cmd(
     names: NamesArg = None,
     all_: AllOpt = False,

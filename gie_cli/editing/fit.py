@@ -3,7 +3,6 @@ StyleSpace (Wu et al. 2021) channels and Style Transformer (Hu et al. 2022) labe
 
 from __future__ import annotations
 
-import csv
 import importlib
 import importlib.util
 import logging
@@ -13,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gie_cli.editing.directions import Direction, DirectionError, check_name
+from gie_cli.editing.direction import Direction, check_name
+from gie_cli.editing.errors import DirectionError
 from gie_cli.editing.label import LatentClassifier
 from gie_cli.editing.stylespace import style_vectors
 from gie_cli.errors import UsageError
@@ -103,68 +102,6 @@ def label_samples(
             s = s[:, attribute]
         out.append(s.reshape(-1))
     return torch.cat(out)
-
-
-def load_labels(path: str | Path) -> tuple[Tensor, Tensor]:
-    """Latent codes and labels from a labels file.
-
-    Accepted: ``.csv``/``.tsv`` rows ``latent_file,label`` (gie latent files, paths relative to the labels file; a
-    header row is skipped), or ``.safetensors``/``.npz``/``.pt`` with a ``w`` ``[N, D]`` or ``wplus`` ``[N, L, D]``
-    tensor and a ``labels`` ``[N]`` (or ``[N, K]``) tensor.
-
-    Returns:
-        ``(latents [N, D] or [N, L, D], labels [N] or [N, K])`` as float32.
-
-    Raises:
-        UsageError: unreadable, missing keys, or mismatched lengths.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"labels file not found: {p}")
-    suffix = p.suffix.lower()
-    if suffix in (".csv", ".tsv", ".txt"):
-        from gie_cli.io.latents import load_latent
-
-        latents, labels = [], []
-        with open(p, newline="", encoding="utf-8") as f:
-            delim = "\t" if suffix == ".tsv" else ","
-            for row in csv.reader(f, delimiter=delim):
-                if not row or row[0].startswith("#"):
-                    continue
-                if len(row) < 2:
-                    raise UsageError(f"{p}: rows must be LATENT_FILE,LABEL, got {row}")
-                try:
-                    label = float(row[1])
-                except ValueError:
-                    if not labels:  # a header
-                        continue
-                    raise UsageError(f"{p}: label {row[1]!r} is not a number") from None
-                lat = Path(row[0]).expanduser()
-                lat = lat if lat.is_absolute() else p.parent / lat
-                latents.append(load_latent(lat)[0][0])
-                labels.append(label)
-        if not latents:
-            raise UsageError(f"{p}: no labelled latents")
-        return torch.stack(latents).float(), torch.tensor(labels, dtype=torch.float32)
-    if suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            data = {k: torch.from_numpy(np.asarray(z[k])) for k in z.files}
-    elif suffix == ".safetensors":
-        from gie_cli.io.checkpoint import load_safetensors
-
-        data = load_safetensors(p)[0]
-    else:
-        from gie_cli.io.checkpoint import read_checkpoint
-
-        data = read_checkpoint(p)
-    key = next((k for k in ("wplus", "w", "latents") if k in data), None)
-    lab = next((k for k in ("labels", "scores") if k in data), None)
-    if key is None or lab is None:
-        raise UsageError(f"{p}: needs a 'w' (or 'wplus') and a 'labels' tensor, found {', '.join(sorted(data))}")
-    x, y = torch.as_tensor(data[key]).float(), torch.as_tensor(data[lab]).float()
-    if len(x) != len(y):
-        raise UsageError(f"{p}: {len(x)} latents but {len(y)} labels")
-    return x, y
 
 
 # --------------------------------------------------------------------------------------------------- InterFaceGAN
@@ -354,6 +291,64 @@ def multi_label_regression(x: Tensor, labels: Tensor, ridge: float = 1e-3) -> Re
     readout = torch.linalg.lstsq(xc, yc).solution  # [F, K]: labels read back linearly from the codes
     r2 = 1 - (xc @ readout - yc).square().mean(0) / yc.square().mean(0).clamp_min(1e-12)
     return RegressionFit(coef.float(), intercept.float(), r2.float())
+
+
+def regression_direction(
+    name: str,
+    vector: Tensor,
+    layers: Sequence[int],
+    generator: dict[str, Any],
+    prov: dict[str, Any],
+    power_range: tuple[float, float] = (-1.0, 1.0),
+) -> Direction:
+    """A direction from one row of a :class:`RegressionFit`: the latent change per unit of its label.
+
+    Args:
+        name: the direction's name (its label column's).
+        vector: ``[D]`` (a ``w`` direction) or ``[L, D]`` (``wplus``).
+        layers: W+ layers it changes.
+        generator: the generator record (:func:`~gie_cli.editing.binding.generator_binding`).
+        prov: provenance (labels file, column, R^2, ridge).
+        power_range: recommended powers (label units).
+    """
+    return Direction(
+        name=check_name(name),
+        space="w" if vector.ndim == 1 else "wplus",
+        tensors={"vector": vector.clone()},
+        layers=list(layers),
+        power_range=power_range,
+        generator=generator,
+        provenance=prov,
+        description=f"joint least-squares latent change per unit of {name} (others held fixed)",
+    )
+
+
+def stylespace_channel_from_labels(
+    generator: Generator, latents: Tensor, labels: Tensor
+) -> tuple[int, int, float, dict[str, Any]]:
+    """The most attribute-specific style channel of labelled latents (:func:`detect_stylespace_channels` on the
+    first label column).
+
+    Args:
+        generator: the generator.
+        latents: ``[N, D]`` or ``[N, L, D]``.
+        labels: ``[N]`` or ``[N, K]`` (column 0 is used).
+
+    Returns:
+        ``(conv layer, channel, sign, provenance facts: theta and the candidates)``.
+    """
+    best = detect_stylespace_channels(generator, latents, labels.reshape(len(labels), -1)[:, 0])
+    layer, channel, theta, sign = best[0]
+    log.info("StyleSpace: most specific channel %d of layer %d (theta %.3f)", channel, layer, theta)
+    return layer, channel, sign, {"theta": theta, "candidates": [list(b) for b in best]}
+
+
+@torch.no_grad()
+def stylespace_channel_scale(generator: Generator, layer: int, channel: int, samples: int, seed: int = 0) -> float:
+    """The std of style channel ``channel`` of conv ``layer`` over ``samples`` sampled W codes (1.0 when the channel
+    is out of range, which :func:`stylespace_direction` then refuses)."""
+    _, std = style_statistics(generator, sample_w(generator, samples, seed))[layer]
+    return float(std[channel]) if 0 <= channel < len(std) else 1.0
 
 
 # --------------------------------------------------------------------------------------------------- GANSpace

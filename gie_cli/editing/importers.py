@@ -24,7 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gie_cli.editing.directions import Direction, DirectionError, check_name, provenance
+from gie_cli.editing.binding import provenance
+from gie_cli.editing.direction import Direction, check_name
+from gie_cli.editing.errors import DirectionError
+from gie_cli.errors import UsageError
 from gie_cli.io.checkpoint import read_checkpoint
 from gie_cli.io.images import sha256_file
 
@@ -75,6 +78,23 @@ FFHQ_GANSPACE_EDITS: dict[str, GanspaceEdit] = {
 
 FFHQ_GENERATOR_ID = "stylegan2-ffhq-config-f"
 _FFHQ_SHAPES = {"size": 1024, "style_dim": 512, "n_latent": 18}
+
+
+def select_ganspace_edits(names: str | None) -> dict[str, GanspaceEdit] | None:
+    """The named FFHQ GANSpace edits of a comma list (None or empty: None, i.e. all of them).
+
+    Raises:
+        UsageError: an unknown edit name.
+    """
+    if not names:
+        return None
+    wanted = [e.strip() for e in names.split(",") if e.strip()]
+    unknown = [e for e in wanted if e not in FFHQ_GANSPACE_EDITS]
+    if unknown:
+        raise UsageError(
+            f"unknown GANSpace edit(s) {', '.join(unknown)}", hint=f"known: {', '.join(FFHQ_GANSPACE_EDITS)}"
+        )
+    return {e: FFHQ_GANSPACE_EDITS[e] for e in wanted}
 
 
 def default_binding(generator: dict[str, Any] | None) -> dict[str, Any]:
@@ -128,7 +148,7 @@ def import_interfacegan(
         path: the ``.pt`` file (read with ``weights_only``).
         name: direction name (default: the file stem).
         convention: ``e4e`` / ``hfgi`` (``w + power * d``) or ``sfe`` (``w + power / 2 * d``).
-        generator: generator record (:func:`~gie_cli.editing.directions.generator_binding`); default: unbound FFHQ.
+        generator: generator record (:func:`~gie_cli.editing.binding.generator_binding`); default: unbound FFHQ.
         layers: W+ layers to change (default all).
 
     Raises:

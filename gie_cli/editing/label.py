@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from gie_cli.errors import UsageError
+from gie_cli.io.checkpoint import get_prefixed, load_state_dict_strict, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +132,31 @@ def classifier_config_from_state_dict(state_dict: dict[str, Tensor]) -> dict:
     fmaps = [int(state_dict["fcs.0.weight"].shape[1])]
     fmaps += [int(state_dict[f"fcs.{i}.weight"].shape[0]) for i in range(n_fc)]
     return {"fmaps": fmaps, "n_classes": n_cls, "embed_dim": int(state_dict["indep_fcs.0.weight"].shape[0])}
+
+
+def load_latent_classifier(path: str | Path, activation: str = "leakyrelu") -> LatentClassifier:
+    """A trained latent classifier from an official ``LCNet_40`` checkpoint (``{'state_dict': ...}``, keys optionally
+    under ``classifier.``) or a gie safetensors file, frozen.
+
+    Args:
+        path: the checkpoint.
+        activation: ``leakyrelu`` (official label editing) or ``relu``; checkpoints do not record it.
+
+    Raises:
+        UsageError: the keys do not have the ``LCNet_40`` layout.
+        CheckpointError: unreadable file, or weights that do not load strictly.
+    """
+    ck = read_checkpoint(path)
+    sd = ck["state_dict"] if isinstance(ck.get("state_dict"), dict) else ck
+    if any(k.startswith("classifier.") for k in sd):
+        sd = get_prefixed(sd, "classifier")
+    try:
+        cfg = classifier_config_from_state_dict(sd)
+    except ValueError as e:
+        raise UsageError(f"--classifier {path}: {e}") from None
+    clf = LatentClassifier(**cfg, activation=activation)
+    load_state_dict_strict(clf, sd, str(path))
+    return clf.eval().requires_grad_(False)
 
 
 def _loss_grad(classifier: nn.Module, wplus: Tensor, attribute: int, target: float) -> Tensor:

@@ -1,8 +1,8 @@
-"""StyleSpace (Wu et al., "StyleSpace Analysis", CVPR 2021): per-channel style offsets of StyleGAN2's conv layers.
+"""StyleSpace (Wu et al., "StyleSpace Analysis", CVPR 2021): style vectors of StyleGAN2's conv layers, indexing.
 
-StyleSpace ``S`` is the output of each layer's affine style transform (``conv.modulation``). gie edits it with forward
-hooks on those modules (:func:`style_offsets`), so any method's own rendering path draws the edit and the generator
-is never copied or changed.
+StyleSpace ``S`` is the output of each layer's affine style transform (``conv.modulation``). gie edits it by passing
+offsets explicitly to the renderer (``method.render(inv, delta, style_offsets)``, down to ``Generator.forward(...,
+style_offsets=...)``), so any method's own rendering path draws the edit and the generator is never copied or changed.
 
 Layer indexing: gie's *conv layer* ``l`` (``0..num_layers-1``) is the ``l``-th styled convolution (see
 ``gie_cli.models.stylegan2``); it is modulated by W+ entry ``l``. The StyleSpace paper (and SFE's channel tables)
@@ -12,9 +12,7 @@ per block ``3k + 2`` = conv ``2k + 1``, ``3k + 3`` = conv ``2k + 2``, ``3k + 4``
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -75,34 +73,3 @@ def style_vectors(generator: Generator, wplus: Tensor, layers: list[int] | None 
     mods = conv_modulations(generator)
     layers = list(range(len(mods))) if layers is None else layers
     return {layer: mods[layer](wplus[:, layer]) for layer in layers}
-
-
-@contextlib.contextmanager
-def style_offsets(generator: Generator, offsets: Mapping[int, Tensor]) -> Iterator[None]:
-    """Add ``offsets`` to the styles of the given conv layers for every render inside the ``with`` block.
-
-    Args:
-        generator: the generator the method renders with.
-        offsets: conv layer -> ``[B | 1, C_l]`` added to that layer's style vector (``B`` = the render batch).
-
-    Raises:
-        ValueError: a layer out of range or an offset of the wrong width.
-    """
-    mods = conv_modulations(generator)
-    handles = []
-    try:
-        for layer, off in offsets.items():
-            if not 0 <= layer < len(mods):
-                raise ValueError(f"conv layer {layer} out of range 0..{len(mods) - 1}")
-            width = mods[layer].weight.shape[0]
-            if off.shape[-1] != width:
-                raise ValueError(f"style offset of layer {layer} has width {off.shape[-1]}, the layer has {width}")
-
-            def hook(_module: nn.Module, _inputs: tuple, out: Tensor, off: Tensor = off) -> Tensor:
-                return out + off.to(out)
-
-            handles.append(mods[layer].register_forward_hook(hook))
-        yield
-    finally:
-        for h in handles:
-            h.remove()

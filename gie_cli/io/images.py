@@ -182,7 +182,7 @@ def _apply_alpha(rgba: Image.Image, alpha: str, p: Path) -> Image.Image:
         return rgba.convert("RGB")
     if alpha == "error":
         raise ImageLoadError(
-            p, "image has transparent pixels", hint="use --alpha white, black or drop, or flatten the image first"
+            p, "image has transparent pixels", hint="use alpha white, black or drop, or flatten the image first"
         )
     bg = (255, 255, 255, 255) if alpha == "white" else (0, 0, 0, 255)
     return Image.alpha_composite(Image.new("RGBA", rgba.size, bg), rgba).convert("RGB")

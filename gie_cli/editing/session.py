@@ -1,0 +1,317 @@
+"""Edit sessions: latent files in, every planned (direction, power) rendered by the method that made each latent."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from gie_cli.editing.binding import check_generator, generator_fingerprint, pick_for_generator
+from gie_cli.editing.direction import Direction
+from gie_cli.editing.edit import Edit, render_edit
+from gie_cli.editing.library import load_direction_candidates
+from gie_cli.errors import GieError, UsageError
+from gie_cli.methods import Inversion, InversionMethod, create_method
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+
+log = logging.getLogger(__name__)
+
+
+def format_power(power: float) -> str:
+    """Signed short form used in file names: ``3 -> "+3"``, ``-1.5 -> "-1.5"``, ``0 -> "+0"``."""
+    return f"{power:+g}"
+
+
+def edit_key(name: str, power: float) -> str:
+    """The key of one edit in outputs and records: ``smile+3``, ``age-1.5``."""
+    return f"{name}{format_power(power)}"
+
+
+@dataclass
+class EditPlan:
+    """The directions to apply and their powers, with every same-named direction file for other generators.
+
+    Attributes:
+        entries: ``(direction, powers)`` per requested direction, in order (the search-path winner of each name).
+        candidates: direction name -> the same-named directions on the search path (first = ``entries``' one).
+    """
+
+    entries: list[tuple[Direction, list[float]]]
+    candidates: dict[str, list[Direction]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, directions: Sequence[str], powers: Sequence[float] = ()) -> EditPlan:
+        """Load directions by name or path and pair each with ``powers`` (default: the ends of its recommended range).
+
+        Raises:
+            UsageError: no direction, a direction not found, repeated names, or no powers for a direction.
+        """
+        if not directions:
+            raise UsageError("no --direction given", hint="see `gie directions list`")
+        candidates = [load_direction_candidates(d) for d in directions]
+        names = [c[0].name for c in candidates]
+        if len(set(names)) != len(names):
+            raise UsageError(f"direction names repeat: {', '.join(names)}")
+        entries = []
+        for d in (c[0] for c in candidates):
+            ps = list(powers) or (list(dict.fromkeys(d.power_range)) if d.power_range else [])
+            if not ps:
+                raise UsageError(f"direction {d.name} has no recommended power range", hint="give --power")
+            entries.append((d, ps))
+        return cls(entries, {c[0].name: c for c in candidates})
+
+    def keys(self) -> list[str]:
+        """Every edit's key (:func:`edit_key`), in plan order."""
+        return [edit_key(d.name, p) for d, ps in self.entries for p in ps]
+
+    def __len__(self) -> int:
+        return sum(len(ps) for _, ps in self.entries)
+
+
+@dataclass
+class EditResult:
+    """The edits of one latent file.
+
+    Attributes:
+        latent: the latent file.
+        meta: its record (method, weights, alignment, ...).
+        images: edit key (:func:`edit_key`) -> edited image, in plan order.
+        rows: per direction, its edited images in power order (grid rows).
+        reconstruction: the unedited render, when asked for.
+        info: what the manifest records: method, weights, per direction its space, powers and generator id.
+        timings_ms: ``load`` (latent, method, checks) and ``render``.
+    """
+
+    latent: Path
+    meta: dict[str, Any]
+    images: dict[str, Image]
+    rows: list[list[Image]]
+    reconstruction: Image | None
+    info: dict[str, Any]
+    timings_ms: dict[str, float]
+
+
+class EditSession:
+    """Edits latent files along a plan: rebuilds each latent's method from its record (once per method, weights and
+    settings), resolves every direction name for that method's generator and checks the binding once per generator,
+    and renders each direction's powers in batches through the method's own editing path.
+
+    Args:
+        plan: the directions and powers.
+        device: where methods run.
+        dtype: the methods' precision.
+        weights: a checkpoint overriding the one each latent records.
+        force: apply directions bound to another generator (same shapes) anyway, with a warning.
+        batch_size: edits rendered per batch.
+    """
+
+    def __init__(
+        self,
+        plan: EditPlan,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        weights: str | None = None,
+        force: bool = False,
+        batch_size: int = 4,
+    ) -> None:
+        self.plan, self.device, self.dtype = plan, device, dtype
+        self.weights, self.force, self.batch_size = weights, force, batch_size
+        self._methods: dict[tuple, tuple[InversionMethod, str] | GieError] = {}  # key -> (method, fingerprint)
+        self._checked: dict[tuple, GieError | None] = {}
+        self._picked: set[tuple[str, str]] = set()
+
+    # ------------------------------------------------------------------------------------------- methods
+    def method_for(self, meta: dict[str, Any], source: Path) -> tuple[InversionMethod, tuple, str]:
+        """The method that made a latent, built once per (method, weights, settings).
+
+        Args:
+            meta: the latent's record.
+            source: the latent file (for messages).
+
+        Returns:
+            ``(method, cache key, generator fingerprint)``.
+
+        Raises:
+            UsageError: the record names no method, or weights that do not exist.
+            GieError: building the method failed (remembered: later latents of that method fail the same way).
+        """
+        name = meta.get("method")
+        if not name:
+            raise UsageError(f"{source}: the latent file records no method", hint="re-run `gie invert`")
+        recorded = meta.get("weights_path") or ""
+        path = self.weights or recorded
+        if not self.weights and recorded and not Path(recorded).exists():
+            raise UsageError(
+                f"{source}: the recorded weights {recorded} do not exist", hint="pass the checkpoint with --weights"
+            )
+        opts = {str(k): str(v) for k, v in (meta.get("method_options") or {}).items()}
+        key = (name, path, tuple(sorted(opts.items())))
+        hit = self._methods.get(key)
+        if isinstance(hit, GieError):
+            raise hit
+        if hit is None:
+            try:
+                method = create_method(name, path or None, self.device, **opts)
+            except GieError as e:
+                self._methods[key] = e
+                raise
+            fp = generator_fingerprint(method.generator)  # in fp32, before any dtype cast
+            if self.dtype != method.generator.conv1.conv.weight.dtype:
+                method = method.to(self.dtype)
+            if self.weights and meta.get("weights") and method.weights_id != meta["weights"]:
+                log.warning("%s was inverted with %s; editing with %s", source, meta["weights"], method.weights_id)
+            log.info("method %s, weights %s", name, method.weights_id)
+            hit = self._methods[key] = (method, fp)
+        return hit[0], key, hit[1]
+
+    # ------------------------------------------------------------------------------------------- directions
+    def plan_for(self, fingerprint: str) -> list[tuple[Direction, list[float]]]:
+        """The plan with each direction name resolved for the generator ``fingerprint`` (a same-named file bound to
+        it wins)."""
+        out = []
+        for d, ps in self.plan.entries:
+            chosen = pick_for_generator(self.plan.candidates.get(d.name, [d]), fingerprint)
+            if chosen is not d and (d.name, fingerprint) not in self._picked:
+                self._picked.add((d.name, fingerprint))
+                log.info("direction %s: using %s (bound to this generator)", d.name, chosen.path or d.name)
+            out.append((chosen, ps))
+        return out
+
+    def check(self, direction: Direction, method: InversionMethod, key: tuple, fingerprint: str) -> None:
+        """:func:`~gie_cli.editing.binding.check_generator`, once per (method, direction); its outcome is remembered.
+
+        Raises:
+            DirectionError: the direction does not fit the method's generator.
+        """
+        ck = (key, direction.name)
+        if ck not in self._checked:
+            try:
+                check_generator(direction, method.generator, self.force, fingerprint)
+                self._checked[ck] = None
+            except GieError as e:
+                self._checked[ck] = e
+        err = self._checked[ck]
+        if err is not None:
+            raise err
+
+    # ------------------------------------------------------------------------------------------- one latent
+    def edit(self, latent: Path, reconstruction: bool = False) -> EditResult:
+        """Render every planned edit of one latent file.
+
+        Args:
+            latent: a latent file of ``gie invert`` (W+ ``[1, n_latent, D]`` plus the method's extras).
+            reconstruction: also render the unedited image (for grids).
+
+        Returns:
+            The edited images and what to record.
+
+        Raises:
+            GieError: the latent, its method or a direction cannot be used (this latent fails; others may not).
+        """
+        from gie_cli.io.images import tensor_to_image
+        from gie_cli.io.latents import load_latent
+
+        t0 = time.perf_counter()
+        wplus, extras, meta = load_latent(latent)
+        method, key, fp = self.method_for(meta, latent)
+        g = method.generator
+        if tuple(wplus.shape[1:]) != (g.n_latent, g.style_dim):
+            raise UsageError(
+                f"latent W+ is {list(wplus.shape[1:])}, the method's generator takes [{g.n_latent}, {g.style_dim}]"
+            )
+        plan = self.plan_for(fp)
+        for d, _ in plan:
+            self.check(d, method, key, fp)
+        t_load = time.perf_counter()
+        inv = Inversion(wplus, extras).to(self.device, self.dtype)
+        images: dict[str, Image] = {}
+        rows: list[list[Image]] = []
+        with torch.no_grad():
+            recon = tensor_to_image(method.render(inv)[0].float().cpu()) if reconstruction else None
+            for d, ps in plan:
+                row = [tensor_to_image(img) for img in self._render_powers(method, inv, d, ps)]
+                images.update({edit_key(d.name, p): img for p, img in zip(ps, row, strict=True)})
+                rows.append(row)
+        t_render = time.perf_counter()
+        info = {
+            "method": meta.get("method"),
+            "weights": method.weights_id,
+            "directions": {
+                d.name: {"space": d.space, "powers": ps, "generator": (d.generator or {}).get("id")} for d, ps in plan
+            },
+        }
+        timings = {"load": (t_load - t0) * 1000, "render": (t_render - t_load) * 1000}
+        return EditResult(latent, meta, images, rows, recon, info, timings)
+
+    def _render_powers(
+        self, method: InversionMethod, inv: Inversion, direction: Direction, powers: Sequence[float]
+    ) -> list[torch.Tensor]:
+        """``direction`` at each of ``powers`` on a one-item inversion, in batches: ``[3, S, S]`` float32 CPU each."""
+        edit = Edit.cat([direction.apply(p, inv.wplus) for p in powers])
+        out: list[torch.Tensor] = []
+        for i in range(0, len(powers), self.batch_size):
+            chunk = edit.select(i, i + self.batch_size)
+            out.extend(render_edit(method, Inversion.stack([inv] * len(chunk)), chunk).float().cpu())
+        return out
+
+    # ------------------------------------------------------------------------------------------- paste-back
+    def paste_back(self, result: EditResult) -> tuple[dict[str, Image], str]:
+        """Paste every edit of ``result`` into the photo of the latent's alignment record.
+
+        Returns:
+            ``(edit key -> pasted photo, the record used: its path or "latent meta")``.
+
+        Raises:
+            UsageError: no alignment record for the latent.
+        """
+        from gie_cli.alignment import paste_back, read_align_meta
+        from gie_cli.io.images import load_image
+
+        record = find_align_record(result.latent, result.meta)
+        if record is None:
+            raise UsageError(
+                f"no alignment record for {result.latent} (looked for NAME.align.json beside it and beside its source "
+                "image)",
+                hint="align the photos with `gie align` first, or drop --paste-back",
+            )
+        am = read_align_meta(record) if isinstance(record, Path) else record
+        photo = load_image(am["source"])
+        pasted = {k: paste_back(img, am, photo) for k, img in result.images.items()}
+        return pasted, str(record) if isinstance(record, Path) else "latent meta"
+
+
+def find_align_record(latent: Path, meta: dict[str, Any]) -> Path | dict | None:
+    """``meta["align"]`` (a record or a path), else ``NAME.align.json`` beside the latent, else beside its source."""
+    from gie_cli.alignment import find_align_sidecar
+
+    rec = meta.get("align")
+    if isinstance(rec, dict):
+        return rec
+    if isinstance(rec, str) and Path(rec).is_file():
+        return Path(rec)
+    found = find_align_sidecar(latent)
+    if found is None and meta.get("source"):
+        found = find_align_sidecar(meta["source"])
+    return found
+
+
+def edit_grid(reconstruction: Image, rows: Sequence[Sequence[Image]], tile: int) -> Image:
+    """One row per direction: the reconstruction, then the powers in order (``tile`` pixels per cell)."""
+    from PIL import Image as PILImage
+
+    cols = 1 + max(len(r) for r in rows)
+    out = PILImage.new("RGB", (cols * tile, len(rows) * tile), "white")
+    small = reconstruction.resize((tile, tile), PILImage.Resampling.LANCZOS)
+    for y, row in enumerate(rows):
+        out.paste(small, (0, y * tile))
+        for x, img in enumerate(row, start=1):
+            out.paste(img.resize((tile, tile), PILImage.Resampling.LANCZOS), (x * tile, y * tile))
+    return out
