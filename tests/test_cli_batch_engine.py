@@ -199,3 +199,18 @@ def test_precheck_failure_fails_the_item_before_the_skip_policy(tmp_path):
         ("x0.png", "failed"),
         ("x1.png", "ok"),
     ]
+
+
+def test_a_usage_error_naming_a_parameter_fails_its_item_with_the_flag(tmp_path):
+    from gie_cli.errors import UsageError
+
+    items = _items(tmp_path, 2)
+
+    def process(it: Item, batch_size) -> Record:
+        if it.name == "x0":
+            raise UsageError("the recorded weights w.pt do not exist", hint="pass the checkpoint", param="weights")
+        return _write(it)
+
+    assert _job(tmp_path, items).run(lambda todo: PerItem(process)) == 1
+    reasons = {Path(r["input"]).name: r["reason"] for r in _manifest(tmp_path)}
+    assert reasons["x0.png"] == "--weights: the recorded weights w.pt do not exist (hint: pass the checkpoint)"

@@ -192,6 +192,68 @@ def test_usage_errors(setup, tmp_path):
     assert res.exit_code == 2 and "not found" in res.stderr
     res = _invoke("edit", latent, "-d", setup["dirs"] / "tilt.direction.safetensors", "-p", "x", "-o", tmp_path / "o")
     assert res.exit_code == 2 and "not a number" in res.stderr
+    # library errors name their parameter; the CLI shows the flag
+    res = _invoke("edit", latent, "-o", tmp_path / "o")
+    assert res.exit_code == 2 and "--direction" in res.stderr and "gie directions list" in res.stderr
+    res = _invoke("edit", latent, "-d", "tilt", "-p", "1", "--ext", "gif", "-o", tmp_path / "o")
+    assert res.exit_code == 2 and "--ext" in res.stderr and "'gif'" in res.stderr
+
+
+def test_out_of_memory_while_rendering_edits_halves_the_batch_and_keeps_the_outputs(setup, tmp_path, monkeypatch):
+    """CUDA out-of-memory (simulated) while rendering an edit batch at the requested size: the edit is retried at
+    half the batch size, every item ends ok, and the images equal those of a run that never ran out of memory."""
+    import gie_cli.editing.session as session_mod
+
+    inv = setup["root"] / "inv"
+    args = ("edit", inv, "-d", setup["dirs"] / "tilt.direction.safetensors", "-p", "-2,-1,1,2", "-b", "4", "--json")
+    ref = _invoke(*args, "-o", tmp_path / "ref")
+    assert ref.exit_code == 0, ref.output
+    real = session_mod.render_edit
+    sizes: list[int] = []
+
+    def render_edit(method, inversion, edit):
+        sizes.append(len(edit))
+        if len(edit) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(method, inversion, edit)
+
+    monkeypatch.setattr(session_mod, "render_edit", render_edit)
+    res = _invoke(*args, "-o", tmp_path / "oom")
+    assert res.exit_code == 0, res.output
+    assert sizes == [4, 2, 2, 2, 2]  # p1 at 4 (out of memory), then 2 + 2; p2 keeps the smaller size
+    assert "batch size reduced to 2" in res.stderr
+    recs = [json.loads(x) for x in res.stdout.splitlines()]
+    assert [r["status"] for r in recs] == ["ok", "ok"]
+    for name in ("p1", "p2"):
+        for p in ("-2", "-1", "+1", "+2"):
+            got, want = (load_image(tmp_path / d / f"{name}.tilt{p}.png") for d in ("oom", "ref"))
+            assert np.array_equal(_pixels(got), _pixels(want)), (name, p)
+
+
+def test_help_of_edit_and_directions_shows_examples_without_importing_torch():
+    import subprocess
+    import sys
+
+    commands = [
+        ["edit"],
+        ["directions"],
+        ["directions", "list"],
+        ["directions", "show"],
+        ["directions", "import"],
+        ["directions", "fit"],
+        *(["directions", "fit", k] for k in ("interfacegan", "regression", "ganspace", "stylespace", "label")),
+    ]
+    for args in commands:
+        res = runner.invoke(app, [*args, "--help"])
+        assert res.exit_code == 0 and "Examples" in res.stdout and f"gie {' '.join(args)}" in res.stdout, args
+    code = (
+        "import sys; from gie_cli.cli import app\n"
+        "for args in (['edit', '--help'], ['directions', 'fit', 'regression', '--help']):\n"
+        "    try:\n        app(args)\n    except SystemExit as e:\n        assert e.code in (0, None)\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 # --------------------------------------------------------------------------------------------------- directions CLI
@@ -354,3 +416,19 @@ def test_directions_fit_commands_bind_to_the_weights(setup, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "e" / "p1.lab+2.png").exists() and (tmp_path / "e" / "p1.ss+2.png").exists()
+
+
+def test_directions_choices_and_library_errors_name_the_flag(setup, tmp_path):
+    env = {"GIE_CACHE_DIR": str(tmp_path / "cache"), "GIE_DIRECTIONS_PATH": ""}
+    official = FIXTURES / "directions"
+    res = _invoke("directions", "import", official / "age.pt", "--convention", "stylegan", env=env)
+    assert res.exit_code == 2 and "--convention" in res.stderr and "'stylegan'" in res.stderr
+    res = _invoke("directions", "import", official / "ffhq_pca.pt", "--name", "x", env=env)
+    assert res.exit_code == 2 and "--name:" in res.stderr and "several named edits" in res.stderr
+    res = _invoke("directions", "import", official / "ffhq_pca.pt", "--edits", "nope", env=env)
+    assert res.exit_code == 2 and "--edits: unknown GANSpace edit(s) nope" in res.stderr
+    w = setup["weights"]
+    res = _invoke("directions", "fit", "interfacegan", "-n", "x", "-w", w, "--classifier", "no_colon", env=env)
+    assert res.exit_code == 2 and "error: --classifier: labelling function 'no_colon' is not" in res.stderr
+    res = _invoke("directions", "fit", "interfacegan", "-n", "x", "-w", w, "--labels", "l.csv", "--solver", "tree")
+    assert res.exit_code == 2 and "--solver" in res.stderr and "'tree'" in res.stderr

@@ -28,12 +28,11 @@ from gie_cli.cli.options import (  # noqa: F401 - re-exported: the option aliase
     OnExisting,
     OnExistingOpt,
     RecursiveOpt,
+    render_error,
 )
 from gie_cli.errors import GieError, UsageError
 
 log = logging.getLogger(__name__)
-
-ON_EXISTING = tuple(m.value for m in OnExisting)
 
 
 @dataclass
@@ -164,12 +163,6 @@ def is_done(item: Item) -> bool:
     return all(p.exists() for p in item.outputs.values())
 
 
-def check_on_existing(value: str) -> None:
-    """Validate ``--on-existing``."""
-    if value not in ON_EXISTING:
-        raise UsageError(f"--on-existing must be one of {', '.join(ON_EXISTING)}")
-
-
 def existing_record(item: Item, on_existing: str, done: bool | None = None) -> Record | None:
     """The record of an item whose outputs exist and must not be (re)done: ``skipped`` when all exist under
     ``skip``, ``failed`` when any exists under ``error``; None when the item is to be processed."""
@@ -180,18 +173,6 @@ def existing_record(item: Item, on_existing: str, done: bool | None = None) -> R
     if on_existing == "error" and any(p.exists() for p in item.outputs.values()):
         return Record(str(item.source), "failed", outs, "outputs exist (--on-existing error)")
     return None
-
-
-def split_existing(items: Sequence[Item], on_existing: str, reporter: Reporter, done=is_done) -> list[Item]:
-    """Report the items :func:`existing_record` settles; return the rest (the work to do)."""
-    todo = []
-    for it in items:
-        rec = existing_record(it, on_existing, done(it))
-        if rec is None:
-            todo.append(it)
-        else:
-            reporter.add(rec)
-    return todo
 
 
 class Reporter:
@@ -325,9 +306,10 @@ def _free_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def failure_reason(e: BaseException) -> str:
-    """The manifest reason of a failed item: a :class:`GieError`'s message, else ``Type: message``."""
-    return str(e) if isinstance(e, GieError) else f"{type(e).__name__}: {e}"
+def failure_reason(e: BaseException, command: str | None = None) -> str:
+    """The manifest reason of a failed item: a :class:`GieError`'s message (a usage error naming a library parameter
+    gets the ``command``'s flag, as on the command line), else ``Type: message``."""
+    return render_error(e, command) if isinstance(e, GieError) else f"{type(e).__name__}: {e}"
 
 
 @dataclass
@@ -396,7 +378,7 @@ class BatchJob:
     def _fail(self, it: Item, e: BaseException) -> None:
         if not isinstance(e, GieError):
             log.debug("%s: %s failed", self.command, it.source, exc_info=True)
-        self.add(Record(str(it.source), "failed", reason=failure_reason(e)))
+        self.add(Record(str(it.source), "failed", reason=failure_reason(e, self.command)))
 
     def _split(self) -> list[Item]:
         todo = []

@@ -10,7 +10,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from gie_cli.cli import app, command
-from gie_cli.cli.options import DeviceOpt, JsonOpt
+from gie_cli.cli.options import (
+    Activation,
+    ClassifierInput,
+    Convention,
+    DeviceOpt,
+    DirectionFormat,
+    GanspaceMode,
+    JsonOpt,
+    LatentSpace,
+    Solver,
+    choice,
+    examples,
+    make_typer,
+    output_option,
+    weights_option,
+)
 from gie_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -18,30 +33,36 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-dirs_app = typer.Typer(
-    name="directions",
-    help="List, inspect, import (official files) and fit edit directions.",
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
+dirs_app = make_typer(
+    "directions",
+    "List, inspect, import (official files) and fit edit directions.",
+    epilog=examples(
+        "gie directions list",
+        "gie directions show smile",
+        "gie directions import age.pt smile.pt --convention e4e",
+        "gie directions fit interfacegan -n beard -w e4e.ffhq --labels beard.csv",
+        note="Directions are found by name on $GIE_DIRECTIONS_PATH, the user folder, then the shipped ones.",
+    ),
 )
-fit_app = typer.Typer(
+fit_app = make_typer(
     help="Fit new directions the way the papers do (InterFaceGAN, GANSpace, StyleSpace, Style Transformer).",
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=examples(
+        "gie directions fit interfacegan -n smile2 -w stylegan2.ffhq --classifier my_scores.py:smile",
+        "gie directions fit regression -w stylegan2.ffhq --labels attrs.safetensors -a age -a smile",
+        "gie directions fit ganspace -w stylegan2.ffhq -k 10 --layers 0:8",
+        "gie directions fit stylespace -n lips -w stylegan2.ffhq --layer 15 --channel 45 --s-index",
+        "gie directions fit label -n smiling -w e4e.ffhq --classifier LCNet_40.pth --attribute Smiling",
+    ),
 )
 dirs_app.add_typer(fit_app, name="fit")
 app.add_typer(dirs_app, name="directions")
 
 OutDirOpt = Annotated[
-    Path | None,
-    typer.Option("--output", "-o", help="Folder to write to (default: the user folder, see `gie directions list`)."),
+    Path | None, output_option("Folder to write to (default: the user folder, see `gie directions list`).")
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing direction files.")]
 WeightsOpt = Annotated[
-    str,
-    typer.Option(
-        "--weights", "-w", help="Checkpoint holding the generator (a method checkpoint or a StyleGAN2 g_ema file)."
-    ),
+    str, weights_option("Checkpoint holding the generator (a method checkpoint or a StyleGAN2 g_ema file).")
 ]
 NameOpt = Annotated[str, typer.Option("--name", "-n", help="Direction name (letters, digits, _ and -).")]
 SamplesOpt = Annotated[int, typer.Option("--samples", min=2, help="Latents sampled from the mapping network.")]
@@ -95,7 +116,13 @@ def _write(directions: list[Direction], output: Path | None, overwrite: bool, js
 
 
 # --------------------------------------------------------------------------------------------------- list / show
-@command(name="list", target=dirs_app)
+@command(
+    name="list",
+    target=dirs_app,
+    epilog=examples(
+        "gie directions list", "gie directions list --all --json", "GIE_DIRECTIONS_PATH=./dirs gie directions list"
+    ),
+)
 def list_(
     show_all: Annotated[bool, typer.Option("--all", help="Also list files shadowed by a same-named one.")] = False,
     json_out: JsonOpt = False,
@@ -139,7 +166,11 @@ def list_(
     typer.echo("searched: " + ", ".join(map(str, search_path())), err=True)
 
 
-@command(name="show", target=dirs_app)
+@command(
+    name="show",
+    target=dirs_app,
+    epilog=examples("gie directions show smile", "gie directions show ./dirs/beard.direction.safetensors --json"),
+)
 def show(
     direction: Annotated[str, typer.Argument(help="Direction name or file.")],
     json_out: JsonOpt = False,
@@ -161,28 +192,38 @@ def show(
 
 
 # --------------------------------------------------------------------------------------------------- import
-@command(name="import", target=dirs_app)
+@command(
+    name="import",
+    target=dirs_app,
+    epilog=examples(
+        "gie directions import age.pt smile.pt pose.pt                  # e4e's InterFaceGAN files",
+        "gie directions import age.pt --convention sfe --name age_sfe",
+        "gie directions import ffhq_pca.pt --edits eye_openness,lipstick -w stylegan2.ffhq",
+        "gie directions import Smiling_boundary.npy -o ./dirs",
+    ),
+)
 def import_(
     files: Annotated[list[Path], typer.Argument(help="Official direction files (.pt tensors / PCA dicts, .npy).")],
     fmt: Annotated[
-        str, typer.Option("--format", help="auto | interfacegan | ganspace | boundary (SFE's [1,9216] .npy).")
-    ] = "auto",
+        DirectionFormat,
+        choice(DirectionFormat, "--format", help="File format: auto, interfacegan, ganspace or boundary (SFE's .npy)."),
+    ] = DirectionFormat.auto,
     name: Annotated[
         str | None, typer.Option("--name", "-n", help="Name of the direction (one file; default: its stem).")
     ] = None,
     convention: Annotated[
-        str,
-        typer.Option(
-            "--convention", help="InterFaceGAN .pt application: e4e / hfgi (w + p*d) or sfe (w + p/2*d, SFE's)."
+        Convention,
+        choice(
+            Convention,
+            "--convention",
+            help="InterFaceGAN .pt application: e4e / hfgi (w + p*d) or sfe (w + p/2*d, SFE's).",
         ),
-    ] = "e4e",
+    ] = Convention.e4e,
     weights: Annotated[
         str | None,
-        typer.Option(
-            "--weights",
-            "-w",
-            help="Checkpoint of the generator the files were made for: binds them to its fingerprint. Without it "
-            "the directions are unbound (FFHQ config-f shapes) and applied with a warning.",
+        weights_option(
+            "Checkpoint of the generator the files were made for: binds them to its fingerprint. Without it the "
+            "directions are unbound (FFHQ config-f shapes) and applied with a warning."
         ),
     ] = None,
     generator_id: Annotated[
@@ -190,8 +231,9 @@ def import_(
     ] = None,
     layers: LayersOpt = None,
     ganspace_mode: Annotated[
-        str, typer.Option("--ganspace-mode", help="set (official: power = target coordinate) | add.")
-    ] = "set",
+        GanspaceMode,
+        choice(GanspaceMode, "--ganspace-mode", help="set (official: power = target coordinate) or add."),
+    ] = GanspaceMode.set,
     edits: Annotated[
         str | None, typer.Option("--edits", help="GANSpace: comma list of the named edits to import (default all).")
     ] = None,
@@ -207,15 +249,9 @@ def import_(
     InterFaceGAN tensors [1,512] (W, all layers) and [1,18,512] (W+) from e4e/HFGI/SFE; GANSpace ffhq_pca.pt
     (mean/comp/std) as its named (component, start, end, strength) edits; SFE [1,9216] W+ boundaries (.npy).
     """
-    from gie_cli.editing import GANSPACE_MODES, weights_binding
-    from gie_cli.editing.importers import CONVENTIONS, FORMATS, import_file, select_ganspace_edits
+    from gie_cli.editing import weights_binding
+    from gie_cli.editing.importers import import_file, select_ganspace_edits
 
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
-    if convention not in CONVENTIONS:
-        raise UsageError(f"--convention must be one of {', '.join(CONVENTIONS)}")
-    if ganspace_mode not in GANSPACE_MODES:
-        raise UsageError(f"--ganspace-mode must be one of {', '.join(GANSPACE_MODES)}")
     if name is not None and len(files) > 1:
         raise UsageError("--name needs a single file")
     for f in files:
@@ -227,12 +263,23 @@ def import_(
     layer_list = parse_layers(layers, n_latent)
     out = []
     for f in files:
-        out += import_file(f, fmt, name, convention, binding, layer_list, ganspace_mode, selected, origin)
+        out += import_file(
+            f, fmt.value, name, convention.value, binding, layer_list, ganspace_mode.value, selected, origin
+        )
     _write(out, output, overwrite, json_out)
 
 
 # --------------------------------------------------------------------------------------------------- fit
-@command(name="interfacegan", target=fit_app)
+@command(
+    name="interfacegan",
+    target=fit_app,
+    epilog=examples(
+        "gie directions fit interfacegan -n beard -w e4e.ffhq --labels beard.csv      # rows LATENT_FILE,LABEL",
+        "gie directions fit interfacegan -n smile2 -w stylegan2.ffhq --classifier scores.py:smile --samples 20000",
+        "gie directions fit interfacegan -n smile3 -w world.generator "
+        "--classifier gie_cli.synth.estimator:world_attributes --attribute smile",
+    ),
+)
 def fit_interfacegan(
     name: NameOpt,
     weights: WeightsOpt,
@@ -252,8 +299,11 @@ def fit_interfacegan(
         ),
     ] = None,
     on: Annotated[
-        str, typer.Option("--on", help="What --classifier receives: latent (w [B,D]) | image ([B,3,S,S] in [-1,1]).")
-    ] = "latent",
+        ClassifierInput,
+        choice(
+            ClassifierInput, "--on", help="What --classifier receives: latent (w [B,D]) or image ([B,3,S,S] in [-1,1])."
+        ),
+    ] = ClassifierInput.latent,
     attribute: Annotated[
         str | None,
         typer.Option(
@@ -262,7 +312,9 @@ def fit_interfacegan(
             "columns in a `columns` attribute (e.g. smile with gie_cli.synth.estimator:world_attributes).",
         ),
     ] = None,
-    solver: Annotated[str, typer.Option("--solver", help="svm (linear SVM, the paper's) | logistic.")] = "svm",
+    solver: Annotated[
+        Solver, choice(Solver, "--solver", help="svm (linear SVM, the paper's) or logistic.")
+    ] = Solver.svm,
     c: Annotated[float, typer.Option("--c", min=1e-9, help="Inverse regularisation strength C.")] = 1.0,
     ratio: Annotated[
         float | None,
@@ -270,8 +322,8 @@ def fit_interfacegan(
     ] = None,
     split: Annotated[float, typer.Option("--split", min=0.1, max=1.0, help="Training fraction per class.")] = 0.7,
     space: Annotated[
-        str, typer.Option("--space", help="For W+ latents: wplus (flattened, default) | w (mean).")
-    ] = "wplus",
+        LatentSpace, choice(LatentSpace, "--space", help="For W+ latents: wplus (flattened) or w (mean over layers).")
+    ] = LatentSpace.wplus,
     samples: SamplesOpt = 10000,
     seed: SeedOpt = 0,
     truncation: TruncationOpt = 1.0,
@@ -279,7 +331,7 @@ def fit_interfacegan(
     power_range: RangeOpt = None,
     output: OutDirOpt = None,
     overwrite: OverwriteOpt = False,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """InterFaceGAN (Shen et al. 2020): the unit normal of a linear boundary separating labelled latents.
@@ -293,13 +345,9 @@ def fit_interfacegan(
     check_name(name)
     if (labels is None) == (classifier is None):
         raise UsageError("give exactly one of --labels and --classifier")
-    if on not in ("latent", "image"):
-        raise UsageError("--on must be latent or image")
-    if space not in ("w", "wplus"):
-        raise UsageError("--space must be w or wplus")
     g, wid = load_generator(weights, device)
-    x, y, source = labelled_latents(g, labels, classifier, attribute, on, space, samples, seed, truncation)
-    fit = linear_boundary(x, y, solver, c, ratio, split, seed)
+    x, y, source = labelled_latents(g, labels, classifier, attribute, on.value, space.value, samples, seed, truncation)
+    fit = linear_boundary(x, y, solver.value, c, ratio, split, seed)
     prov = provenance("fit:interfacegan", **source)
     d = interfacegan_direction(
         name,
@@ -315,7 +363,15 @@ def fit_interfacegan(
     _write([d], output, overwrite, json_out)
 
 
-@command(name="regression", target=fit_app)
+@command(
+    name="regression",
+    target=fit_app,
+    epilog=examples(
+        "gie directions fit regression -w stylegan2.ffhq --labels attrs.safetensors -a age -a smile",
+        "gie directions fit regression -w e4e.ffhq --labels attrs.npz -a 0 -a 2 --space wplus -o ./dirs",
+        note="The labels file names its columns in a 'columns' config entry (.safetensors); otherwise use indexes.",
+    ),
+)
 def fit_regression(
     weights: WeightsOpt,
     labels: Annotated[
@@ -330,13 +386,15 @@ def fit_regression(
         list[str],
         typer.Option("--attribute", "-a", help="Column to write a direction for (index or name; repeatable)."),
     ],
-    space: Annotated[str, typer.Option("--space", help="For W+ latents: wplus (per layer) | w (mean).")] = "w",
+    space: Annotated[
+        LatentSpace, choice(LatentSpace, "--space", help="For W+ latents: wplus (per layer) or w (mean over layers).")
+    ] = LatentSpace.w,
     ridge: Annotated[float, typer.Option("--ridge", min=0.0, help="Ridge strength (times N).")] = 1e-3,
     layers: LayersOpt = None,
     power_range: RangeOpt = None,
     output: OutDirOpt = None,
     overwrite: OverwriteOpt = False,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """Joint linear regression of the latents on every label column: each direction is the latent change per unit of
@@ -349,8 +407,6 @@ def fit_regression(
     from gie_cli.editing.fit import multi_label_regression, regression_direction
     from gie_cli.editing.labels import column_index, label_columns, load_labels_checked
 
-    if space not in ("w", "wplus"):
-        raise UsageError("--space must be w or wplus")
     g, wid = load_generator(weights, device)
     x, y = load_labels_checked(labels, g)
     if y.ndim != 2:
@@ -365,7 +421,7 @@ def fit_regression(
     for a in attribute:
         i = column_index(a, columns, str(labels))
         if i is None or not -y.shape[1] <= i < y.shape[1]:
-            raise UsageError(f"--attribute {a}: no such column (labels have {y.shape[1]})")
+            raise UsageError(f"no such column (labels have {y.shape[1]})", param="attribute", value=a)
         name = check_name(columns[i] if columns else f"label{i}")
         vec = fit.coef[i].reshape(shape)
         log.info("regression %s: |dw| per unit %.4f, linear read-out R^2 %.3f", name, vec.norm(), fit.r2[i])
@@ -376,14 +432,22 @@ def fit_regression(
     _write(out, output, overwrite, json_out)
 
 
-@command(name="ganspace", target=fit_app)
+@command(
+    name="ganspace",
+    target=fit_app,
+    epilog=examples(
+        "gie directions fit ganspace -w stylegan2.ffhq -k 10 --layers 0:8           # pc_pc00 .. pc_pc09",
+        "gie directions fit ganspace -w e4e.ffhq -n coarse -k 5 --layers 0:4 --mode set --samples 50000",
+    ),
+)
 def fit_ganspace(
     weights: WeightsOpt,
     name: Annotated[str, typer.Option("--name", "-n", help="Name prefix: writes NAME_pc00, NAME_pc01, ...")] = "pc",
     components: Annotated[int, typer.Option("--components", "-k", min=1, help="How many components to write.")] = 10,
     mode: Annotated[
-        str, typer.Option("--mode", help="add (power = std units moved, 0 = identity) | set (official formula).")
-    ] = "add",
+        GanspaceMode,
+        choice(GanspaceMode, "--mode", help="add (power = std units moved, 0 = identity) or set (official formula)."),
+    ] = GanspaceMode.add,
     samples: SamplesOpt = 20000,
     seed: SeedOpt = 0,
     truncation: TruncationOpt = 1.0,
@@ -391,18 +455,16 @@ def fit_ganspace(
     power_range: RangeOpt = None,
     output: OutDirOpt = None,
     overwrite: OverwriteOpt = False,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """GANSpace (Härkönen et al. 2020): principal components of sampled W codes, one direction per component
     (orthonormal, ordered by variance), applied to --layers."""
-    from gie_cli.editing import GANSPACE_MODES, check_name, generator_binding, load_generator, provenance
+    from gie_cli.editing import check_name, generator_binding, load_generator, provenance
     from gie_cli.editing.fit import pca, sample_w
     from gie_cli.editing.importers import ganspace_direction
 
     check_name(name)
-    if mode not in GANSPACE_MODES:
-        raise UsageError(f"--mode must be one of {', '.join(GANSPACE_MODES)}")
     g, wid = load_generator(weights, device)
     lay = parse_layers(layers, g.n_latent) or list(range(g.n_latent))
     if lay != list(range(lay[0], lay[-1] + 1)):
@@ -417,14 +479,21 @@ def fit_ganspace(
         )
         out.append(
             ganspace_direction(
-                f"{name}_pc{i:02d}", res.mean, res.components[i], float(res.std[i]), i, lay[0], lay[-1] + 1, mode,
+                f"{name}_pc{i:02d}", res.mean, res.components[i], float(res.std[i]), i, lay[0], lay[-1] + 1, mode.value,
                 rng, binding, prov, f"GANSpace component {i} ({100 * float(res.explained[i]):.1f}% of W variance)",
             )
         )  # fmt: skip
     _write(out, output, overwrite, json_out)
 
 
-@command(name="stylespace", target=fit_app)
+@command(
+    name="stylespace",
+    target=fit_app,
+    epilog=examples(
+        "gie directions fit stylespace -n lips -w stylegan2.ffhq --layer 15 --channel 45 --s-index   # SFE's index",
+        "gie directions fit stylespace -n grin -w e4e.ffhq --labels smile.csv      # the most specific channel",
+    ),
+)
 def fit_stylespace(
     name: NameOpt,
     weights: WeightsOpt,
@@ -447,7 +516,7 @@ def fit_stylespace(
     power_range: RangeOpt = None,
     output: OutDirOpt = None,
     overwrite: OverwriteOpt = False,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """StyleSpace (Wu et al. 2021): a single style channel of one conv layer, given by --layer/--channel or detected
@@ -471,9 +540,9 @@ def fit_stylespace(
         try:
             layer = s_index_to_layer(layer)
         except ValueError as e:
-            raise UsageError(str(e)) from None
+            raise UsageError(str(e), param="layer", value=layer) from None
     if not 0 <= layer < g.num_layers:
-        raise UsageError(f"conv layer {layer} out of range 0..{g.num_layers - 1}")
+        raise UsageError(f"conv layer {layer} out of range 0..{g.num_layers - 1}", param="layer")
     if scale is None:
         scale = stylespace_channel_scale(g, layer, channel, samples, seed)
     prov = provenance("fit:stylespace", samples=samples, seed=seed, **extra)
@@ -483,7 +552,14 @@ def fit_stylespace(
     _write([d], output, overwrite, json_out)
 
 
-@command(name="label", target=fit_app)
+@command(
+    name="label",
+    target=fit_app,
+    epilog=examples(
+        "gie directions fit label -n smiling -w e4e.ffhq --classifier LCNet_40.pth --attribute Smiling",
+        "gie directions fit label -n lab -w e4e.ffhq --labels wplus.safetensors --attribute 0 --order 2",
+    ),
+)
 def fit_label(
     name: NameOpt,
     weights: WeightsOpt,
@@ -500,8 +576,9 @@ def fit_label(
         Path | None, typer.Option("--labels", help="Labelled W+ latents to train a classifier on (see interfacegan).")
     ] = None,
     activation: Annotated[
-        str, typer.Option("--activation", help="Classifier activation: leakyrelu (official editing) | relu.")
-    ] = "leakyrelu",
+        Activation,
+        choice(Activation, "--activation", help="Classifier activation: leakyrelu (official editing) or relu."),
+    ] = Activation.leakyrelu,
     target: Annotated[float, typer.Option("--target", min=0.0, max=1.0, help="Target label y_t.")] = 1.0,
     order: Annotated[int, typer.Option("--order", min=1, max=2, help="1: first-order, 2: second-order edit.")] = 1,
     xi: Annotated[float, typer.Option("--xi", help="Second-order finite-difference step (supplement: 1e-3).")] = 1e-3,
@@ -513,7 +590,7 @@ def fit_label(
     power_range: RangeOpt = None,
     output: OutDirOpt = None,
     overwrite: OverwriteOpt = False,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """Style Transformer (Hu et al. 2022) label-based editing: a per-latent path along the (first- or second-order)
@@ -528,22 +605,23 @@ def fit_label(
         raise UsageError("give exactly one of --classifier and --labels")
     g, wid = load_generator(weights, device)
     if classifier is not None:
-        clf = load_latent_classifier(classifier, activation)
+        clf = load_latent_classifier(classifier, activation.value)
         source: dict[str, Any] = {"classifier": str(classifier.resolve())}
     else:
         x, y = load_labels_checked(labels, g)
         if x.ndim != 3:
             raise UsageError("--labels must hold W+ latents [N, L, D] to train a latent classifier")
-        clf = train_latent_classifier(x, y, steps=steps, seed=seed, activation=activation)
+        clf = train_latent_classifier(x, y, steps=steps, seed=seed, activation=activation.value)
         source = {"labels": str(labels.resolve()), "steps": steps}
     if clf.fmaps[0] != g.n_latent * g.style_dim:
         raise UsageError(
-            f"the classifier takes {clf.fmaps[0]} inputs; this generator's W+ has {g.n_latent * g.style_dim}"
+            f"the classifier takes {clf.fmaps[0]} inputs; this generator's W+ has {g.n_latent * g.style_dim}",
+            param="classifier",
         )
     try:
         idx = clf.attribute_index(attribute)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(str(e), param="attribute", value=attribute) from None
     prov = provenance(f"fit:label[order={order}]", **source)
     d = label_direction(
         name, clf, idx, generator_binding(g, wid), prov, target, order, xi, seed,

@@ -11,34 +11,36 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import (
-    BatchSizeOpt,
+from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, plan_items
+from gie_cli.cli.options import (
+    DeviceOpt,
     DryRunOpt,
+    Dtype,
+    DtypeOpt,
     FailFastOpt,
-    Item,
+    ImageExt,
+    JsonOpt,
+    OnExisting,
     OnExistingOpt,
-    Record,
+    OutputOpt,
     RecursiveOpt,
-    Reporter,
-    check_on_existing,
-    check_output_dir,
-    collect_inputs,
-    is_done,
-    split_existing,
+    batch_size_option,
+    examples,
+    ext_option,
+    weights_option,
 )
-from gie_cli.cli.options import DeviceOpt, DtypeOpt, JsonOpt
-from gie_cli.errors import GieError, UsageError
+from gie_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from gie_cli.editing.session import EditPlan, EditSession
 
 log = logging.getLogger(__name__)
 
-_EPILOG = (
-    "Examples:\n\n"
-    "  gie invert aligned/ -o inv && gie edit inv -d smile -p -2 -p 2 -o edits --grid\n\n"
-    "  gie invert aligned/ -o inv --json | gie edit - -d age -d pose --power=-3,0,3 -o edits\n\n"
-    "  gie edit inv/face.latent.safetensors -d my_dirs/beard.direction.safetensors -p 5 -o edits"
+_EPILOG = examples(
+    "gie invert aligned/ -o inv && gie edit inv -d smile -p -2 -p 2 -o edits --grid",
+    "gie invert aligned/ -o inv --json | gie edit - -d age -d pose --power=-3,0,3 -o edits",
+    "gie edit inv/face.latent.safetensors -d my_dirs/beard.direction.safetensors -p 5 -o edits",
+    "gie edit inv -d smile -o edits --paste-back      # also paste each edit into the original photo",
 )
 
 
@@ -68,7 +70,7 @@ def parse_powers(values: list[str]) -> list[float]:
 
 @command(epilog=_EPILOG)
 def edit(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")],
+    output: OutputOpt,
     inputs: Annotated[
         list[str] | None,
         typer.Argument(help="Latent files or folders of `gie invert`, or - to read paths / JSON lines from stdin."),
@@ -87,8 +89,7 @@ def edit(
         ),
     ] = None,
     weights: Annotated[
-        str | None,
-        typer.Option("--weights", "-w", help="Method checkpoint, overriding the one recorded in the latent files."),
+        str | None, weights_option("Method checkpoint, overriding the one recorded in the latent files.")
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Apply directions made for another generator (same shapes) anyway.")
@@ -105,12 +106,14 @@ def edit(
             "record of `gie align` (NAME.align.json beside the latent or beside the aligned image it came from).",
         ),
     ] = False,
-    batch_size: BatchSizeOpt = 4,
+    batch_size: Annotated[
+        int, batch_size_option("Edits rendered per model batch; halved and retried on CUDA out-of-memory.")
+    ] = 4,
     device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
+    dtype: DtypeOpt = Dtype.auto,
     recursive: RecursiveOpt = False,
-    on_existing: OnExistingOpt = "skip",
-    ext: Annotated[str, typer.Option("--ext", help="Image format: png | jpg | webp.")] = "png",
+    on_existing: OnExistingOpt = OnExisting.skip,
+    ext: Annotated[ImageExt, ext_option("the edited images")] = ImageExt.png,
     dry_run: DryRunOpt = False,
     fail_fast: FailFastOpt = False,
     json_out: JsonOpt = False,
@@ -126,38 +129,31 @@ def edit(
     from gie_cli.editing.session import EditPlan
     from gie_cli.io.latents import LATENT_SUFFIX
 
-    check_on_existing(on_existing)
-    if ext not in ("png", "jpg", "webp"):
-        raise UsageError(f"--ext must be png, jpg or webp, got {ext!r}")
     plan = EditPlan.load(direction or [], parse_powers(power or []))
     if paste_back:
         _paste_module()
-    raw_inputs = inputs or []
-    check_output_dir(output, [Path(p) for p in raw_inputs if p != "-"])
-    found = collect_inputs(raw_inputs, recursive, (LATENT_SUFFIX,), exclude=output, stdin_keys=("latent",))
-    items = [Item(src, name, _outputs(output, name, plan, ext, grid, paste_back)) for src, name in found]
+    items = plan_items(
+        inputs,
+        output,
+        recursive,
+        (LATENT_SUFFIX,),
+        lambda _, name: _outputs(output, name, plan, ext, grid, paste_back),
+        stdin_keys=("latent",),
+    )
+    job = BatchJob("edit", output, items, on_existing, fail_fast, json_out)
     if dry_run:
-        for it in items:
-            typer.echo(
-                f"{'exists' if is_done(it) else 'todo'}\t{it.source}\t" + "\t".join(map(str, it.outputs.values()))
-            )
-        typer.echo(f"dry run: {len(items)} input(s), {len(plan)} edit(s) each", err=True)
+        job.dry_run(f", {len(plan)} edit(s) each")
         return
 
-    reporter = Reporter(output, len(items), json_out, "edit")
-    todo = split_existing(items, on_existing, reporter)
-    if todo:
+    def work(todo: list[Item]) -> PerItem:
         from gie_cli.device import resolve_device, resolve_dtype
         from gie_cli.editing.session import EditSession
 
         dev = resolve_device(device)
         session = EditSession(plan, dev, resolve_dtype(dtype, dev), weights, force, batch_size)
-        for it in todo:
-            rec = _run(session, it, grid, grid_size, paste_back)
-            reporter.add(rec)
-            if fail_fast and rec.status == "failed":
-                break
-    raise typer.Exit(reporter.finish())
+        return PerItem(lambda it, bs: _edit_one(session, it, grid, grid_size, paste_back, bs), batch_size)
+
+    raise typer.Exit(job.run(work))
 
 
 def _outputs(out: Path, name: str, plan: EditPlan, ext: str, grid: bool, paste: bool) -> dict[str, Path]:
@@ -185,23 +181,14 @@ def _paste_module() -> ModuleType:
     return paste
 
 
-def _run(session: EditSession, it: Item, grid: bool, grid_size: int, paste_back: bool) -> Record:
-    """Edit one latent and write its outputs; a failure fails this item only."""
-    src = str(it.source)
-    try:
-        return _edit_one(session, it, grid, grid_size, paste_back)
-    except GieError as e:
-        return Record(src, "failed", reason=str(e))
-    except Exception as e:  # noqa: BLE001 - a failure fails this item; the run goes on
-        log.debug("edit failed", exc_info=True)
-        return Record(src, "failed", reason=f"{type(e).__name__}: {e}")
-
-
-def _edit_one(session: EditSession, it: Item, grid: bool, grid_size: int, paste_back: bool) -> Record:
+def _edit_one(
+    session: EditSession, it: Item, grid: bool, grid_size: int, paste_back: bool, batch_size: int | None = None
+) -> Record:
+    """Edit one latent (``batch_size`` edits per render batch) and write its outputs (see :class:`PerItem`)."""
     from gie_cli.editing.session import edit_grid
     from gie_cli.io.atomic import atomic_save_image
 
-    result = session.edit(it.source, reconstruction=grid)
+    result = session.edit(it.source, reconstruction=grid, batch_size=batch_size)
     t_save = time.perf_counter()
     it.outputs[next(iter(it.outputs))].parent.mkdir(parents=True, exist_ok=True)
     for k, img in result.images.items():

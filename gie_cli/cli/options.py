@@ -80,6 +80,14 @@ class DirectionFormat(StrEnum):
     boundary = "boundary"
 
 
+class Convention(StrEnum):
+    """``gie directions import --convention``: how an InterFaceGAN ``.pt`` is applied (``importers.CONVENTIONS``)."""
+
+    e4e = "e4e"
+    hfgi = "hfgi"
+    sfe = "sfe"
+
+
 class GanspaceMode(StrEnum):
     """GANSpace edit formula: ``set`` (official: power = target coordinate) or ``add`` (std units moved)."""
 

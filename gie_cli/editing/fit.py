@@ -49,7 +49,9 @@ def load_function(spec: str) -> Callable:
     """
     mod_name, sep, fn_name = spec.rpartition(":")
     if not sep or not mod_name or not fn_name:
-        raise UsageError(f"--classifier {spec!r} is not MODULE:FUNCTION or FILE.py:FUNCTION")
+        raise UsageError(
+            f"labelling function {spec!r} is not MODULE:FUNCTION or FILE.py:FUNCTION", param="classifier", value=spec
+        )
     try:
         if mod_name.endswith(".py"):
             s = importlib.util.spec_from_file_location(Path(mod_name).stem, mod_name)
@@ -61,9 +63,9 @@ def load_function(spec: str) -> Callable:
             module = importlib.import_module(mod_name)
         fn = getattr(module, fn_name)
     except (ImportError, AttributeError, OSError) as e:
-        raise UsageError(f"--classifier {spec}: {e}") from e
+        raise UsageError(f"labelling function {spec}: {e}", param="classifier", value=spec) from e
     if not callable(fn):
-        raise UsageError(f"--classifier {spec}: {fn_name} is not callable")
+        raise UsageError(f"labelling function {spec}: {fn_name} is not callable", param="classifier", value=spec)
     return fn
 
 
@@ -98,7 +100,11 @@ def label_samples(
         s = torch.as_tensor(fn(x)).detach().float().cpu()
         if s.ndim == 2:
             if attribute is None:
-                raise UsageError("the labelling function returns several scores per item: choose one with --attribute")
+                raise UsageError(
+                    "the labelling function returns several scores per item",
+                    hint="choose one column",
+                    param="attribute",
+                )
             s = s[:, attribute]
         out.append(s.reshape(-1))
     return torch.cat(out)
@@ -174,7 +180,7 @@ def linear_boundary(
         UsageError: an unknown solver, or fewer than 2 samples of a class.
     """
     if solver not in SOLVERS:
-        raise UsageError(f"unknown solver {solver!r} (known: {', '.join(SOLVERS)})")
+        raise UsageError(f"unknown solver {solver!r} (known: {', '.join(SOLVERS)})", param="solver", value=solver)
     x = latents.reshape(len(latents), -1).float()
     s = labels.reshape(-1).float()
     values = set(torch.unique(s).tolist())
@@ -440,10 +446,10 @@ def stylespace_direction(
     from gie_cli.editing.stylespace import layer_to_s_index, style_channels
 
     if not 0 <= layer < generator.num_layers:
-        raise UsageError(f"conv layer {layer} out of range 0..{generator.num_layers - 1}")
+        raise UsageError(f"conv layer {layer} out of range 0..{generator.num_layers - 1}", param="layer")
     width = style_channels(generator, layer)
     if not 0 <= channel < width:
-        raise UsageError(f"channel {channel} out of range 0..{width - 1} for conv layer {layer}")
+        raise UsageError(f"channel {channel} out of range 0..{width - 1} for conv layer {layer}", param="channel")
     vec = torch.zeros(width)
     vec[channel] = 1.0 if sign >= 0 else -1.0
     return Direction(
@@ -521,7 +527,7 @@ def label_direction(
     if n_latent and classifier.fmaps[0] % n_latent:
         raise DirectionError(f"the classifier takes {classifier.fmaps[0]} inputs, not a multiple of {n_latent} layers")
     if math.isnan(target) or not 0.0 <= target <= 1.0:
-        raise UsageError(f"target label must be in [0, 1], got {target}")
+        raise UsageError(f"target label must be in [0, 1], got {target}", param="target", value=target)
     attr_name = (classifier.attributes or [None] * classifier.n_classes)[attribute]
     tensors = {f"classifier.{k}": v.detach().float().cpu() for k, v in classifier.state_dict().items()}
     return Direction(

@@ -92,7 +92,10 @@ def select_ganspace_edits(names: str | None) -> dict[str, GanspaceEdit] | None:
     unknown = [e for e in wanted if e not in FFHQ_GANSPACE_EDITS]
     if unknown:
         raise UsageError(
-            f"unknown GANSpace edit(s) {', '.join(unknown)}", hint=f"known: {', '.join(FFHQ_GANSPACE_EDITS)}"
+            f"unknown GANSpace edit(s) {', '.join(unknown)}",
+            hint=f"known: {', '.join(FFHQ_GANSPACE_EDITS)}",
+            param="edits",
+            value=names,
         )
     return {e: FFHQ_GANSPACE_EDITS[e] for e in wanted}
 
@@ -152,11 +155,14 @@ def import_interfacegan(
         layers: W+ layers to change (default all).
 
     Raises:
-        DirectionError: an unexpected shape or convention.
+        UsageError: an unknown convention.
+        DirectionError: an unexpected shape.
     """
     p = Path(path)
     if convention not in CONVENTIONS:
-        raise DirectionError(f"unknown convention {convention!r} (known: {', '.join(CONVENTIONS)})")
+        raise UsageError(
+            f"unknown convention {convention!r} (known: {', '.join(CONVENTIONS)})", param="convention", value=convention
+        )
     obj = read_checkpoint(p, allow_tensor=True)
     if set(obj) != {""}:
         raise DirectionError(f"{p}: expected a bare InterFaceGAN tensor, found a dict ({', '.join(sorted(obj))})")
@@ -335,9 +341,13 @@ def import_file(
 
     ``origin`` (e.g. ``"omertov/encoder4editing@99ea505/editings/interfacegan_directions/age.pt"``) is recorded as the
     provenance ``source`` instead of the local path.
+
+    Raises:
+        UsageError: an unknown format or convention, or a ``name`` for a GANSpace file (it holds several edits).
+        DirectionError: a file that is not an official direction file of the format.
     """
     if fmt not in FORMATS:
-        raise DirectionError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+        raise UsageError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})", param="format", value=fmt)
     kind = detect_format(path) if fmt == "auto" else fmt
     if kind == "interfacegan":
         out = [import_interfacegan(path, name, convention, generator, layers)]
@@ -347,7 +357,9 @@ def import_file(
             out[0].layers = layers
             out[0].validate()
     elif name is not None:
-        raise DirectionError("--name does not apply to a GANSpace PCA file (it holds several named edits)")
+        raise UsageError(
+            f"{path}: a GANSpace PCA file holds several named edits; a direction name does not apply", param="name"
+        )
     else:
         out = import_ganspace(path, ganspace_edits, ganspace_mode, generator)
     if origin:

@@ -153,7 +153,7 @@ def load_latent_classifier(path: str | Path, activation: str = "leakyrelu") -> L
     try:
         cfg = classifier_config_from_state_dict(sd)
     except ValueError as e:
-        raise UsageError(f"--classifier {path}: {e}") from None
+        raise UsageError(f"latent classifier {path}: {e}", param="classifier", value=path) from None
     clf = LatentClassifier(**cfg, activation=activation)
     load_state_dict_strict(clf, sd, str(path))
     return clf.eval().requires_grad_(False)

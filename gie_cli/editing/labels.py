@@ -120,7 +120,12 @@ def column_index(attribute: str | None, columns: list[str] | None, source: str |
         return int(attribute)
     if not columns or attribute not in columns:
         known = f"known: {', '.join(columns)}" if columns else "this labelling function has no named columns"
-        raise UsageError(f"--attribute {attribute!r} is not a column of {source}", hint=f"pass an index; {known}")
+        raise UsageError(
+            f"{attribute!r} is not a column of {source}",
+            hint=f"pass an index; {known}",
+            param="attribute",
+            value=attribute,
+        )
     return list(columns).index(attribute)
 
 
@@ -169,6 +174,6 @@ def labelled_latents(
         source = {"classifier": classifier, "on": on, "samples": samples, "seed": seed, "truncation": truncation}
     if y.ndim == 2:
         if attribute is None:
-            raise UsageError("the labels have several columns: choose one with --attribute")
+            raise UsageError("the labels have several columns", hint="choose one column", param="attribute")
         y = y[:, column_index(attribute, label_columns(labels) if labels is not None else None, str(labels))]
     return x, y, source

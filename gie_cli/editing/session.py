@@ -55,16 +55,18 @@ class EditPlan:
             UsageError: no direction, a direction not found, repeated names, or no powers for a direction.
         """
         if not directions:
-            raise UsageError("no --direction given", hint="see `gie directions list`")
+            raise UsageError("no direction given", hint="see `gie directions list`", param="direction")
         candidates = [load_direction_candidates(d) for d in directions]
         names = [c[0].name for c in candidates]
         if len(set(names)) != len(names):
-            raise UsageError(f"direction names repeat: {', '.join(names)}")
+            raise UsageError(f"direction names repeat: {', '.join(names)}", param="direction")
         entries = []
         for d in (c[0] for c in candidates):
             ps = list(powers) or (list(dict.fromkeys(d.power_range)) if d.power_range else [])
             if not ps:
-                raise UsageError(f"direction {d.name} has no recommended power range", hint="give --power")
+                raise UsageError(
+                    f"direction {d.name} has no recommended power range", hint="give the powers", param="power"
+                )
             entries.append((d, ps))
         return cls(entries, {c[0].name: c for c in candidates})
 
@@ -150,7 +152,9 @@ class EditSession:
         path = self.weights or recorded
         if not self.weights and recorded and not Path(recorded).exists():
             raise UsageError(
-                f"{source}: the recorded weights {recorded} do not exist", hint="pass the checkpoint with --weights"
+                f"{source}: the recorded weights {recorded} do not exist",
+                hint="pass the checkpoint",
+                param="weights",
             )
         opts = {str(k): str(v) for k, v in (meta.get("method_options") or {}).items()}
         key = (name, path, tuple(sorted(opts.items())))
@@ -203,12 +207,14 @@ class EditSession:
             raise err
 
     # ------------------------------------------------------------------------------------------- one latent
-    def edit(self, latent: Path, reconstruction: bool = False) -> EditResult:
+    def edit(self, latent: Path, reconstruction: bool = False, batch_size: int | None = None) -> EditResult:
         """Render every planned edit of one latent file.
 
         Args:
             latent: a latent file of ``gie invert`` (W+ ``[1, n_latent, D]`` plus the method's extras).
             reconstruction: also render the unedited image (for grids).
+            batch_size: edits rendered per batch (default: the session's); a caller lowers it after running out of
+                memory.
 
         Returns:
             The edited images and what to record.
@@ -237,7 +243,7 @@ class EditSession:
         with torch.no_grad():
             recon = tensor_to_image(method.render(inv)[0].float().cpu()) if reconstruction else None
             for d, ps in plan:
-                row = [tensor_to_image(img) for img in self._render_powers(method, inv, d, ps)]
+                row = [tensor_to_image(img) for img in self._render_powers(method, inv, d, ps, batch_size)]
                 images.update({edit_key(d.name, p): img for p, img in zip(ps, row, strict=True)})
                 rows.append(row)
         t_render = time.perf_counter()
@@ -252,13 +258,20 @@ class EditSession:
         return EditResult(latent, meta, images, rows, recon, info, timings)
 
     def _render_powers(
-        self, method: InversionMethod, inv: Inversion, direction: Direction, powers: Sequence[float]
+        self,
+        method: InversionMethod,
+        inv: Inversion,
+        direction: Direction,
+        powers: Sequence[float],
+        batch_size: int | None = None,
     ) -> list[torch.Tensor]:
-        """``direction`` at each of ``powers`` on a one-item inversion, in batches: ``[3, S, S]`` float32 CPU each."""
+        """``direction`` at each of ``powers`` on a one-item inversion, in batches of ``batch_size`` (default: the
+        session's): ``[3, S, S]`` float32 CPU each."""
+        bs = max(1, batch_size or self.batch_size)
         edit = Edit.cat([direction.apply(p, inv.wplus) for p in powers])
         out: list[torch.Tensor] = []
-        for i in range(0, len(powers), self.batch_size):
-            chunk = edit.select(i, i + self.batch_size)
+        for i in range(0, len(powers), bs):
+            chunk = edit.select(i, i + bs)
             out.extend(render_edit(method, Inversion.stack([inv] * len(chunk)), chunk).float().cpu())
         return out
 
