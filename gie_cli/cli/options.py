@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from gie_cli.errors import UsageError
+
+try:
+    from enum import StrEnum
+except ImportError:  # Python 3.10
+
+    class StrEnum(str, Enum):  # type: ignore[no-redef]
+        """A ``str`` enum whose ``str()`` is its value (``enum.StrEnum`` from Python 3.11)."""
+
+        def __str__(self) -> str:
+            return str(self.value)
+
 
 E = TypeVar("E", bound=StrEnum)
 
