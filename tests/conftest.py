@@ -59,6 +59,14 @@ def pytest_report_header(config):
     return [f"test order: {order}", f"slow tests: {slow}"]
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    kind, seed = config.stash[_ORDER]
+    if kind == "shuffle":  # also under -q, which hides the header
+        terminalreporter.write_line(f"test order: shuffle (rerun with --order=shuffle:{seed})")
+    elif kind == "reverse":
+        terminalreporter.write_line("test order: reverse")
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest groups the items by parametrized module-scoped fixtures
 def pytest_collection_modifyitems(config, items):
     if not slow_tests_enabled():
