@@ -19,7 +19,7 @@ import time
 import torch
 
 from gie_cli import ops
-from gie_cli.models import Generator
+from gie_cli.models import Generator, create_model
 from gie_cli.models.stylegan2 import ModulatedConv2d
 
 
@@ -64,7 +64,7 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         torch.manual_seed(0)
-        g = Generator(size).to(device).eval()
+        g = create_model("stylegan2", size=size).to(device).eval()
         res = {}
         for label, impl, fused in [("fast", "torch", True), ("fast-actmod", "torch", False), ("ref", "ref", True)]:
             ops.set_default_impl(impl)

@@ -17,8 +17,8 @@ import time
 import torch
 
 from gie_cli.methods.e4e import EncoderMethod
-from gie_cli.models import Generator
-from gie_cli.models.encoders import ENCODER_CONFIGS, create_encoder
+from gie_cli.models import create_model
+from gie_cli.models.encoders import ENCODER_CONFIGS
 
 CONFIGS = {
     "tiny": ({"size": 64, "style_dim": 64, "n_mlp": 2, "channel_max": 64}, ENCODER_CONFIGS["tiny"]),
@@ -29,8 +29,8 @@ CONFIGS = {
 def build(name: str, device: torch.device) -> EncoderMethod:
     gcfg, ecfg = CONFIGS[name]
     torch.manual_seed(0)
-    g = Generator(**gcfg)
-    enc = create_encoder("e4e", **ecfg)
+    g = create_model("stylegan2", **gcfg)
+    enc = create_model("e4e", **ecfg)
     avg = torch.zeros(g.n_latent, g.style_dim)
     return EncoderMethod(g, enc, avg, "e4e", dict(ecfg), True, "random").to(device).eval()
 

@@ -168,7 +168,7 @@ class EditSession:
                 self._methods[key] = e
                 raise
             fp = generator_fingerprint(method.generator)  # in fp32, before any dtype cast
-            if self.dtype != method.generator.conv1.conv.weight.dtype:
+            if self.dtype != method.generator.dtype:
                 method = method.to(self.dtype)
             if self.weights and meta.get("weights") and method.weights_id != meta["weights"]:
                 log.warning("%s was inverted with %s; editing with %s", source, meta["weights"], method.weights_id)
