@@ -283,6 +283,7 @@ def test_gradstyle_refuses_a_checkpoint_without_its_modules(world):
 
 
 # --------------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow  # uses the `trained` fixture: a training run
 def test_train_lowers_the_loss_and_the_export_inverts_end_to_end(world, trained):
     rows = [json.loads(x) for x in (trained["run"] / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == STEPS
@@ -316,6 +317,7 @@ def test_train_lowers_the_loss_and_the_export_inverts_end_to_end(world, trained)
         assert all(torch.equal(v, sb[k]) for k, v in a.state_dict().items())
 
 
+@pytest.mark.slow  # uses the `trained` fixture: a training run
 def test_trained_residuals_reconstruct_better_than_the_bare_e4e(world, trained):
     x = _images(world["data"], 64)
     target = torch.nn.functional.interpolate(x, size=(32, 32), mode="area")
@@ -329,6 +331,7 @@ def test_trained_residuals_reconstruct_better_than_the_bare_e4e(world, trained):
     assert ours < 0.7 * bare, (float(ours), float(bare))
 
 
+@pytest.mark.slow  # uses the `trained` fixture: a training run
 def test_edit_runs_the_editing_stream(world, trained, tmp_path):
     method = create_method("gradstyle", str(trained["exported"]))
     g = method.generator
@@ -370,6 +373,7 @@ def test_edit_runs_the_editing_stream(world, trained, tmp_path):
     assert (ours - unaligned).abs().mean() > 1e-3  # ... aligned by the GAM, not injected as they are
 
 
+@pytest.mark.slow  # uses the `trained` fixture: a training run
 def test_a_checkpoint_stored_on_its_base_loads_the_same_and_checks_the_base(world, trained, tmp_path):
     from gie_cli.models.loading import read_components, save_on_base
 

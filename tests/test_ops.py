@@ -258,11 +258,17 @@ def test_fused_leaky_relu_is_the_formula(shape, slope, scale):
     assert torch.equal(x, x_copy)  # never in place on the input
 
 
+@pytest.mark.slow
+def test_fused_leaky_relu_second_order_gradients():
+    x = torch.randn(2, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, b: fused_leaky_relu(x, b, impl="torch"), (x, b))
+
+
 def test_fused_leaky_relu_gradients():
     x = torch.randn(2, 5, 3, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, b: fused_leaky_relu(x, b, impl="torch"), (x, b))
-    assert torch.autograd.gradgradcheck(lambda x, b: fused_leaky_relu(x, b, impl="torch"), (x, b))
     grads = []
     for impl in ("torch", "ref"):
         xi, bi = x.detach().float().requires_grad_(), b.detach().float().requires_grad_()
@@ -403,11 +409,17 @@ def _ref_primitive(x, kernel, upx, upy, downx, downy, px0, px1, py0, py1):
     return upfirdn2d_ref(x, kernel, (upx, upy), (downx, downy), (px0, px1, py0, py1))
 
 
-@pytest.mark.parametrize(
-    ("up", "down", "pad"),
-    [(2, 1, (2, 1)), (1, 1, (1, 1)), (1, 2, (2, 2)), (2, 2, (-1, 2)), ((2, 1), (1, 2), (1, 0, -1, 3)), (3, 1, (0, 4))],
-)
-def test_compiled_op_backward_math(up, down, pad):
+UPFIRDN_CASES = [
+    (2, 1, (2, 1)),
+    (1, 1, (1, 1)),
+    (1, 2, (2, 2)),
+    (2, 2, (-1, 2)),
+    ((2, 1), (1, 2), (1, 0, -1, 3)),
+    (3, 1, (0, 4)),
+]
+
+
+def _compiled_upfirdn(up, down, pad):
     args = upfirdn2d_mod._parse_args(up, down, pad)
     k = _kernel("odd5x3").double()
     x = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
@@ -415,8 +427,20 @@ def test_compiled_op_backward_math(up, down, pad):
     def f(x):
         return upfirdn2d_mod._UpFirDn2dFunction.apply(x, k, args, _ref_primitive)
 
+    return f, x, k
+
+
+@pytest.mark.parametrize(("up", "down", "pad"), UPFIRDN_CASES)
+def test_compiled_op_backward_math(up, down, pad):
+    f, x, k = _compiled_upfirdn(up, down, pad)
     torch.testing.assert_close(f(x), upfirdn2d_ref(x, k, up, down, pad))
     assert torch.autograd.gradcheck(f, (x,))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("up", "down", "pad"), UPFIRDN_CASES)
+def test_compiled_op_second_order_math(up, down, pad):
+    f, x, _ = _compiled_upfirdn(up, down, pad)
     assert torch.autograd.gradgradcheck(f, (x,))
 
 
@@ -429,7 +453,7 @@ def test_grad_args_restore_input_size():
         assert (out * g[0] + g[4] + g[5] - k) // g[2] + 1 == n
 
 
-def test_compiled_act_backward_math():
+def _compiled_act():
     def prim(x, bias, slope, scale):
         with torch.no_grad():
             return fused_leaky_relu_ref(x, bias, slope, scale)
@@ -442,10 +466,21 @@ def test_compiled_act_backward_math():
 
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    return with_bias, without_bias, x, b
+
+
+def test_compiled_act_backward_math():
+    with_bias, without_bias, x, b = _compiled_act()
     torch.testing.assert_close(with_bias(x, b), fused_leaky_relu_ref(x, b))
     torch.testing.assert_close(without_bias(x), fused_leaky_relu_ref(x))
     for f, inputs in [(with_bias, (x, b)), (without_bias, (x,))]:
         assert torch.autograd.gradcheck(f, inputs)
+
+
+@pytest.mark.slow
+def test_compiled_act_second_order_math():
+    with_bias, without_bias, x, b = _compiled_act()
+    for f, inputs in [(with_bias, (x, b)), (without_bias, (x,))]:
         assert torch.autograd.gradgradcheck(f, inputs)
 
 

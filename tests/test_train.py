@@ -66,6 +66,7 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # a training run
 def test_train_e4e_run_folder_resume_and_export(world, tmp_path):
     gen, data = world
     runs = tmp_path / "runs"
@@ -106,6 +107,7 @@ def test_train_usage_errors(world, tmp_path):
     assert res.exit_code == 2 and "no snapshot" in res.stderr
 
 
+@pytest.mark.slow  # a training run
 def test_world_generator_regression_lowers_loss(tmp_path):
     runs = tmp_path / "runs"
     args = [
@@ -174,6 +176,7 @@ def test_world_generator_starts_blind_to_the_noise_dims():
     assert (off.g.style[1].weight[:, 20:] != 0).any()
 
 
+@pytest.mark.slow  # a training run
 def test_attribute_estimator_learns(tmp_path):
     runs = tmp_path / "runs"
     args = [
