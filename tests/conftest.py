@@ -22,6 +22,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 PARITY = FIXTURES / "parity"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The tests never use the network (CI has none): gie runs offline unless a test unsets this for a local server.
+os.environ["GIE_OFFLINE"] = "1"
 
 
 # --------------------------------------------------------------------------------------------------- slow tests, order

@@ -89,11 +89,14 @@ def test_multi_face_policy_orders_by_ffhq_quad_size():
 
 @pytest.fixture()
 def no_weights(tmp_path, monkeypatch) -> Path:
-    """An empty torch hub and no GIE cache; any download attempt fails the test."""
+    """An empty torch hub and no GIE cache, offline (GIE_OFFLINE=1: gie downloads the face-alignment models through
+    its registry on first use when online); any download attempt fails the test."""
     import torch.hub
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("GIE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("GIE_OFFLINE", "1")
 
     def no_download(*a, **k):
         raise AssertionError("tried to download")

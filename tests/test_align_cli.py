@@ -84,7 +84,7 @@ def test_align_batch_with_landmark_files(photos, tmp_path):
     assert recs["noface.png"]["reason"] == "no face found" and recs["noface.png"]["outputs"] == {}
     assert recs["two.png"]["info"]["faces_found"] == 2 and recs["two.png"]["info"]["faces_aligned"] == 1
     assert "no face: " in res.stderr and "noface.png" in res.stderr and "1 no_face" in res.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(
+    assert sorted(p.name for p in out.iterdir() if p.name != ".gie") == sorted(  # .gie: the engine's done records
         [f"{n}{s}" for n in ("astro", "two", "rotated") for s in (".png", ".align.json")] + ["manifest.jsonl"]
     )
     # the crop is exactly the library's alignment; the record holds the transform of that alignment
@@ -207,12 +207,14 @@ def test_invert_aligns_raw_photos(tmp_path, weights):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(d / "crop.png")
     out = tmp_path / "inv"
     res = _invoke("invert", d, "-o", out, "--weights", weights, "--align-backend", "file", "--json")
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # issue 15: a square image is not an aligned crop without evidence
     recs = _lines(res)
-    assert {k: v["status"] for k, v in recs.items()} == {"portrait.jpg": "ok", "empty.png": "no_face", "crop.png": "ok"}
+    expected = {"portrait.jpg": "ok", "empty.png": "no_face", "crop.png": "failed"}
+    assert {k: v["status"] for k, v in recs.items()} == expected
     assert recs["portrait.jpg"]["info"]["aligned"] == "invert" and "aligned" not in recs["crop.png"]["info"]
+    assert "no landmarks file" in recs["crop.png"]["reason"]  # it was sent to alignment, which had nothing to use
     assert recs["portrait.jpg"]["outputs"]["align"] == str(out / "portrait.align.json")
-    assert not (out / "crop.align.json").exists()  # square input without a record: taken as an aligned crop
+    assert not (out / "crop.align.json").exists()
     meta = json.loads((out / "portrait.align.json").read_text())
     assert meta["output_size"] == 64 and meta["source_size"] == [512, 400] and meta["image"] == "portrait.recon.png"
     _, _, lat = load_latent(out / "portrait.latent.safetensors")
@@ -254,10 +256,11 @@ def test_invert_auto_alignment_without_detector_weights(tmp_path, weights, monke
     Image.new("RGB", (120, 90)).save(d / "wide.png")
     Image.new("RGB", (64, 64)).save(d / "square.png")
     res = _invoke("invert", d, "-o", tmp_path / "inv", "--weights", weights, "--json")
-    assert res.exit_code == 1  # auto: the square input is inverted, the non-square one fails with the reason
+    assert res.exit_code == 1  # auto: both need the detector (the square one has no evidence of alignment)
     recs = _lines(res)
-    assert recs["square.png"]["status"] == "ok" and recs["wide.png"]["status"] == "failed"
-    assert "2DFAN4-11f355bf06.pth.tar" in recs["wide.png"]["reason"]  # the missing detector file, by name
+    assert recs["square.png"]["status"] == "failed" and recs["wide.png"]["status"] == "failed"
+    for name in ("wide.png", "square.png"):
+        assert "2DFAN4-11f355bf06.pth.tar" in recs[name]["reason"]  # the missing detector file, by name
     res = _invoke(
         "invert",
         d / "square.png",

@@ -326,7 +326,7 @@ def test_invert_accepts_a_registry_name(clean_env, tiny_e4e):
     img = clean_env / "in" / "face.png"
     img.parent.mkdir()
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(img)
-    args = ["invert", str(img), "-o", str(clean_env / "out"), "--method", "e4e", "--weights", "tiny.e4e"]
+    args = ["invert", str(img), "-o", str(clean_env / "out"), "--method", "e4e", "--weights", "tiny.e4e", "--no-align"]
     res = runner.invoke(app, args, env=env)
     assert res.exit_code == 1 and "tiny.e4e" in res.stderr and "offline" in res.stderr
     res = runner.invoke(app, ["weights", "import", str(ckpt), "--name", "tiny.e4e"], env=env)

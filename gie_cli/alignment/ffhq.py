@@ -157,6 +157,17 @@ class AlignResult:
     shrink: int
     padded: bool
 
+    @property
+    def face_size(self) -> float:
+        """Side of the FFHQ quad in photo pixels: how many photo pixels the ``size`` px crop is drawn from."""
+        return float(np.hypot(*(self.quad[3] - self.quad[0])))
+
+    @property
+    def upscale(self) -> float:
+        """Magnification of the face from photo to crop (``size / face_size``; above 1 the crop is upsampled and its
+        detail is interpolated, not photographed)."""
+        return float(self.size) / max(self.face_size, 1e-6)
+
 
 def _translate(tx: float, ty: float) -> np.ndarray:
     return np.array([[1.0, 0.0, tx], [0.0, 1.0, ty], [0.0, 0.0, 1.0]])

@@ -40,6 +40,7 @@ __all__ = [
     "LandmarksFileError",
     "MediapipeBackend",
     "create_backend",
+    "FACE_ALIGNMENT_ENTRIES",
     "face_alignment_weight_files",
     "parse_landmarks",
 ]
@@ -264,33 +265,63 @@ def face_alignment_weight_files() -> dict[str, list[Path]]:
     }
 
 
-def _find_face_alignment_weights() -> dict[str, Path]:
-    """Resolve both face-alignment files; never downloads.
+FACE_ALIGNMENT_ENTRIES: dict[str, str] = {
+    "2DFAN4-11f355bf06.pth.tar": "face_alignment.fan4",
+    "s3fd-619a316812.pth": "face_alignment.s3fd",
+}
+"""face-alignment file name -> its weights-registry entry (downloaded, verified, into ``<gie cache>/torch/``)."""
+
+
+def _find_face_alignment_weights(offline: bool | None = None) -> dict[str, Path]:
+    """Resolve both face-alignment files, downloading missing ones through the weights registry.
+
+    A file already in gie's cache is verified against the registry (a bad one is downloaded again when online); a
+    copy face-alignment itself downloaded (torch hub folder) is used as it is. Missing files are downloaded on first
+    use into ``<gie cache>/torch/`` (progress on stderr, verified before use; the registry has no upstream sha256
+    for them, so the hash seen at the first download is recorded and checked from then on). Offline
+    (``GIE_OFFLINE=1``) nothing is downloaded and a missing file is one clear error.
+
+    Args:
+        offline: Force offline mode (None: ``GIE_OFFLINE``).
 
     Raises:
-        WeightsUnavailableError: names every missing file with its expected path and URL (one line).
+        WeightsUnavailableError: offline and a file is missing: names every missing file with its expected path and
+            URL (one line).
+        DownloadError: online and a download failed or did not verify.
     """
+    from gie_cli.weights import ensure, is_offline, load_registry
+
     found: dict[str, Path] = {}
     missing: list[tuple[str, list[Path]]] = []
     for name, cands in face_alignment_weight_files().items():
-        hit = next((p for p in cands if p.is_file()), None)
-        if hit is None:
-            missing.append((name, cands))
+        ours, hub = cands[0], cands[-1]
+        if hub.is_file() and not ours.is_file():
+            found[name] = hub
+        elif ours.is_file() or not is_offline(offline):
+            found[name] = ours  # resolved through the registry below
         else:
-            found[name] = hit
+            missing.append((name, cands))
     if missing:
         name, cands = missing[0]
         others = "; ".join(f"also missing {n}: save {FACE_ALIGNMENT_FILES[n]} as {c[-1]}" for n, c in missing[1:])
         hint = (others + "; " if others else "") + "or use --backend mediapipe (offline) or --backend file"
         raise WeightsUnavailableError(name, cands[-1], [FACE_ALIGNMENT_FILES[name]], cands, hint=hint)
+    reg = None
+    for name, path in found.items():
+        if path == face_alignment_weight_files()[name][0]:
+            reg = reg or load_registry()
+            if not path.is_file():
+                log.info("downloading the face-alignment model %s (first use of the face-alignment backend)", name)
+            found[name] = ensure(reg.get(FACE_ALIGNMENT_ENTRIES[name]), reg, offline=offline)
     return found
 
 
 class FaceAlignmentBackend:
     """face-alignment (Bulat & Tzimiropoulos 2017, FAN) 68-point landmarks on S3FD detections; gie's default backend.
 
-    The weights (``2DFAN4-11f355bf06.pth.tar``, ``s3fd-619a316812.pth``) must be on disk: gie never lets
-    face-alignment download them (see :func:`face_alignment_weight_files`). Faces are detected on a copy of the photo
+    The weights (``2DFAN4-11f355bf06.pth.tar``, ``s3fd-619a316812.pth``) are downloaded on first use through gie's
+    weights registry (``face_alignment.fan4``, ``face_alignment.s3fd``; verified, offline: one clear error), never by
+    face-alignment itself (see :func:`face_alignment_weight_files`). Faces are detected on a copy of the photo
     downscaled to ``detect_max_side`` (S3FD's cost grows with the pixel count); landmarks are computed on the full
     photo.
 

@@ -7,6 +7,8 @@ import functools
 import inspect
 import logging
 import os
+import signal
+import threading
 import traceback
 from collections.abc import Iterator
 from typing import Annotated
@@ -94,6 +96,30 @@ def _verbosity(ctx: typer.Context | None, verbose: int, quiet: bool) -> int:
     return -1 if (quiet or root_quiet) else verbose + root_verbose
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so a run stops cleanly: temp files removed, locks released,
+    the manifest complete; the command exits with 143 (128 + SIGTERM)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` (once; a second SIGTERM during the clean-up is
+    ignored). Only in the main thread (signal handlers cannot be set elsewhere); the old handler is restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 _EXTRA = (  # parameters every command gets; the wrapper takes them off before calling the command
     inspect.Parameter("gie_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
     inspect.Parameter("gie_verbose", inspect.Parameter.KEYWORD_ONLY, default=0, annotation=VerboseOpt),
@@ -106,6 +132,7 @@ def command(*args, target: typer.Typer | None = None, **kwargs):
 
     - ``-q/--quiet`` and ``-v/--verbose`` are accepted after the command name too (``gie invert -q ...``);
     - logging is set up for the command and the ``gie_cli`` logger restored when it ends (:func:`logging_scope`);
+    - SIGTERM stops the command like Ctrl-C (:func:`sigterm_as_interrupt`): exit 143, Ctrl-C 130;
     - an error is one line on stderr and exit 1 (usage errors: 2); a :class:`~gie_cli.errors.UsageError` naming a
       library parameter is shown with the command's flag (:func:`gie_cli.cli.options.render_error`).
       Set ``GIE_DEBUG=1`` for the traceback.
@@ -119,7 +146,7 @@ def command(*args, target: typer.Typer | None = None, **kwargs):
             from gie_cli.errors import GieError
 
             name = gie_ctx.info_name if gie_ctx is not None else fn.__name__
-            with logging_scope(_verbosity(gie_ctx, gie_verbose, gie_quiet)):
+            with logging_scope(_verbosity(gie_ctx, gie_verbose, gie_quiet)), sigterm_as_interrupt():
                 try:
                     return fn(*a, **k)
                 except (typer.Exit, typer.Abort, typer.TyperException):
@@ -131,6 +158,11 @@ def command(*args, target: typer.Typer | None = None, **kwargs):
 
                     typer.echo(f"error: {render_error(e, name)}", err=True)
                     raise typer.Exit(e.exit_code) from None
+                except Terminated:
+                    typer.echo(
+                        "terminated (SIGTERM): stopped cleanly; a re-run goes on where this one stopped", err=True
+                    )
+                    raise typer.Exit(143) from None
                 except KeyboardInterrupt:
                     typer.echo("interrupted", err=True)
                     raise typer.Exit(130) from None

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, plan_items
+from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, plan_items
 from gie_cli.cli.options import (
     AlignBackend,
     Alpha,
@@ -32,6 +32,9 @@ from gie_cli.cli.options import (
 from gie_cli.errors import GieError, UsageError
 
 log = logging.getLogger(__name__)
+
+UPSCALE_WARN = 4.0
+"""`gie align` warns (naming the file) when a face is magnified more than this from the photo to the crop."""
 
 
 BackendOpt = Annotated[
@@ -107,9 +110,24 @@ def align(
     if landmarks is not None and backend != "file":
         raise UsageError("--landmarks only applies to --backend file", hint="add --backend file")
     items = plan_items(
-        inputs, output, recursive, IMAGE_SUFFIXES, lambda _, name: _planned_outputs(output, name, faces, ext)
+        inputs,
+        output,
+        recursive,
+        IMAGE_SUFFIXES,
+        lambda _, name: _planned_outputs(output, name, faces, ext),
+        command="align",
     )
-    job = BatchJob("align", output, items, on_existing, fail_fast, json_out, done=lambda it: _is_done(it, faces))
+    request = {  # what the crops depend on besides the photo: a finished item is skipped only for the same
+        "size": size,
+        "faces": str(faces),
+        "backend": str(backend),
+        "landmarks": option_identity(landmarks),
+        "alpha": str(alpha),
+        "ext": str(ext),
+    }
+    job = BatchJob(
+        "align", output, items, on_existing, fail_fast, json_out, done=lambda it: _is_done(it, faces), request=request
+    )
     if dry_run:
         job.dry_run(f", backend {backend}, size {size}, faces {faces}")
         return
@@ -198,6 +216,17 @@ def _align_one(it: Item, detector, backend: str, size: int, faces: str, ext: str
                 faces_found=len(found),
                 source_sha256=sha,
             )
+            meta["upscale"] = round(af.result.upscale, 3)  # crop px per photo px of the face
+            if af.result.upscale > UPSCALE_WARN:
+                log.warning(
+                    "%s: face %d is upscaled %.1fx (its FFHQ crop is %.0f px wide in the photo, the output %d px): "
+                    "the aligned face is interpolated, not photographed; use a larger photo or a smaller --size",
+                    it.source,
+                    af.index,
+                    af.result.upscale,
+                    af.result.face_size,
+                    af.result.size,
+                )
             atomic_save_image(af.result.image, img_path)
             atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")  # written last: marks the face done
             prefix = "" if af.index == 1 else f"face{af.index}."
@@ -209,7 +238,13 @@ def _align_one(it: Item, detector, backend: str, size: int, faces: str, ext: str
         return Record(src, "failed", outputs, str(e), info=info)
     info["faces_aligned"] = len(aligned)
     info["faces"] = [
-        {"index": af.index, "score": af.face.score, "bbox": [round(v, 1) for v in af.face.bbox]} for af in aligned
+        {
+            "index": af.index,
+            "score": af.face.score,
+            "bbox": [round(v, 1) for v in af.face.bbox],
+            "upscale": round(af.result.upscale, 3),
+        }
+        for af in aligned
     ]
     return Record(src, "ok", outputs, None, _ms(t0, t_load, t_align, time.perf_counter()), info)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, plan_items
+from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, plan_items
 from gie_cli.cli.options import (
     DeviceOpt,
     DryRunOpt,
@@ -139,8 +139,20 @@ def edit(
         (LATENT_SUFFIX,),
         lambda _, name: _outputs(output, name, plan, ext, grid, paste_back),
         stdin_keys=("latent",),
+        command="edit",
     )
-    job = BatchJob("edit", output, items, on_existing, fail_fast, json_out)
+    request = {  # what the outputs depend on besides the latent: a finished item is skipped only for the same
+        "directions": [option_identity(d) for d in direction or []],
+        "edits": list(plan.keys()),
+        "weights": option_identity(weights),
+        "force": force,
+        "grid": grid,
+        "grid_size": grid_size,
+        "paste_back": paste_back,
+        "ext": str(ext),
+        "dtype": str(dtype),
+    }
+    job = BatchJob("edit", output, items, on_existing, fail_fast, json_out, request=request)
     if dry_run:
         job.dry_run(f", {len(plan)} edit(s) each")
         return

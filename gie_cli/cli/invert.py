@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import BatchJob, Item, PerBatch, Record, plan_items
+from gie_cli.cli.batch import BatchJob, Item, PerBatch, Record, option_identity, plan_items
 from gie_cli.cli.options import (
     AlignBackend,
     Alpha,
@@ -41,6 +41,9 @@ from gie_cli.errors import GieError, UsageError
 log = logging.getLogger(__name__)
 
 __all__ = ["invert", "parse_settings"]
+
+MIN_FACE_SIZE = 32
+"""Default ``--min-size``: aligned crops (or faces in photos) narrower than this many pixels fail."""
 
 _EPILOG = examples(
     "gie invert aligned/ -m e4e -w e4e.ffhq -o inv",
@@ -71,9 +74,11 @@ def invert(
         bool | None,
         typer.Option(
             "--align/--no-align",
-            help="FFHQ-align inputs first (largest face). Default (auto): inputs with a NAME.align.json beside them "
-            "(from `gie align`) and square images are taken as aligned crops, other (non-square) images are aligned. "
-            "--align aligns every input, --no-align none (non-square inputs then fail).",
+            help="FFHQ-align inputs first (largest face). Default (auto), by evidence, not shape: inputs with a "
+            "NAME.align.json beside them (from `gie align`), `gie synth --faces` crops and square images whose "
+            "NAME.landmarks.json points sit at the FFHQ template are taken as aligned crops; every other image, "
+            "square or not, is aligned (and fails with the reason when no landmark backend is available). "
+            "--align aligns every input, --no-align none (use it for crops you know are aligned).",
             show_default=False,
         ),
     ] = None,
@@ -90,6 +95,15 @@ def invert(
         Path | None,
         typer.Option("--landmarks", help="--align-backend file: landmarks JSON file or folder (see `gie align -h`)."),
     ] = None,
+    min_size: Annotated[
+        int,
+        typer.Option(
+            "--min-size",
+            min=1,
+            help="Smallest usable face in pixels: an aligned crop (or, for photos aligned here, the face's FFHQ "
+            "crop in the photo) smaller than this fails instead of being upscaled into a made-up face.",
+        ),
+    ] = MIN_FACE_SIZE,
     dry_run: DryRunOpt = False,
     fail_fast: FailFastOpt = False,
     json_out: JsonOpt = False,
@@ -107,10 +121,12 @@ def invert(
     from gie_cli.alignment.auto import needs_alignment, own_sidecar
     from gie_cli.device import resolve_device, resolve_dtype
     from gie_cli.io.images import IMAGE_SUFFIXES
-    from gie_cli.methods import create_method, list_methods
+    from gie_cli.methods import check_method_options, create_method, list_methods
 
     if method not in list_methods():
         raise UsageError(f"unknown method {method!r}", hint=f"choose one of: {', '.join(list_methods())}")
+    options = parse_settings(settings or [])
+    check_method_options(method, options)  # --set parsed and range-checked before any item runs
     if landmarks is not None and align_backend != "file":
         raise UsageError("--landmarks only applies to --align-backend file", hint="add --align-backend file")
     plan = _AlignPlan()
@@ -124,8 +140,22 @@ def invert(
             outs["align"] = output / f"{name}.align.json"  # carry the record of `gie align` along
         return outs
 
-    items = plan_items(inputs, output, recursive, IMAGE_SUFFIXES, outputs, stdin_keys=("image", "input"))
-    job = BatchJob("invert", output, items, on_existing, fail_fast, json_out)
+    items = plan_items(
+        inputs, output, recursive, IMAGE_SUFFIXES, outputs, stdin_keys=("image", "input"), command="invert"
+    )
+    request = {  # what the outputs depend on besides the input: a finished item is skipped only for the same
+        "method": method,
+        "weights": option_identity(weights) if weights else _default_weights_identity(method),
+        "settings": options,
+        "dtype": str(dtype),
+        "alpha": str(alpha),
+        "ext": str(ext),
+        "align": align,
+        "align_backend": str(align_backend),
+        "landmarks": option_identity(landmarks),
+        "min_size": min_size,
+    }
+    job = BatchJob("invert", output, items, on_existing, fail_fast, json_out, request=request)
     if dry_run:
         job.dry_run(f", method {method}, weights {weights or '-'}")
         return
@@ -146,7 +176,8 @@ def invert(
                 log.warning("automatic alignment unavailable: %s", e)
             else:
                 log.info("aligning %d input(s) with %s", sum(it.name in plan.names for it in todo), align_backend)
-        model = create_method(method, weights, dev, **parse_settings(settings or []))
+        model = create_method(method, weights, dev, **options)
+        plan.demo = _demo_model_name(model)
         if dt != torch.float32:
             model = model.to(dt)
         log.info(
@@ -156,9 +187,19 @@ def invert(
             model.input_size,
             model.output_size,
         )
-        return _batch_work(model, batch_size, dev, dt, alpha, plan)
+        return _batch_work(model, batch_size, dev, dt, alpha, plan, min_size)
 
     raise typer.Exit(job.run(work))
+
+
+def _default_weights_identity(method: str) -> dict | None:
+    """What identifies the weights a method uses without ``--weights`` (its registry default: name and sha256), so
+    a re-run skips only items made with the same default."""
+    from gie_cli.weights import load_registry
+
+    reg = load_registry()
+    name = reg.defaults.get(method)
+    return {"default": name, "sha256": reg.get(name).sha256} if name else None
 
 
 @dataclass
@@ -168,22 +209,77 @@ class _AlignPlan:
     names: set[str] = field(default_factory=set)
     backend: object | None = None
     error: str | None = None
+    demo: str | None = None
+    """Registry name of the embedded demo model the items are inverted with (None: real weights)."""
+    warned: int = 0
+
+
+def _demo_model_name(model) -> str | None:
+    """The registry name of the embedded demo model ``model`` runs on, or None for any other weights."""
+    from gie_cli.weights import embedded_entry_for
+
+    entry = embedded_entry_for(getattr(model, "weights_path", None))
+    return entry.name if entry is not None else None
+
+
+def _mark_demo_model(it: Item, info: dict, plan: _AlignPlan) -> None:
+    """Record in ``info`` (manifest line and latent record) that a demo model inverts the item; warn for real photos.
+
+    Default policy: the embedded demo models (64 px synthetic face world) are the defaults when ``--weights`` is
+    omitted, so the README's offline pipeline works. Inputs that are renders of the synthetic world (by their
+    ``gie synth`` records, see :func:`~gie_cli.alignment.auto.synthetic_world_input`) use them quietly; any other
+    input is a real photo and gets a WARNING (shown with ``-q`` too) saying the result is not meaningful and naming
+    the official weights. Every item inverted by a demo model has ``"demo_model": true`` in its manifest info and
+    latent record, whatever the input.
+    """
+    if plan.demo is None:
+        return
+    from gie_cli.alignment.auto import synthetic_world_input
+
+    synthetic = synthetic_world_input(it.source)
+    info.update(demo_model=True, demo_model_name=plan.demo, input_kind="synthetic-world" if synthetic else "photo")
+    if synthetic:
+        return
+    if not plan.warned:
+        from gie_cli.weights import load_registry
+
+        real = getattr(load_registry().get(plan.demo), "real", "") or "NAME (see `gie weights list`)"
+        log.warning(
+            "%s is a real photo (no `gie synth` record), inverted with the DEMO model %s (64 px synthetic faces): the "
+            "result is not a faithful reconstruction. For real photos pass --weights %s (`gie weights download "
+            "%s`); the manifest and latent record say demo_model: true",
+            it.source,
+            plan.demo,
+            real,
+            real,
+        )
+    else:
+        log.warning("%s: real photo inverted with the DEMO model %s", it.source, plan.demo)
+    plan.warned += 1
 
 
 def _strs(outputs: dict[str, Path]) -> dict[str, str]:
     return {k: str(v) for k, v in outputs.items()}
 
 
-def _batch_work(model, batch_size: int, dev, dt, alpha: str, plan: _AlignPlan | None = None) -> PerBatch:
-    """Load (and align) each item, invert and render batches, save each item (see :class:`PerBatch`)."""
+def _batch_work(
+    model, batch_size: int, dev, dt, alpha: str, plan: _AlignPlan | None = None, min_size: int = MIN_FACE_SIZE
+) -> PerBatch:
+    """Load (and align) each item, invert and render batches, check and save each item (see :class:`PerBatch`).
+
+    An item whose face is smaller than ``min_size`` pixels fails when loaded; one whose codes or reconstruction hold
+    NaN/Inf fails with the cause (:func:`~gie_cli.methods.check_inversion`) and writes nothing.
+    """
     from gie_cli.alignment.auto import NoFaceError
+    from gie_cli.methods import check_inversion
 
     plan = plan or _AlignPlan()
 
     def prepare(it: Item):
         t0 = time.perf_counter()
         try:
-            x, info = _load_input(it, model.input_size, alpha, plan)
+            x, info = _load_input(it, model.input_size, alpha, plan, min_size)
+            _mark_demo_model(it, info, plan)
         except NoFaceError as e:
             return Record(str(it.source), "no_face", reason=_reason(e))
         return x, info, (time.perf_counter() - t0) * 1000
@@ -196,6 +292,7 @@ def _batch_work(model, batch_size: int, dev, dt, alpha: str, plan: _AlignPlan | 
     def finish(it: Item, loaded, result) -> Record:
         _, info, t_load = loaded
         inv, image, t_inv, t_render = result
+        check_inversion(model, inv, image)  # NaN/Inf: the item fails with the cause, nothing is written
         t0 = time.perf_counter()
         try:
             _save_item(model, it, inv, image, info)
@@ -211,9 +308,24 @@ def _reason(e: Exception) -> str:
     return str(e)
 
 
-def _load_aligned(path: Path, size: int, alpha: str):
+def _too_small(path: Path, what: str, side: float, min_size: int) -> Exception:
+    """The error of a face below ``--min-size``: upscaling it would make a face up, not reconstruct one."""
+    from gie_cli.errors import ImageLoadError
+
+    return ImageLoadError(
+        path,
+        f"{what} is too small to invert ({side:.0f} px < --min-size {min_size} px)",
+        hint="use a larger photo of the face, or lower --min-size",
+    )
+
+
+def _load_aligned(path: Path, size: int, alpha: str, min_size: int = MIN_FACE_SIZE):
     """Load an aligned square crop as ``[3, size, size]`` in [-1, 1] (PIL bilinear resize, as the official
-    encoders were trained) plus facts about the source."""
+    encoders were trained) plus facts about the source.
+
+    Raises:
+        ImageLoadError: not square, or smaller than ``min_size`` pixels.
+    """
     from PIL import Image
 
     from gie_cli.io.images import image_to_tensor, load_image, sha256_file
@@ -228,12 +340,18 @@ def _load_aligned(path: Path, size: int, alpha: str):
             f"not a square aligned face crop ({w}x{h})",
             hint="pass FFHQ-aligned square crops, or let gie align the photo (--align, or `gie align` first)",
         )
+    if w < min_size:
+        raise _too_small(path, f"the {w}x{h} image", w, min_size)
     x = image_to_tensor(img, size=size, resample=Image.Resampling.BILINEAR)
     return x, {"source_size": [w, h], "source_sha256": sha256_file(path)}
 
 
-def _load_input(it: Item, size: int, alpha: str, plan: _AlignPlan):
-    """Load an item as ``[3, size, size]`` in [-1, 1]: FFHQ-align it first when planned, or carry its record."""
+def _load_input(it: Item, size: int, alpha: str, plan: _AlignPlan, min_size: int = MIN_FACE_SIZE):
+    """Load an item as ``[3, size, size]`` in [-1, 1]: FFHQ-align it first when planned, or carry its record.
+
+    Raises:
+        ImageLoadError: unreadable, not alignable, or a face smaller than ``min_size`` pixels.
+    """
     from PIL import Image
 
     from gie_cli.alignment import read_align_meta
@@ -248,7 +366,13 @@ def _load_input(it: Item, size: int, alpha: str, plan: _AlignPlan):
             w, h = photo.size
             raise ImageLoadError(
                 it.source,
-                f"not a square aligned face crop ({w}x{h}) and automatic alignment is unavailable: {plan.error}",
+                (
+                    f"not a square aligned face crop ({w}x{h})"
+                    if w != h
+                    else f"square image ({w}x{h}) with no evidence it is an FFHQ-aligned crop (no NAME.align.json, "
+                    "no landmarks at the FFHQ template)"
+                )
+                + f" and automatic alignment is unavailable: {plan.error}",
             )
         sha = sha256_file(it.source)
         try:
@@ -263,15 +387,30 @@ def _load_input(it: Item, size: int, alpha: str, plan: _AlignPlan):
             w, h = photo.size
             shape = f"not a square aligned face crop ({w}x{h}) and " if w != h else ""
             raise ImageLoadError(it.source, f"{shape}aligning it failed: {e}") from None
+        face = _quad_side(meta.get("quad"))
+        if face is not None and face < min_size:
+            raise _too_small(Path(it.source), "the face's FFHQ crop in the photo", face, min_size)
         x = image_to_tensor(crop, size=size, resample=Image.Resampling.BILINEAR)
         return x, {"source_size": list(photo.size), "source_sha256": sha, "aligned": "invert", "align_meta": meta}
-    x, info = _load_aligned(it.source, size, alpha)
+    x, info = _load_aligned(it.source, size, alpha, min_size)
     if "align" in it.outputs:
         record = own_sidecar(it.source)
         if record is not None:
             info["align_meta"] = read_align_meta(record)
             info["aligned"] = "record"
     return x, info
+
+
+def _quad_side(quad: object) -> float | None:
+    """Side length in photo pixels of an FFHQ quad ``[[x, y] x 4]`` (upper-left, lower-left, lower-right,
+    upper-right), or None when ``quad`` is not one."""
+    import math
+
+    try:
+        (x0, y0), _, _, (x3, y3) = quad  # type: ignore[misc]
+        return math.hypot(float(x3) - float(x0), float(y3) - float(y0))
+    except (TypeError, ValueError):
+        return None
 
 
 def _invert_batch(model, xs, dev, dt):
@@ -300,6 +439,10 @@ def _save_item(model, it: Item, inv, image, info: dict) -> None:
         "gie_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if info.get("demo_model"):
+        meta["demo_model"] = True  # the record says the latent comes from a demo model (see _mark_demo_model)
+        meta["demo_model_name"] = info.get("demo_model_name")
+        meta["input_kind"] = info.get("input_kind")
     if align_meta is not None and "align" in it.outputs:
         meta["alignment"] = it.outputs["align"].name
     it.outputs["latent"].parent.mkdir(parents=True, exist_ok=True)

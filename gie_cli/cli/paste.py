@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, plan_items
+from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, plan_items
 from gie_cli.cli.options import (
     DryRunOpt,
     FailFastOpt,
@@ -71,13 +71,24 @@ def paste(
             raise UsageError(f"{opt} {p}: file not found")
     items = plan_items(
         inputs, output, recursive, IMAGE_SUFFIXES, lambda _, name: {"image": output / f"{name}.{ext}"},
-        stdin_keys=("image", "input"),
+        stdin_keys=("image", "input"), command="paste",
     )  # fmt: skip
 
     def precheck(it: Item) -> None:  # the record must be usable even when the composite exists
         it.data["record"], it.data["meta"], it.data["photo"] = _sources(it, meta, photo)
+        it.data["deps"] = [it.data["record"], it.data["photo"]]  # a changed record or photo makes the composite stale
 
-    job = BatchJob("paste", output, items, on_existing, fail_fast, json_out, precheck=None if dry_run else precheck)
+    request = {"meta": option_identity(meta), "photo": option_identity(photo), "feather": feather, "ext": str(ext)}
+    job = BatchJob(
+        "paste",
+        output,
+        items,
+        on_existing,
+        fail_fast,
+        json_out,
+        precheck=None if dry_run else precheck,
+        request=request,
+    )
     if dry_run:
         job.dry_run()
         return

@@ -16,13 +16,38 @@ from gie_cli.editing.direction import Direction
 from gie_cli.editing.edit import Edit, render_edit
 from gie_cli.editing.library import load_direction_candidates
 from gie_cli.errors import GieError, UsageError
-from gie_cli.methods import Inversion, InversionMethod, create_method
+from gie_cli.methods import (
+    Inversion,
+    InversionMethod,
+    NonFiniteError,
+    create_method,
+    nonfinite,
+    nonfinite_parts,
+    nonfinite_reason,
+)
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 
 log = logging.getLogger(__name__)
+
+
+#: a power further than this many times the largest end of a direction's recommended range from zero warns.
+FAR_OUTSIDE = 2.0
+
+
+def far_powers(direction: Direction, powers: Sequence[float], factor: float = FAR_OUTSIDE) -> list[float]:
+    """The ``powers`` far outside ``direction``'s recommended range: ``|p| > factor * max(|low|, |high|)``.
+
+    The recommended range is where the direction was fitted or documented (world directions: the attribute change on
+    the [-1, 1] scale the regression was fitted on; official files: the range their authors give); far outside it
+    the edit leaves the generator's domain and renders saturated images. A direction without a range gives none.
+    """
+    if not direction.power_range:
+        return []
+    reach = factor * max(abs(direction.power_range[0]), abs(direction.power_range[1]))
+    return [p for p in powers if abs(p) > reach] if reach > 0 else []
 
 
 def format_power(power: float) -> str:
@@ -66,6 +91,17 @@ class EditPlan:
             if not ps:
                 raise UsageError(
                     f"direction {d.name} has no recommended power range", hint="give the powers", param="power"
+                )
+            far = far_powers(d, ps)
+            if far:  # once per direction, before any item runs
+                lo, hi = d.power_range or (0.0, 0.0)
+                log.warning(
+                    "direction %s: power %s is far outside its recommended range [%g, %g]; expect a saturated "
+                    "image that no longer resembles the face",
+                    d.name,
+                    ", ".join(f"{p:g}" for p in far),
+                    lo,
+                    hi,
                 )
             entries.append((d, ps))
         return cls(entries, {c[0].name: c for c in candidates})
@@ -141,19 +177,26 @@ class EditSession:
         Returns:
             ``(method, cache key, generator fingerprint)``.
 
+        The record decides (unless the session has ``weights``): the method is ``meta["method"]`` with the file
+        ``meta["weights_path"]``, and the weights it gives must be ``meta["weights"]`` (file name and sha256 prefix).
+        A record without a path is built with the method's embedded default only when that default *is* the recorded
+        weights; never silently with another model.
+
         Raises:
-            UsageError: the record names no method, or weights that do not exist.
+            UsageError: the record names no method, weights that do not exist, or weights that cannot be resolved
+                (no path and not the embedded default; the message names them).
             GieError: building the method failed (remembered: later latents of that method fail the same way).
         """
         name = meta.get("method")
         if not name:
             raise UsageError(f"{source}: the latent file records no method", hint="re-run `gie invert`")
         recorded = meta.get("weights_path") or ""
+        recorded_id = str(meta.get("weights") or "")
         path = self.weights or recorded
         if not self.weights and recorded and not Path(recorded).exists():
             raise UsageError(
-                f"{source}: the recorded weights {recorded} do not exist",
-                hint="pass the checkpoint",
+                f"{source}: the recorded weights {recorded_id or recorded} ({recorded}) do not exist",
+                hint=f"pass the {name} checkpoint with --weights",
                 param="weights",
             )
         opts = {str(k): str(v) for k, v in (meta.get("method_options") or {}).items()}
@@ -174,6 +217,14 @@ class EditSession:
                 log.warning("%s was inverted with %s; editing with %s", source, meta["weights"], method.weights_id)
             log.info("method %s, weights %s", name, method.weights_id)
             hit = self._methods[key] = (method, fp)
+        if not self.weights and recorded_id and hit[0].weights_id != recorded_id:
+            where = f"the file {recorded} now holds" if recorded else "the record has no weights_path; the default is"
+            raise UsageError(
+                f"{source}: made by {name} with weights {recorded_id}, which cannot be resolved ({where} "
+                f"{hit[0].weights_id})",
+                hint=f"pass the checkpoint of {recorded_id} with --weights",
+                param="weights",
+            )
         return hit[0], key, hit[1]
 
     # ------------------------------------------------------------------------------------------- directions
@@ -227,6 +278,9 @@ class EditSession:
 
         t0 = time.perf_counter()
         wplus, extras, meta = load_latent(latent)
+        bad = nonfinite_parts(Inversion(wplus, extras))
+        if bad:
+            raise NonFiniteError(f"the latent holds NaN/Inf values ({', '.join(bad)})", hint="invert the image again")
         method, key, fp = self.method_for(meta, latent)
         g = method.generator
         if tuple(wplus.shape[1:]) != (g.n_latent, g.style_dim):
@@ -241,7 +295,12 @@ class EditSession:
         images: dict[str, Image] = {}
         rows: list[list[Image]] = []
         with torch.no_grad():
-            recon = tensor_to_image(method.render(inv)[0].float().cpu()) if reconstruction else None
+            recon = None
+            if reconstruction:
+                rendered = method.render(inv)[0].float().cpu()
+                if nonfinite(rendered):
+                    raise NonFiniteError(nonfinite_reason(method, "the reconstruction"))
+                recon = tensor_to_image(rendered)
             for d, ps in plan:
                 row = [tensor_to_image(img) for img in self._render_powers(method, inv, d, ps, batch_size)]
                 images.update({edit_key(d.name, p): img for p, img in zip(ps, row, strict=True)})
@@ -266,14 +325,37 @@ class EditSession:
         batch_size: int | None = None,
     ) -> list[torch.Tensor]:
         """``direction`` at each of ``powers`` on a one-item inversion, in batches of ``batch_size`` (default: the
-        session's): ``[3, S, S]`` float32 CPU each."""
+        session's): ``[3, S, S]`` float32 CPU each.
+
+        Raises:
+            NonFiniteError: an edited image holds NaN/Inf; the reason names the cause (the power, the weights).
+        """
         bs = max(1, batch_size or self.batch_size)
         edit = Edit.cat([direction.apply(p, inv.wplus) for p in powers])
         out: list[torch.Tensor] = []
         for i in range(0, len(powers), bs):
             chunk = edit.select(i, i + bs)
-            out.extend(render_edit(method, Inversion.stack([inv] * len(chunk)), chunk).float().cpu())
+            images = render_edit(method, Inversion.stack([inv] * len(chunk)), chunk).float().cpu()
+            for j, img in enumerate(images):
+                if nonfinite(img):
+                    raise NonFiniteError(self._edit_nonfinite(method, inv, direction, powers[i + j]))
+            out.extend(images)
         return out
+
+    @staticmethod
+    def _edit_nonfinite(method: InversionMethod, inv: Inversion, direction: Direction, power: float) -> str:
+        """Why ``direction`` at ``power`` rendered NaN/Inf: the weights, else the power when the unedited render is
+        finite (or the edit offset itself overflows), else the method."""
+        what = f"the edit {edit_key(direction.name, power)}"
+        if method.nonfinite_weights():
+            return nonfinite_reason(method, what)
+        edit = direction.apply(power, inv.wplus)
+        offsets = [edit.delta, *edit.style_offsets.values()]
+        if any(nonfinite(t) for t in offsets) or not nonfinite(method.render(inv)):
+            rng = direction.power_range
+            hint = f"its recommended range is [{rng[0]:g}, {rng[1]:g}]" if rng else "use a smaller power"
+            return f"{what} is not finite (NaN/Inf): power {power:g} is too large for {direction.name}; {hint}"
+        return nonfinite_reason(method, what)
 
     # ------------------------------------------------------------------------------------------- paste-back
     def paste_back(self, result: EditResult) -> tuple[dict[str, Image], str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +15,61 @@ from PIL import Image
 
 from gie_cli.errors import UsageError
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_save_image", "IMAGE_SAVE_FORMATS"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_save_image",
+    "IMAGE_SAVE_FORMATS",
+    "TEMP_NAME",
+    "is_temp_name",
+    "remove_temp_files",
+]
 
 logger = logging.getLogger(__name__)
 
 # Output suffix -> PIL format name.
 IMAGE_SAVE_FORMATS: dict[str, str] = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+TEMP_NAME = re.compile(r".\.tmp-[0-9a-f]{32}$")
+"""The names of :func:`atomic_write`'s temp files (``<name>.tmp-<uuid4 hex>``); nothing else matches."""
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temp file name of :func:`atomic_write` (``photo.recon.png.tmp-<32 hex digits>``)."""
+    return TEMP_NAME.search(name) is not None
+
+
+def remove_temp_files(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Removes temp files of :func:`atomic_write` left in ``folder`` by a run that was killed mid-write.
+
+    Only regular files named ``<name>.tmp-<32 hex digits>`` are removed; anything else (and symbolic links) is left
+    alone. Call it only while no other writer uses the folder (a running writer's temp file would be removed).
+
+    Args:
+        folder: The folder to clean (a missing folder is fine).
+        recursive: Also clean its sub-folders (symbolic links to folders are not followed).
+
+    Returns:
+        The removed files.
+    """
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            p = Path(root, name)
+            if is_temp_name(name) and not p.is_symlink() and p.is_file():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+        if not recursive:
+            break
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    if removed:
+        logger.info("removed %d temporary file(s) left in %s by an interrupted run", len(removed), folder)
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -43,9 +43,13 @@ GIE_CHECKPOINT_FORMAT = "gie-checkpoint/1"  # the "format" of gie's method check
 _HEAD_BYTES = 4096
 _REDOWNLOAD = "delete it and download it again"
 _PICKLE_HINT = (
-    "if you trust its source, re-save it once in your own Python session with only tensors and plain values "
-    "(dict/list/str/number), e.g. c = torch.load(f, weights_only=False); torch.save({'state_dict': "
-    "c['state_dict']}, 'clean.pt')"
+    "gie only reads weights-only checkpoints (tensors and plain values) or safetensors; ask the publisher for one "
+    "(or use the registry's copy: `gie weights list`)"
+)
+_NVIDIA_PICKLE_HINT = (
+    "an NVIDIA stylegan2-ada-pytorch network pickle is converted once, without running its code: "
+    "`gie weights import --convert {path} --output FILE.safetensors` (or --name stylegan2_ada.ffhq), then pass "
+    "the .safetensors file"
 )
 
 
@@ -183,11 +187,12 @@ def _classify_unpickling_error(p: Path, e: pickle.UnpicklingError) -> Checkpoint
         with contextlib.suppress(Exception):  # legacy files are not supported by the scan: keep the message's name
             names = sorted(set(scan(p) if scan is not None else ())) or names
         what = ", ".join(names) if names else "unknown classes"
+        nvidia = p.suffix.lower() == ".pkl" or any(n.split(".", 1)[0] in ("torch_utils", "dnnlib") for n in names)
         return CheckpointError(
             p,
             f"contains pickled Python objects ({what}) that can only be loaded by executing code; "
             "gie refuses to execute them",
-            _PICKLE_HINT,
+            _NVIDIA_PICKLE_HINT.format(path=p) if nvidia else _PICKLE_HINT,
         )
     detail = re.search(r"WeightsUnpickler error:\s*(.+)", msg)
     reason = _first_line(detail.group(1)) if detail else _first_line(msg)

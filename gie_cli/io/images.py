@@ -19,6 +19,8 @@ __all__ = [
     "ALPHA_POLICIES",
     "IMAGE_SUFFIXES",
     "load_image",
+    "image_size",
+    "max_image_pixels",
     "image_to_tensor",
     "tensor_to_image",
     "images_to_batch",
@@ -91,9 +93,7 @@ def load_image(path: str | Path, alpha: str = "white") -> Image.Image:
     except GieError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageLoadError(
-            p, f"image too large to decode safely ({e})", hint="downscale it (e.g. below 50 megapixels) and retry"
-        ) from e
+        raise ImageLoadError(p, f"image too large to decode safely ({_pixels_text(e)})", hint=_bomb_hint()) from e
     except UnidentifiedImageError as e:
         raise ImageLoadError(p, "not an image file (format not recognised)", hint="pass JPEG, PNG or WebP files") from e
     except PermissionError as e:
@@ -107,6 +107,55 @@ def load_image(path: str | Path, alpha: str = "white") -> Image.Image:
             p, f"truncated or corrupt image data ({type(e).__name__}: {e})", hint="re-export or re-download the file"
         ) from e
     return out
+
+
+def max_image_pixels() -> int | None:
+    """The largest image (in pixels) gie decodes: PIL's ``Image.MAX_IMAGE_PIXELS`` (gie keeps PIL's default,
+    89,478,485 = 0.25 GiB of 24-bit RGB, and refuses anything larger instead of PIL's warn-up-to-twice-that);
+    None when a caller disabled PIL's check."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return int(limit) if limit else None
+
+
+def _pixels_text(e: Exception) -> str:
+    """``W x H = N megapixels, above the limit of M megapixels`` from PIL's message (its sizes), else its text."""
+    import re
+
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    limit = max_image_pixels()
+    if m is None or limit is None:
+        return str(e)
+    return f"{int(m.group(1)) / 1e6:.1f} megapixels, above gie's limit of {limit / 1e6:.1f} megapixels"
+
+
+def _bomb_hint() -> str:
+    limit = max_image_pixels()
+    lim = f"{limit:,} pixels ({limit / 1e6:.1f} MP)" if limit else "PIL's limit"
+    return (
+        f"downscale it to at most {lim}, e.g. 8000x8000 at most (gie uses PIL's Image.MAX_IMAGE_PIXELS, "
+        "unchanged); faces need far fewer pixels"
+    )
+
+
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """``(W, H)`` from an image file's header (no decode), or None when it cannot be read as an image.
+
+    PIL's ``DecompressionBombWarning`` for very large images is swallowed here (and an image over twice the limit
+    gives None): :func:`load_image` reports them with gie's own message when the image is loaded.
+
+    Args:
+        path: Image file.
+
+    Returns:
+        The stored size (EXIF orientation not applied), or None.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size
+    except Exception:  # noqa: BLE001 - the loader reports unreadable files with its own message
+        return None
 
 
 def _check_file(p: Path) -> None:

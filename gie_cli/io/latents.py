@@ -11,6 +11,10 @@ from gie_cli.io.checkpoint import load_safetensors, save_safetensors
 
 LATENT_FORMAT = "gie-latent/1"
 LATENT_SUFFIX = ".latent.safetensors"
+_LATENT_HINT = (
+    "re-run `gie invert` on its source image with --on-existing overwrite to write it again "
+    "(latent files are made by `gie invert`, not downloaded)"
+)
 
 
 def save_latent(
@@ -43,9 +47,17 @@ def load_latent(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]
         ``(wplus [1, n_latent, D], extras {name: [1, ...]}, meta)``.
 
     Raises:
-        CheckpointError: unreadable file, or not a gie latent file.
+        CheckpointError: unreadable, truncated or corrupt file (the hint says to re-run `gie invert`), or not a gie
+            latent file.
     """
-    tensors, meta = load_safetensors(path)
+    try:
+        tensors, meta = load_safetensors(path)
+    except CheckpointError as e:  # the file gie wrote is damaged: it is re-made, never downloaded
+        if e.reason in ("file not found", "is a directory, not a weights file") or e.reason.startswith("cannot read"):
+            raise CheckpointError(
+                path, e.reason, hint="check the path; latent files are written by `gie invert`"
+            ) from e
+        raise CheckpointError(path, f"latent file is truncated or corrupt ({e.reason})", hint=_LATENT_HINT) from e
     if meta.get("format") != LATENT_FORMAT or "wplus" not in tensors:
         raise CheckpointError(path, "not a gie latent file", hint="pass the *.latent.safetensors files of `gie invert`")
     extras = {k[len("extra.") :]: v[None] for k, v in tensors.items() if k.startswith("extra.")}

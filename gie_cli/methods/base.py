@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gie_cli.errors import GieError
 from gie_cli.models.stylegan2 import Generator
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,23 @@ class InversionMethod(nn.Module, ABC):
         noise = [inv.extras.get(f"noise_{i}") for i in range(self.generator.num_layers)]
         return self.generator(wplus, noise_mode="const", noise=noise, style_offsets=style_offsets)
 
+    def nonfinite_cause(self) -> str:
+        """Why this method's results are NaN/Inf when its weights and inputs are finite (e.g. an optimiser setting);
+        "" when the method knows no such cause. Named in the reasons of :class:`NonFiniteError`."""
+        return ""
+
+    def nonfinite_weights(self) -> list[str]:
+        """Names of the parameters and buffers holding NaN or Inf (checked once, then remembered)."""
+        cached = getattr(self, "_nonfinite_weights", None)
+        if cached is None:
+            cached = [
+                name
+                for name, t in (*self.named_parameters(), *self.named_buffers())
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())
+            ]
+            self._nonfinite_weights = cached
+        return cached
+
     def describe(self) -> dict:
         """Facts recorded in manifests and latent files."""
         return {
@@ -126,6 +144,48 @@ class InversionMethod(nn.Module, ABC):
             "method_options": self.options,
             "image_size": self.output_size,
         }
+
+
+class NonFiniteError(GieError):
+    """A latent, an inversion or a rendered image holds NaN or Inf: the item fails (never ``ok``) with the cause."""
+
+
+def nonfinite(t: Tensor) -> bool:
+    """Whether ``t`` (any shape) holds a NaN or an Inf."""
+    return t.is_floating_point() and not bool(torch.isfinite(t).all())
+
+
+def nonfinite_parts(inv: Inversion) -> list[str]:
+    """The parts of ``inv`` holding NaN/Inf: ``"W+"`` and/or ``"extra.<name>"``."""
+    bad = ["W+"] if nonfinite(inv.wplus) else []
+    return bad + [f"extra.{k}" for k, v in inv.extras.items() if nonfinite(v)]
+
+
+def nonfinite_reason(method: InversionMethod, what: str) -> str:
+    """The reason of a non-finite ``what`` (e.g. "the reconstruction") made by ``method``: its weights when they hold
+    NaN/Inf, else the method's own cause (:meth:`InversionMethod.nonfinite_cause`), else a generic one."""
+    bad = method.nonfinite_weights()
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        return (
+            f"{what} is not finite (NaN/Inf): the weights {method.weights_id or method.weights_path} hold NaN/Inf "
+            f"values ({bad[0]}{more}); use an intact checkpoint"
+        )
+    cause = method.nonfinite_cause()
+    return f"{what} is not finite (NaN/Inf)" + (f": {cause}" if cause else f" ({method.name} produced it)")
+
+
+def check_inversion(method: InversionMethod, inv: Inversion, image: Tensor) -> None:
+    """Check one inverted item: its codes (``inv``, one item) and its reconstruction ``image [3|B, ...]``.
+
+    Raises:
+        NonFiniteError: any of them holds NaN/Inf; the reason names the cause (weights, optimiser setting).
+    """
+    bad = nonfinite_parts(inv)
+    if bad:
+        raise NonFiniteError(nonfinite_reason(method, f"the inversion ({', '.join(bad)})"))
+    if nonfinite(image):
+        raise NonFiniteError(nonfinite_reason(method, "the reconstruction"))
 
 
 def synchronize(device: torch.device) -> None:

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -22,6 +23,37 @@ REGISTRY = catalog.LazyRegistry(
 def register_method(name: str, summary: str) -> Callable[[MethodFactory], MethodFactory]:
     """Decorator registering a plugin loader ``factory(weights: str | None, **options) -> InversionMethod``."""
     return REGISTRY.register(name, summary)
+
+
+OptionsCheck = Callable[[dict[str, Any]], Any]
+
+
+def checks_options(check: OptionsCheck) -> Callable[[MethodFactory], MethodFactory]:
+    """Decorator attaching ``check(options)`` to a method factory: it parses and range-checks the method's settings
+    without loading any weights (raising :class:`UsageError`), so commands validate ``--set`` before any item runs.
+
+    A factory without a check accepts no settings.
+    """
+
+    def deco(factory: MethodFactory) -> MethodFactory:
+        factory.check_options = check  # type: ignore[attr-defined]
+        return factory
+
+    return deco
+
+
+def check_method_options(name: str, options: Mapping[str, object]) -> None:
+    """Validate the settings of method ``name`` (``--set`` strings or typed values) without building it.
+
+    Raises:
+        UsageError: no such method, an unknown setting, a value of the wrong type, not finite or out of range.
+    """
+    factory = method_factory(name)
+    check = getattr(factory, "check_options", None)
+    if check is not None:
+        check(dict(options))
+    elif options:
+        raise UsageError(f"{name} has no settings (got {', '.join(sorted(options))})", hint="drop --set", param="set")
 
 
 def list_methods() -> dict[str, str]:
@@ -48,8 +80,12 @@ def create_method(
         weights: A file path or weights-registry name; None picks the method's embedded default (the demo zoo).
         device: Where the method runs.
         **options: Method-specific settings (strings from ``--set`` or typed values).
+
+    Raises:
+        UsageError: an unknown method, or settings that :func:`check_method_options` refuses.
     """
     factory = method_factory(name)
+    check_method_options(name, options)
     if weights:  # a registry name or a path -> the file (downloaded if needed; offline: a clear error)
         from gie_cli.weights import resolve_weights
 

@@ -13,6 +13,7 @@ from gie_cli.weights.registry import (
 )
 from gie_cli.weights.store import (
     converted_path,
+    embedded_entry_for,
     embedded_file,
     embedded_notice,
     ensure,
@@ -34,6 +35,7 @@ __all__ = [
     "cache_dir",
     "converted_path",
     "download_entry",
+    "embedded_entry_for",
     "embedded_file",
     "embedded_notice",
     "ensure",

@@ -28,6 +28,7 @@ __all__ = [
     "sha256_file",
     "Verification",
     "check_file",
+    "plain_pickle_reason",
     "verify_cached",
     "read_meta",
     "write_meta",
@@ -234,7 +235,8 @@ class Verification:
         ok: The file is acceptable.
         level: How strongly it was checked: ``sha256`` (full upstream hash), ``sha256-partial`` (known digits of the
             upstream hash), ``recorded`` (hash recorded when gie first stored it; no upstream hash), ``size`` (exact
-            upstream size only), ``approx`` (within the approximate size only), ``none`` (nothing to check).
+            upstream size only), ``approx`` (within the approximate size only), ``none`` (nothing to check),
+            ``format`` (refused: the content is not of the entry's format, e.g. a plain pickle for a ``pt`` entry).
         sha256: The file's SHA-256 ("" when not computed).
         size: The file's size in bytes.
         reason: Why it is not ok, or a caveat when the check was weak.
@@ -262,6 +264,50 @@ def html_or_text(path: Path) -> str:
     if text.startswith(b"version https://git-lfs"):
         return "is a Git LFS pointer file, not the weights"
     return ""
+
+
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+"""How a legacy (non-zip) ``torch.save`` file starts: protocol 2, then torch's magic number as a LONG1."""
+PICKLE_FORMATS = ("pkl",)
+"""Registry formats that are Python pickles (NVIDIA network pickles); any other format refuses a plain pickle."""
+
+
+def plain_pickle_reason(path: Path, entry: WeightEntry) -> str:
+    """A reason when ``path`` is a plain Python pickle but ``entry``'s format is not a pickle; else ``""``.
+
+    Zip checkpoints (``torch.save``), legacy ``torch.save`` files (they start with torch's magic number), safetensors
+    and ``.npy`` files are not plain pickles. A file is taken as a pickle when its opcodes parse up to a STOP (the
+    stream is read until then, never executed).
+
+    Args:
+        path: The file.
+        entry: Its registry entry.
+
+    Returns:
+        The reason (mentioning ``gie weights import --convert`` for NVIDIA network pickles), or ``""``.
+    """
+    import pickletools
+
+    if entry.format in PICKLE_FORMATS:
+        return ""
+    with open(path, "rb") as f:
+        head = f.read(len(_TORCH_LEGACY_MAGIC))
+        if head.startswith((_TORCH_LEGACY_MAGIC, b"PK", b"\x93NUMPY")):
+            return ""
+        f.seek(0)
+        try:
+            ops = [op.name for op, _, _ in pickletools.genops(f)]
+        except Exception:  # noqa: BLE001 - anything that does not parse as a pickle is not one
+            return ""
+    if not ops or ops[-1] != "STOP":
+        return ""
+    nvidia = (
+        " (an NVIDIA network pickle? convert it: `gie weights import --convert FILE`)" if path.suffix == ".pkl" else ""
+    )
+    return (
+        f"is a plain Python pickle, but {entry.name} is a {entry.format} file; gie does not accept pickles "
+        f"for it{nvidia}"
+    )
 
 
 def check_file(
@@ -303,6 +349,10 @@ def check_file(
                 size,
                 f"size {size} bytes is far below the expected ~{entry.size_approx} bytes (truncated or wrong file)",
             )
+    if not entry.sha256:
+        pickled = plain_pickle_reason(path, entry)
+        if pickled:
+            return Verification(False, "format", "", size, pickled)
     digest = sha256_file(path, on_bytes)
     if entry.sha256:
         if digest != entry.sha256:

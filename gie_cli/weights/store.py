@@ -40,6 +40,7 @@ __all__ = [
     "embedded_notice",
     "ensure",
     "entry_status",
+    "embedded_entry_for",
     "import_file",
     "offline_error",
     "remove",
@@ -357,6 +358,30 @@ def _announce_embedded_path(path: Path, registry: Registry | None) -> None:
         return
 
 
+def embedded_entry_for(path: str | Path | None, registry: Registry | None = None) -> WeightEntry | None:
+    """The embedded (demo) registry entry whose package file ``path`` is, or None (also for any other file).
+
+    Args:
+        path: A weights file, e.g. a method's ``weights_path``.
+        registry: Registry (default: :func:`load_registry`).
+
+    Returns:
+        The entry, when ``path`` is one of the demo models shipped inside the package.
+    """
+    if not path:
+        return None
+    try:
+        target = Path(path).resolve()
+        if _registry_mod.package_dir() not in target.parents:
+            return None
+        for entry in registry or _try_registry() or []:
+            if entry.embedded_path is not None and entry.embedded_path.resolve() == target:
+                return entry
+    except OSError:
+        return None
+    return None
+
+
 def _try_registry() -> Registry | None:
     try:
         return load_registry()
@@ -439,14 +464,19 @@ def import_file(
         entry: The registry entry it should be.
         cache: Cache folder override.
         link: Hard-link instead of copying (falls back to a copy across filesystems).
-        force: Replace a cached copy that verifies too.
+        force: Replace a cached copy that differs (without it a different cached file is never replaced).
 
     Returns:
         ``(cache path, verification)``.
 
+    The hash of ``src`` is recorded in the cache's verification record (``<file>.meta.json``), so an entry without
+    an upstream sha256 is checked against it later.
+
     Raises:
-        UsageError: ``src`` does not exist, or ``entry`` is embedded in the package (nothing to import).
-        CheckpointError: ``src`` fails verification (nothing is written).
+        UsageError: ``src`` does not exist, ``entry`` is embedded in the package (nothing to import), or a different
+            file is cached for ``entry`` and ``force`` is False (nothing is written).
+        CheckpointError: ``src`` fails verification, e.g. a plain pickle for an entry whose format is not a pickle
+            (nothing is written).
     """
     if entry.embedded:
         raise UsageError(
@@ -462,7 +492,7 @@ def import_file(
         raise CheckpointError(
             s,
             f"is not {entry.name} ({entry.filename}): {v.reason}",
-            hint="check you have the right file; `gie weights list --json` shows the expected sha256 and size",
+            hint=_import_hint(s, entry, v),
         )
     if v.weak:
         logger.warning("%s: %s (sha256 %s recorded for later checks)", entry.name, v.reason, v.sha256)
@@ -477,6 +507,12 @@ def import_file(
             if cur.ok and cur.sha256 == v.sha256:
                 logger.info("%s is already in the cache at %s", entry.name, dest)
                 return dest, v
+            had = f"sha256 {cur.sha256}" if cur.sha256 else ("not verifying: " + cur.reason if cur.reason else "")
+            raise UsageError(
+                f"{entry.name} is already in the cache at {dest} ({had}); {s} (sha256 {v.sha256}) is a different file, "
+                "nothing was replaced",
+                hint=f"pass --force to replace the cached copy, or `gie weights rm {entry.name}` first",
+            )
         tmp = dest.with_name(dest.name + f".import-{os.getpid()}")
         try:
             done = False
@@ -494,6 +530,16 @@ def import_file(
         write_meta(dest, entry, v.sha256, "import", str(s.resolve()))
     logger.info("imported %s into %s (%s)", entry.name, dest, "linked" if link else "copied")
     return dest, v
+
+
+def _import_hint(src: Path, entry: WeightEntry, v: Verification) -> str:
+    """The fix for a refused import: NVIDIA pickles are converted, other files checked against the registry."""
+    if v.level == "format" and src.suffix.lower() == ".pkl":
+        return (
+            f"an NVIDIA stylegan2-ada-pytorch network pickle is converted, not imported: `gie weights import --convert "
+            f"{src} --name stylegan2_ada.ffhq` (or --output FILE.safetensors), then pass the .safetensors file"
+        )
+    return "check you have the right file; `gie weights list --json` shows the expected sha256 and size"
 
 
 def remove(entry: WeightEntry, cache: str | Path | None = None) -> list[Path]:

@@ -14,6 +14,7 @@ from gie_cli.io.checkpoint import load_state_dict_strict
 from gie_cli.methods.base import Inversion
 from gie_cli.methods.e4e import EncoderMethod
 from gie_cli.methods.gradstyle.modules import GradStyleNet
+from gie_cli.methods.registry import checks_options
 from gie_cli.models.loading import build_encoder, build_generator, save_components, wplus_average
 from gie_cli.models.stylegan2 import Generator
 from gie_cli.settings import coerce
@@ -204,11 +205,19 @@ def load_gradstyle(weights: str | None, use_gam: bool = True) -> GradStyleMethod
     return method
 
 
-def load_gradstyle_method(weights: str | None, **options: object) -> GradStyleMethod:
-    """The ``gradstyle`` method (catalog entry); its one option is ``use_gam`` (false: edits inject the residuals
-    unaligned)."""
+def gradstyle_options(options: dict[str, object]) -> dict[str, bool]:
+    """Parse the ``gradstyle`` settings: its one option is ``use_gam`` (false: edits inject the residuals unaligned).
+
+    Raises:
+        UsageError: an unknown option or a value that is not a boolean.
+    """
     unknown = sorted(set(options) - {"use_gam"})
     if unknown:
         raise UsageError(f"gradstyle has no option {unknown[0]!r}", hint="known: use_gam (true|false)")
-    use_gam = coerce("gradstyle", "use_gam", options.get("use_gam", True), bool)
-    return load_gradstyle(weights, use_gam=bool(use_gam))
+    return {"use_gam": bool(coerce("gradstyle", "use_gam", options.get("use_gam", True), bool))}
+
+
+@checks_options(gradstyle_options)
+def load_gradstyle_method(weights: str | None, **options: object) -> GradStyleMethod:
+    """The ``gradstyle`` method (catalog entry); see :func:`gradstyle_options`."""
+    return load_gradstyle(weights, **gradstyle_options(dict(options)))

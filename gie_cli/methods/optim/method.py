@@ -12,10 +12,10 @@ from torch import Tensor
 
 from gie_cli.errors import UsageError
 from gie_cli.methods.base import Inversion, InversionMethod
-from gie_cli.methods.registry import create_method
+from gie_cli.methods.registry import checks_options, create_method
 from gie_cli.models.loading import build_generator
 from gie_cli.models.stylegan2 import Generator
-from gie_cli.settings import parse_settings
+from gie_cli.settings import parse_settings, setting
 from gie_cli.weights import load_components, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -42,26 +42,27 @@ class OptimConfig:
         seed: seed of the latent noise (deterministic runs).
     """
 
-    steps: int = 300
-    lr: float = 0.1
+    steps: int = setting(300, ge=1)
+    lr: float = setting(0.1, gt=0)
     space: str = "wplus"
     loss: str = "auto"
-    l2_weight: float = 1.0
-    lpips_weight: float = 1.0
-    msssim_weight: float = 1.0
-    latent_noise: float = 0.05
-    noise_ramp: float = 0.75
-    lr_rampup: float = 0.05
-    lr_rampdown: float = 0.25
+    l2_weight: float = setting(1.0, ge=0)
+    lpips_weight: float = setting(1.0, ge=0)
+    msssim_weight: float = setting(1.0, ge=0)
+    latent_noise: float = setting(0.05, ge=0)
+    noise_ramp: float = setting(0.75, gt=0)
+    lr_rampup: float = setting(0.05, ge=0, le=1)
+    lr_rampdown: float = setting(0.25, ge=0, le=1)
     optimize_noise: bool = False
-    noise_regularize: float = 1e5
+    noise_regularize: float = setting(1e5, ge=0)
     init: str = "mean"
-    loss_size: int = 256
+    loss_size: int = setting(256, ge=8)
     seed: int = 0
 
     @classmethod
     def from_options(cls, options: dict) -> OptimConfig:
-        """Build from ``--set key=value`` strings (or typed values); unknown keys and bad values are usage errors."""
+        """Build from ``--set key=value`` strings (or typed values); unknown keys, bad values, non-finite floats and
+        values out of range (``lr > 0``, ``steps >= 1``, weights >= 0, ...) are usage errors."""
         cfg = parse_settings(cls, options, "optim")
         if cfg.space not in ("w", "wplus"):
             raise UsageError(f"optim space must be w or wplus, got {cfg.space!r}")
@@ -230,6 +231,14 @@ class LatentOptimization(InversionMethod):
         extras = {f"noise_{i}": n.detach() for i, n in enumerate(noises)}
         return Inversion(wplus.contiguous(), extras)
 
+    def nonfinite_cause(self) -> str:
+        """The optimisation diverged: name the settings that drive it (``lr``, the loss weights)."""
+        c = self.config
+        return (
+            f"the latent optimisation diverged with lr={c.lr:g}, steps={c.steps}, loss {'+'.join(self.terms)}; "
+            "lower the learning rate (--set lr=0.1 is the default)"
+        )
+
     def describe(self) -> dict:
         d = super().describe()
         d["optim"] = {f.name: getattr(self.config, f.name) for f in fields(self.config)} | {
@@ -238,6 +247,7 @@ class LatentOptimization(InversionMethod):
         return d
 
 
+@checks_options(OptimConfig.from_options)
 def load_optim(weights: str | None, **options: object) -> LatentOptimization:
     """The ``optim`` method (catalog entry): a generator from ``weights`` (or the starting encoder's, or the embedded
     default) and :class:`OptimConfig` from ``options``."""
