@@ -68,9 +68,10 @@ def test_weights_import_never_replaces_without_force_and_records_sha(offline_cac
     res = _invoke("weights", "import", b, "--name", "test.model", "--registry", reg, "--force")
     assert res.exit_code == 0, res.output
     assert dest.read_bytes() == b.read_bytes()
-    assert json.loads(dest.with_name(dest.name + ".meta.json").read_text())["sha256"] == hashlib.sha256(
-        b.read_bytes()
-    ).hexdigest()
+    assert (
+        json.loads(dest.with_name(dest.name + ".meta.json").read_text())["sha256"]
+        == hashlib.sha256(b.read_bytes()).hexdigest()
+    )
 
 
 def test_weights_import_refuses_a_pickle_for_a_non_pickle_entry(offline_cache, tmp_path):
@@ -141,6 +142,26 @@ def test_nvidia_pickle_hint_points_to_convert(tmp_path, monkeypatch):
         read_checkpoint(pkl)
     hint = ei.value.hint or ""
     assert "gie weights import --convert" in hint and "weights_only=False" not in hint
+
+
+def test_any_unreadable_pkl_points_to_convert_and_torch_warnings_stay_inside(tmp_path, capfd):
+    from gie_cli.io.checkpoint import read_checkpoint
+
+    pkl = tmp_path / "network-snapshot.pkl"
+    pkl.write_bytes(pickle.dumps({"G_ema": [1, 2]}, protocol=4))  # protocol 4: the weights-only reader refuses it
+    with pytest.raises(CheckpointError) as ei:
+        read_checkpoint(pkl)
+    assert "gie weights import --convert" in (ei.value.hint or "") and "download" not in (ei.value.hint or "")
+    assert "pickle protocol" not in capfd.readouterr().err  # torch's own UserWarning does not reach the user
+
+
+def test_weights_import_of_an_unverified_pickle_entry_needs_a_network(offline_cache, tmp_path):
+    reg = _registry_file(tmp_path, fmt="pkl")  # no sha256, no size: only the content can be checked
+    tiny = tmp_path / "ffhq.pkl"
+    tiny.write_bytes(pickle.dumps({"G_ema": None, "note": "not a network"}))
+    res = _invoke("weights", "import", tiny, "--name", "test.model", "--registry", reg)
+    assert res.exit_code == 1 and "G_ema" in res.stderr, res.output
+    assert not (offline_cache / "test.model").exists()
 
 
 # ----------------------------------------------------------------------------------------------- finding 9: demo model
@@ -222,7 +243,7 @@ def test_square_photo_with_offcentre_landmarks_is_aligned(offline_cache, tmp_pat
     assert rec["status"] == "ok" and rec["info"]["aligned"] == "invert"
 
 
-# ----------------------------------------------------------------------------------------------- finding 9: align models
+# ------------------------------------------------------------------------------------------- finding 9: align models
 
 
 def test_face_alignment_models_download_through_the_registry(tmp_path, monkeypatch):

@@ -118,8 +118,9 @@ def test_readme_main_job_runs_offline_on_the_zoo(tmp_path, monkeypatch):
     monkeypatch.setenv("GIE_CACHE_DIR", str(tmp_path / "cache"))  # no user directions or weights
     photos, aligned, out, edits = (tmp_path / n for n in ("photos", "aligned", "out", "edits"))
     assert _invoke("synth", "-o", photos, "-n", "2", "--seed", "11").exit_code == 0
-    res = _invoke("align", photos, "-o", aligned)
+    res = _invoke("align", photos, "-o", aligned, "--size", "256")
     assert res.exit_code == 0, res.output
+    assert "upscaled" not in res.stderr  # the README's size suits the demo photos
     res = _invoke("invert", aligned, "-o", out, "--json")
     assert res.exit_code == 0, res.output
     assert "embedded demo model world.e4e" in res.stderr and "e4e.ffhq" in res.stderr

@@ -9,6 +9,7 @@ import logging
 import pickle
 import re
 import struct
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -84,7 +85,9 @@ def read_checkpoint(path: str | Path, *, allow_tensor: bool = False) -> dict[str
     if head.startswith(b"PK"):
         _check_zip(p)
     try:
-        with _safe_globals_ctx():
+        with _safe_globals_ctx(), warnings.catch_warnings():
+            # torch's note on pickle protocols is noise to a user: what the file holds is checked below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise _classify_unpickling_error(p, e) from e
@@ -92,7 +95,7 @@ def read_checkpoint(path: str | Path, *, allow_tensor: bool = False) -> dict[str
         raise CheckpointError(p, "not enough memory to load it") from e
     except Exception as e:  # RuntimeError/EOFError/OSError/ValueError from the zip reader or the unpickler
         raise CheckpointError(
-            p, f"truncated or corrupt file ({type(e).__name__}: {_first_line(str(e))})", _REDOWNLOAD
+            p, f"truncated or corrupt file ({type(e).__name__}: {_first_line(str(e))})", _redownload_hint(p)
         ) from e
     if allow_tensor and isinstance(obj, torch.Tensor):
         return {"": obj}
@@ -196,7 +199,13 @@ def _classify_unpickling_error(p: Path, e: pickle.UnpicklingError) -> Checkpoint
         )
     detail = re.search(r"WeightsUnpickler error:\s*(.+)", msg)
     reason = _first_line(detail.group(1)) if detail else _first_line(msg)
-    return CheckpointError(p, f"not a PyTorch checkpoint, or corrupt ({reason})", _REDOWNLOAD)
+    return CheckpointError(p, f"not a PyTorch checkpoint, or corrupt ({reason})", _redownload_hint(p))
+
+
+def _redownload_hint(p: Path) -> str:
+    """How to fix an unreadable file: a ``.pkl`` is an NVIDIA network pickle to convert, anything else is fetched
+    again."""
+    return _NVIDIA_PICKLE_HINT.format(path=p) if p.suffix.lower() == ".pkl" else _REDOWNLOAD
 
 
 def _read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

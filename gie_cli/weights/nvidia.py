@@ -192,6 +192,20 @@ def load_network_pickle(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def network_pickle_reason(path: str | Path) -> str:
+    """A reason when ``path`` is not an NVIDIA network pickle holding a ``G_ema`` network (read with
+    :class:`RestrictedUnpickler`, nothing executed); ``""`` when it is."""
+    try:
+        data = load_network_pickle(path)
+    except CheckpointError as e:
+        return e.reason
+    if "G_ema" not in data:
+        return f"not an NVIDIA network pickle: no G_ema (top-level keys: {', '.join(map(str, data)) or 'none'})"
+    if not isinstance(data["G_ema"], PersistentStub):
+        return f"not an NVIDIA network pickle: its G_ema is a {type(data['G_ema']).__name__}, not a network"
+    return ""
+
+
 def stub_state_dict(stub: PersistentStub, prefix: str = "") -> dict[str, Any]:
     """The ``state_dict()`` the original module would return: parameters, persistent buffers, then submodules.
 

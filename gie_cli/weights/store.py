@@ -17,6 +17,7 @@ from pathlib import Path
 from gie_cli.errors import CheckpointError, UsageError, WeightsUnavailableError
 from gie_cli.weights import registry as _registry_mod
 from gie_cli.weights.cache import (
+    PICKLE_FORMATS,
     Verification,
     cache_dir,
     check_file,
@@ -494,6 +495,13 @@ def import_file(
             f"is not {entry.name} ({entry.filename}): {v.reason}",
             hint=_import_hint(s, entry, v),
         )
+    if v.weak and entry.format in PICKLE_FORMATS:  # no hash to go by: the content must be a network at least
+        from gie_cli.weights.nvidia import network_pickle_reason
+
+        if reason := network_pickle_reason(s):
+            raise CheckpointError(
+                s, f"is not {entry.name} ({entry.filename}): {reason}", hint=_import_hint(s, entry, v)
+            )
     if v.weak:
         logger.warning("%s: %s (sha256 %s recorded for later checks)", entry.name, v.reason, v.sha256)
     dest.parent.mkdir(parents=True, exist_ok=True)
