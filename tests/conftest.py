@@ -235,3 +235,17 @@ def import_torchvision():
 
         torchvision._compat_lib = lib  # keep the library (and its schemas) alive
     return torchvision
+
+
+def batch_items(tmp_path: Path, n: int) -> list:
+    """``n`` batch-engine items ``in/x{i}.png`` (distinct bytes) -> ``out/x{i}.png``, for engine tests."""
+    from gie_cli.cli.batch import Item
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir(exist_ok=True)
+    items = []
+    for i in range(n):
+        p = src / f"x{i}.png"
+        p.write_bytes(f"input {i}".encode())
+        items.append(Item(p, f"x{i}", {"image": out / f"x{i}.png"}))
+    return items

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import batch_items
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -43,26 +44,16 @@ def _write(it: Item) -> Record:
     return Record(str(it.source), "ok", {k: str(v) for k, v in it.outputs.items()})
 
 
-def _items(tmp_path: Path, n: int) -> list[Item]:
-    src = tmp_path / "in"
-    src.mkdir(exist_ok=True)
-    out = tmp_path / "out"
-    items = []
-    for i in range(n):
-        p = src / f"x{i}.png"
-        p.write_bytes(f"input {i}".encode())
-        items.append(Item(p, f"x{i}", {"image": out / f"x{i}.png"}))
-    return items
-
-
 def _plan(inputs: list[Path], out: Path, command: str | None = None) -> list[Item]:
     kw = {"command": command} if command and "command" in inspect.signature(plan_items).parameters else {}
-    return plan_items([str(p) for p in inputs], out, False, (".png",), lambda s, n: {"image": out / f"{n}.png"}, **kw)
+    return planbatch_items(
+        [str(p) for p in inputs], out, False, (".png",), lambda s, n: {"image": out / f"{n}.png"}, **kw
+    )
 
 
 # --------------------------------------------------------------------------------------------- 1: torn manifests
 def test_disk_full_mid_record_leaves_no_torn_line_and_the_rerun_manifest_parses(tmp_path, monkeypatch):
-    items = _items(tmp_path, 3)
+    items = batch_items(tmp_path, 3)
     real = batch_mod._write_all
     calls = []
 
@@ -86,7 +77,7 @@ def test_disk_full_mid_record_leaves_no_torn_line_and_the_rerun_manifest_parses(
 
 
 def test_a_torn_manifest_tail_from_a_crash_is_moved_aside_never_appended_to(tmp_path):
-    items = _items(tmp_path, 2)
+    items = batch_items(tmp_path, 2)
     out = tmp_path / "out"
     out.mkdir()
     good = json.dumps({"run": "r0", "command": "t", "input": "old.png", "status": "ok"})
@@ -100,7 +91,7 @@ def test_a_torn_manifest_tail_from_a_crash_is_moved_aside_never_appended_to(tmp_
 
 # --------------------------------------------------------------------------------------------- 2: stale skips
 def test_skip_redoes_an_item_whose_input_was_replaced(tmp_path):
-    items = _items(tmp_path, 2)
+    items = batch_items(tmp_path, 2)
     work = lambda todo: PerItem(lambda it, bs: _write(it))  # noqa: E731
     assert BatchJob("t", tmp_path / "out", items).run(work) == 0
     items[0].source.write_bytes(b"another photo under the same name")
@@ -114,7 +105,7 @@ def test_skip_redoes_an_item_whose_input_was_replaced(tmp_path):
 
 
 def test_skip_redoes_an_item_made_with_other_options_and_error_policy_reports_it(tmp_path):
-    items = _items(tmp_path, 1)
+    items = batch_items(tmp_path, 1)
     work = lambda todo: PerItem(lambda it, bs: _write(it))  # noqa: E731
     manifest = tmp_path / "out" / "manifest.jsonl"
     assert BatchJob("t", tmp_path / "out", items, request={"method": "a", "weights": "w1"}).run(work) == 0
@@ -202,7 +193,7 @@ app = typer.Typer()
 @command(target=app)
 def slow(inputs: list[str], output: Path = typer.Option(..., "-o"), delay: float = 0.1) -> None:
     kw = {"command": "slow"} if "command" in inspect.signature(plan_items).parameters else {}
-    items = plan_items(inputs, output, False, (".txt",), lambda s, n: {"out": output / f"{n}.out"}, **kw)
+    items = planbatch_items(inputs, output, False, (".txt",), lambda s, n: {"out": output / f"{n}.out"}, **kw)
 
     def process(it, bs):
         with atomic_write(it.outputs["out"], "wb") as f:
@@ -269,7 +260,7 @@ def test_sigterm_stops_like_ctrl_c_with_exit_143_and_no_temp_files(tmp_path):
 
 
 def test_leftover_temp_files_of_gie_are_removed_at_the_start_of_a_run(tmp_path):
-    items = _items(tmp_path, 1)
+    items = batch_items(tmp_path, 1)
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
     ours = [out / f"x0.png.tmp-{'a' * 32}", out / "sub" / f"y.recon.png.tmp-{'0f' * 16}"]

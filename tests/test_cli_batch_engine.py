@@ -7,21 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import batch_items
 
 from gie_cli.cli.batch import BatchJob, Item, PerBatch, PerItem, Record
 from gie_cli.errors import GieError
-
-
-def _items(tmp_path: Path, n: int) -> list[Item]:
-    src = tmp_path / "in"
-    src.mkdir(exist_ok=True)
-    out = tmp_path / "out"
-    items = []
-    for i in range(n):
-        p = src / f"x{i}.png"
-        p.write_bytes(b"fake")
-        items.append(Item(p, f"x{i}", {"image": out / f"x{i}.png"}))
-    return items
 
 
 def _write(it: Item) -> Record:
@@ -55,7 +44,7 @@ def _batch_work(sizes: list[int], oom_above: int = 10**9, fail: set[str] = froze
 
 
 def test_oom_halves_the_batch_and_every_item_ends_ok(tmp_path, caplog):
-    items = _items(tmp_path, 10)
+    items = batch_items(tmp_path, 10)
     sizes: list[int] = []
     code = _job(tmp_path, items).run(lambda todo: _batch_work(sizes, oom_above=4))
     assert code == 0
@@ -66,7 +55,7 @@ def test_oom_halves_the_batch_and_every_item_ends_ok(tmp_path, caplog):
 
 
 def test_oom_at_batch_size_one_fails_those_items_and_goes_on(tmp_path):
-    items = _items(tmp_path, 3)
+    items = batch_items(tmp_path, 3)
     calls: list[int] = []
 
     def compute(payloads):
@@ -83,7 +72,7 @@ def test_oom_at_batch_size_one_fails_those_items_and_goes_on(tmp_path):
 
 
 def test_prepare_runs_once_per_item_even_when_the_batch_is_retried(tmp_path):
-    items = _items(tmp_path, 4)
+    items = batch_items(tmp_path, 4)
     prepared: list[str] = []
     sizes: list[int] = []
     work = _batch_work(sizes, oom_above=2)
@@ -99,7 +88,7 @@ def test_prepare_runs_once_per_item_even_when_the_batch_is_retried(tmp_path):
 
 
 def test_a_failing_item_does_not_stop_the_others_and_exit_code_is_1(tmp_path, capsys):
-    items = _items(tmp_path, 5)
+    items = batch_items(tmp_path, 5)
     code = _job(tmp_path, items).run(lambda todo: _batch_work([], fail={"x2"}))
     assert code == 1
     recs = {Path(r["input"]).name: r for r in _manifest(tmp_path)}
@@ -110,7 +99,7 @@ def test_a_failing_item_does_not_stop_the_others_and_exit_code_is_1(tmp_path, ca
 
 
 def test_per_item_failures_are_captured_with_their_reason(tmp_path):
-    items = _items(tmp_path, 3)
+    items = batch_items(tmp_path, 3)
 
     def process(it: Item, batch_size):
         if it.name == "x0":
@@ -126,7 +115,7 @@ def test_per_item_failures_are_captured_with_their_reason(tmp_path):
 
 @pytest.mark.parametrize("batched", [True, False])
 def test_fail_fast_stops_at_the_first_failure(tmp_path, batched):
-    items = _items(tmp_path, 6)
+    items = batch_items(tmp_path, 6)
     if batched:
         work = _batch_work([], fail={"x1"})
         work.batch_size = 2
@@ -140,7 +129,7 @@ def test_fail_fast_stops_at_the_first_failure(tmp_path, batched):
 
 
 def test_per_item_oom_halves_the_batch_size_and_retries_the_item(tmp_path):
-    items = _items(tmp_path, 2)
+    items = batch_items(tmp_path, 2)
     seen: list[int] = []
 
     def process(it: Item, batch_size: int) -> Record:
@@ -154,7 +143,7 @@ def test_per_item_oom_halves_the_batch_size_and_retries_the_item(tmp_path):
 
 
 def test_dry_run_lists_the_work_and_writes_nothing(tmp_path, capsys):
-    items = _items(tmp_path, 3)
+    items = batch_items(tmp_path, 3)
     job = _job(tmp_path, items)
     assert job.dry_run(", method m") == 0
     out, err = capsys.readouterr()
@@ -163,7 +152,7 @@ def test_dry_run_lists_the_work_and_writes_nothing(tmp_path, capsys):
 
 
 def test_skip_policy_and_no_work_when_everything_exists(tmp_path, capsys):
-    items = _items(tmp_path, 3)
+    items = batch_items(tmp_path, 3)
     called: list[int] = []
 
     def work(todo):
@@ -188,7 +177,7 @@ def test_skip_policy_and_no_work_when_everything_exists(tmp_path, capsys):
 
 
 def test_precheck_failure_fails_the_item_before_the_skip_policy(tmp_path):
-    items = _items(tmp_path, 2)
+    items = batch_items(tmp_path, 2)
     _write(items[0])
 
     def precheck(it: Item) -> None:
@@ -206,7 +195,7 @@ def test_precheck_failure_fails_the_item_before_the_skip_policy(tmp_path):
 def test_a_usage_error_naming_a_parameter_fails_its_item_with_the_flag(tmp_path):
     from gie_cli.errors import UsageError
 
-    items = _items(tmp_path, 2)
+    items = batch_items(tmp_path, 2)
 
     def process(it: Item, batch_size) -> Record:
         if it.name == "x0":
