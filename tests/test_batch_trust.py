@@ -46,9 +46,7 @@ def _write(it: Item) -> Record:
 
 def _plan(inputs: list[Path], out: Path, command: str | None = None) -> list[Item]:
     kw = {"command": command} if command and "command" in inspect.signature(plan_items).parameters else {}
-    return planbatch_items(
-        [str(p) for p in inputs], out, False, (".png",), lambda s, n: {"image": out / f"{n}.png"}, **kw
-    )
+    return plan_items([str(p) for p in inputs], out, False, (".png",), lambda s, n: {"image": out / f"{n}.png"}, **kw)
 
 
 # --------------------------------------------------------------------------------------------- 1: torn manifests
@@ -193,7 +191,7 @@ app = typer.Typer()
 @command(target=app)
 def slow(inputs: list[str], output: Path = typer.Option(..., "-o"), delay: float = 0.1) -> None:
     kw = {"command": "slow"} if "command" in inspect.signature(plan_items).parameters else {}
-    items = planbatch_items(inputs, output, False, (".txt",), lambda s, n: {"out": output / f"{n}.out"}, **kw)
+    items = plan_items(inputs, output, False, (".txt",), lambda s, n: {"out": output / f"{n}.out"}, **kw)
 
     def process(it, bs):
         with atomic_write(it.outputs["out"], "wb") as f:
