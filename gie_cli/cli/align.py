@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, plan_items
+from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, plan_items, source_sha256
 from gie_cli.cli.options import (
     AlignBackend,
     Alpha,
@@ -182,7 +182,7 @@ def _align_one(it: Item, detector, backend: str, size: int, faces: str, ext: str
     """Align one photo and write its crops and records; every problem becomes the item's status."""
     from gie_cli.alignment import align_photo, build_align_meta
     from gie_cli.io.atomic import atomic_save_image, atomic_write_text
-    from gie_cli.io.images import load_image, sha256_file
+    from gie_cli.io.images import load_image
 
     t0 = time.perf_counter()
     src = str(it.source)
@@ -197,7 +197,7 @@ def _align_one(it: Item, detector, backend: str, size: int, faces: str, ext: str
     if not aligned:
         return Record(src, "no_face", reason="no face found", info=info, timings_ms=_ms(t0, t_load, t_align, t_align))
     outputs: dict[str, str] = {}
-    sha = sha256_file(it.source)
+    sha = source_sha256(it)
     try:
         for af in aligned:
             base = _face_name(it.name, faces, af.index)

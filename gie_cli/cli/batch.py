@@ -311,13 +311,14 @@ def option_identity(value: Any) -> Any:
     return value
 
 
-def sha256_of(path: Path) -> str:
-    """The sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def source_sha256(it: Item) -> str:
+    """The sha256 of ``it``'s input: the hash the engine took for its done record, else read now."""
+    entry = it.data.get("_entry")
+    if entry and entry.get("source_sha256"):
+        return entry["source_sha256"]
+    from gie_cli.io.images import sha256_file
+
+    return sha256_file(it.source)
 
 
 def _normalized(obj: Any) -> Any:
@@ -822,12 +823,14 @@ class BatchJob:
 
     def _entry(self, it: Item) -> dict:
         """The done-record entry of the request for ``it`` (reads the input to hash it)."""
+        from gie_cli.io.images import sha256_file
+
         deps = {}
         for p in it.data.get("deps", ()):
             deps[str(p)] = option_identity(p)
         return {
             "source": _resolved(it.source),
-            "source_sha256": sha256_of(it.source),
+            "source_sha256": sha256_file(it.source),
             "request": _normalized(self.request),
             "deps": _normalized(deps),
             "outputs": {k: str(v) for k, v in it.outputs.items()},

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import BatchJob, Item, PerBatch, Record, option_identity, plan_items
+from gie_cli.cli.batch import BatchJob, Item, PerBatch, Record, option_identity, plan_items, source_sha256
 from gie_cli.cli.options import (
     AlignBackend,
     Alpha,
@@ -319,7 +319,7 @@ def _too_small(path: Path, what: str, side: float, min_size: int) -> Exception:
     )
 
 
-def _load_aligned(path: Path, size: int, alpha: str, min_size: int = MIN_FACE_SIZE):
+def _load_aligned(it: Item, size: int, alpha: str, min_size: int = MIN_FACE_SIZE):
     """Load an aligned square crop as ``[3, size, size]`` in [-1, 1] (PIL bilinear resize, as the official
     encoders were trained) plus facts about the source.
 
@@ -328,8 +328,9 @@ def _load_aligned(path: Path, size: int, alpha: str, min_size: int = MIN_FACE_SI
     """
     from PIL import Image
 
-    from gie_cli.io.images import image_to_tensor, load_image, sha256_file
+    from gie_cli.io.images import image_to_tensor, load_image
 
+    path = it.source
     img = load_image(path, alpha=alpha)
     w, h = img.size
     if w != h:
@@ -343,7 +344,7 @@ def _load_aligned(path: Path, size: int, alpha: str, min_size: int = MIN_FACE_SI
     if w < min_size:
         raise _too_small(path, f"the {w}x{h} image", w, min_size)
     x = image_to_tensor(img, size=size, resample=Image.Resampling.BILINEAR)
-    return x, {"source_size": [w, h], "source_sha256": sha256_file(path)}
+    return x, {"source_size": [w, h], "source_sha256": source_sha256(it)}
 
 
 def _load_input(it: Item, size: int, alpha: str, plan: _AlignPlan, min_size: int = MIN_FACE_SIZE):
@@ -356,7 +357,7 @@ def _load_input(it: Item, size: int, alpha: str, plan: _AlignPlan, min_size: int
 
     from gie_cli.alignment import read_align_meta
     from gie_cli.alignment.auto import NoFaceError, align_for_inversion, own_sidecar
-    from gie_cli.io.images import image_to_tensor, load_image, sha256_file
+    from gie_cli.io.images import image_to_tensor, load_image
 
     if it.name in plan.names:
         photo = load_image(it.source, alpha=alpha)
@@ -374,7 +375,7 @@ def _load_input(it: Item, size: int, alpha: str, plan: _AlignPlan, min_size: int
                 )
                 + f" and automatic alignment is unavailable: {plan.error}",
             )
-        sha = sha256_file(it.source)
+        sha = source_sha256(it)
         try:
             crop, meta = align_for_inversion(
                 photo, plan.backend, size, Path(it.source), sha, it.name, it.outputs["image"].name
@@ -392,7 +393,7 @@ def _load_input(it: Item, size: int, alpha: str, plan: _AlignPlan, min_size: int
             raise _too_small(Path(it.source), "the face's FFHQ crop in the photo", face, min_size)
         x = image_to_tensor(crop, size=size, resample=Image.Resampling.BILINEAR)
         return x, {"source_size": list(photo.size), "source_sha256": sha, "aligned": "invert", "align_meta": meta}
-    x, info = _load_aligned(it.source, size, alpha, min_size)
+    x, info = _load_aligned(it, size, alpha, min_size)
     if "align" in it.outputs:
         record = own_sidecar(it.source)
         if record is not None:
