@@ -310,3 +310,25 @@ def test_world_ground_truth_edit():
     # no change: the ground truth is the source photo itself, pixel for pixel
     gt0, change0, _ = judge.edit_ground_truth(params, "smile", recon, recon, 64)
     assert torch.equal(change0, torch.zeros(2)) and torch.equal(gt0, src)
+
+
+def test_benchmark_contact_sheet_shows_inputs_reconstructions_edits_and_truth(world_run):
+    res, out = world_run
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "benchmark.json").read_text())
+    assert doc["contact_sheet"] == "contact_sheet.png" and "--sheet 8" in doc["command"]
+    assert all("_sheet" not in r for r in doc["results"])
+    sheet = np.asarray(Image.open(out / "contact_sheet.png").convert("RGB"))
+    # columns: input | e4e recon, smile | optim recon, smile | truth smile (pose is unavailable); rows: the N faces
+    cell, pad, head = 128, 2, 26  # 64 px images enlarged x2
+    assert sheet.shape == (head + N * (cell + pad) + pad, 6 * (cell + pad) + pad, 3)
+    x = synthface_data(N, 64, SEED, ood_prob=1.0).images
+    want = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i in range(N):
+        y0 = head + pad + i * (cell + pad)
+        got = sheet[y0 : y0 + cell : 2, pad : pad + cell : 2]
+        assert np.array_equal(got, want[i]), i  # the input column is the input, face by face
+    # every other column holds images, not blank cells
+    for j in range(1, 6):
+        x0 = pad + j * (cell + pad)
+        assert sheet[head + pad : head + pad + cell, x0 : x0 + cell].std() > 5, j

@@ -30,10 +30,11 @@ from gie_cli.methods.gradstyle import (
     stage_specs,
     warp_perspective,
 )
-from gie_cli.methods.gradstyle.modules import keep_count, warp_features
+from gie_cli.methods.gradstyle.modules import keep_count
 from gie_cli.methods.gradstyle.train import GradStyleTrainer, Lookahead
 from gie_cli.models.encoders import create_encoder
 from gie_cli.models.stylegan2 import Generator
+from gie_cli.ops.warp import warp_features
 
 runner = CliRunner()
 STEPS = 25
@@ -254,6 +255,9 @@ def test_progressive_training_trains_one_stage_at_a_time(world):
     )  # fmt: skip
     assert t.active_layers(0) == ([1], [1]) and t.active_layers(1) == ([1, 4], [4])
     assert t.active_layers(9) == ([1, 4, 6], [6])
+    with torch.no_grad():  # residuals that are not zero yet (an all-zero residual gives the Aligner nothing to align)
+        for grm in t.net.grm.values():
+            grm.head.weight.normal_(std=0.05)
     net0 = _snapshot(t.net)
     t.train_step(next(t.batches()), 0)
     assert _changed(net0, t.net, "grm.1.") and _changed(net0, t.net, "gam.1.")
@@ -400,3 +404,127 @@ def test_a_checkpoint_stored_on_its_base_loads_the_same_and_checks_the_base(worl
     # and a checkpoint that was not made on the base is not stored on it
     with pytest.raises(CheckpointError, match="differs from the base"):
         save_on_base(tmp_path / "bad.safetensors", trained["exported"], str(base), ["decoder"])
+
+
+# ----------------------------------------------------------------------------------------------- feature alignment
+def test_an_untrained_aligner_returns_its_input_and_a_zero_residual_gives_zero():
+    from gie_cli.methods.gradstyle import Aligner
+
+    torch.manual_seed(0)
+    al = Aligner(32, 50.0, 2)
+    res, feat = torch.randn(2, 32, 8, 8), torch.randn(2, 32, 8, 8)
+    torch.testing.assert_close(al(res, feat), res)  # starts at "no alignment", not at noise
+    with torch.no_grad():  # whatever it learns, nothing on the value path has a bias: zero in, zero out
+        for p in al.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    out = al(torch.zeros_like(res), feat)
+    assert torch.equal(out, torch.zeros_like(out))
+    assert not torch.allclose(al(res, feat), res)  # ... and the perturbed one does change a residual
+
+
+def test_the_editing_stream_leaves_the_gate_batchnorm_statistics_alone(world):
+    e4e = world["e4e"]
+    net = GradStyleNet(stage_specs(e4e.generator, e4e.encoder), e4e.encoder.feature_dim).train()
+    res = {s.layer: torch.randn(2, s.channels, s.resolution, s.resolution) for s in net.stages}
+    before = {k: v.clone() for k, v in net.gate.state_dict().items()}
+    w = e4e.latent_avg[None].expand(2, -1, -1)
+    for detach in (True, False):
+        e4e.generator(w, feature_hooks=net.editing_hooks(res, None, detach))
+    assert all(torch.equal(v, before[k]) for k, v in net.gate.state_dict().items())
+    e4e.generator(w, feature_hooks=net.fusion_hooks(res))  # the Reconstruction Stream's use does update them
+    assert any(not torch.equal(v, before[k]) for k, v in net.gate.state_dict().items() if "running_mean" in k)
+
+
+def test_only_hierarchical_levels_and_the_aligner_learning_rate(world):
+    e4e = world["e4e"]
+    default = [s.level for s in stage_specs(e4e.generator, e4e.encoder)]
+    assert default == ["c3", "p2", "p1"]  # each stage reads the level that predicts its W+ row
+    for level in ("c3", "p2", "p1"):
+        assert {s.level for s in stage_specs(e4e.generator, e4e.encoder, None, level)} == {level}
+    with pytest.raises(ValueError, match="unknown encoder level"):
+        stage_specs(e4e.generator, e4e.encoder, None, "p9")
+    kw = {"data": str(world["data"]), "weights": str(world["weights"]), "device": "cpu", "batch_size": 2, "seed": 0}
+    t = GradStyleTrainer(**kw, level="p2", aligner_lr="0.002", adv_lambda="0", perceptual="none", id_lambda="0")
+    assert [s.level for s in t.net.stages] == ["p2"] * 3 and t.options()["gradstyle"]["stages"][0]["level"] == "p2"
+    groups = t.opt.param_groups
+    assert [g["lr"] for g in groups] == [1e-4, 0.002]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in t.net.gam.parameters()}
+    with pytest.raises(Exception, match="warp_p"):
+        GradStyleTrainer(**kw, warp_p="1.5", adv_lambda="0", perceptual="none", id_lambda="0")
+
+
+def test_l_aligner_is_relative_to_the_residual_and_unwarped_items_cost_nothing_untrained(world):
+    kw = {"data": str(world["data"]), "weights": str(world["weights"]), "device": "cpu", "batch_size": 4, "seed": 0}
+    common = {"adv_lambda": "0", "perceptual": "none", "id_lambda": "0", "lr": "0", "aligner_lr": "0", "stages": "4"}
+    losses = {}
+    for scale in (1.0, 100.0):
+        for p in ("0", "1"):
+            t = GradStyleTrainer(**kw, warp_p=p, **common)
+            with torch.no_grad():
+                for grm in t.net.grm.values():
+                    torch.manual_seed(1)
+                    grm.head.weight.normal_(std=0.05 * scale)
+                    grm.head.bias.zero_()
+            losses[scale, p] = t.train_step(next(t.batches()), 0)["l_aligner"]
+    assert losses[1.0, "0"] < 1e-5 and losses[100.0, "0"] < 1e-5  # no warp: the identity Aligner is exact
+    assert 0.05 < losses[1.0, "1"] < 3.0
+    assert losses[100.0, "1"] == pytest.approx(
+        losses[1.0, "1"], rel=0.05
+    )  # scale-free (one stage: F is linear in the head)
+
+
+def test_probe_alignment_measures_each_stage_against_the_unwarped_residual(world):
+    from gie_cli.methods.gradstyle.method import GradStyleMethod
+    from gie_cli.ops.warp import random_perspective
+
+    e4e = world["e4e"]
+    net = GradStyleNet(stage_specs(e4e.generator, e4e.encoder), e4e.encoder.feature_dim)
+    with torch.no_grad():
+        for grm in net.grm.values():
+            grm.head.weight.normal_(std=0.05)
+    m = GradStyleMethod(e4e.generator, e4e.encoder, e4e.latent_avg, e4e.encoder_config, net).eval()
+    x = _images(world["data"], 64)[:3]
+    ident = random_perspective(3, 0.0, torch.Generator().manual_seed(0))
+    warp = random_perspective(3, 0.15, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        same = m.probe_alignment(x, *ident)
+        moved = m.probe_alignment(x, *warp)
+        recon = m.render(m.invert(x))
+    assert list(same.stages) == ["layer 1 (8 px)", "layer 4 (16 px)", "layer 6 (32 px)"]
+    for stage, e in same.stages.items():
+        assert e["aligned"].shape == (3,) and float(e["unaligned"].max()) < 1e-3, stage  # no warp, no error
+        assert float(e["aligned"].max()) < 1e-3, stage  # untrained Aligner = identity
+    for e in moved.stages.values():
+        assert float(e["unaligned"].min()) > 0.01 and torch.allclose(e["aligned"], e["unaligned"], atol=1e-4)
+    torch.testing.assert_close(same.zero_edit, recon, atol=1e-4, rtol=0)  # identity Aligner: zero edit = recon
+
+
+def test_benchmark_reports_per_stage_alignment_for_feature_methods_only(world, tmp_path, monkeypatch):
+    from gie_cli.methods.gradstyle.method import GradStyleMethod
+
+    monkeypatch.setenv("GIE_CACHE_DIR", str(tmp_path / "cache"))
+    e4e = world["e4e"]
+    net = GradStyleNet(stage_specs(e4e.generator, e4e.encoder), e4e.encoder.feature_dim)
+    with torch.no_grad():
+        for grm in net.grm.values():
+            grm.head.weight.normal_(std=0.05)
+    GradStyleMethod(e4e.generator, e4e.encoder, e4e.latent_avg, e4e.encoder_config, net).save(
+        tmp_path / "gs.safetensors"
+    )
+    out = tmp_path / "out"
+    res = _invoke(
+        "benchmark", "--methods", "e4e,gradstyle", "--data", world["data"], "--size", 32, "--metrics", "mse,psnr",
+        "--weights", f"e4e={world['weights']}", "--weights", f"gradstyle={tmp_path / 'gs.safetensors'}", "-b", 4,
+        "--sheet", 0, "-o", out,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "benchmark.json").read_text())
+    rows = {r["method"]: r for r in doc["results"]}
+    assert "alignment" not in rows["e4e"] and not (out / "contact_sheet.png").exists()
+    al = rows["gradstyle"]["alignment"]
+    assert list(al["stages"]) == ["layer 1 (8 px)", "layer 4 (16 px)", "layer 6 (32 px)"]
+    for e in al["stages"].values():  # an untrained Aligner passes the warped residual through
+        assert 0.01 < e["unaligned"] < 2 and e["aligned"] == pytest.approx(e["unaligned"], abs=1e-3)
+    assert al["zero_edit_psnr"] == pytest.approx(rows["gradstyle"]["metrics"]["psnr"], abs=0.01)
+    md = (out / "benchmark.md").read_text()
+    assert "## Feature alignment" in md and "| gradstyle | layer 6 (32 px) |" in md

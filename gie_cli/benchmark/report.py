@@ -177,6 +177,39 @@ def _edit_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+ALIGNMENT_TEXT = (
+    "Methods that align features to an edit: each stage's feature of every image is perspective-warped (distortion "
+    "{distortion:g}, the same warps for every method) and aligned back by the method. Relative L1 error against the "
+    "unwarped feature, |X - F|_1 / |F|_1 per image, averaged: 0 = restored exactly, 1 = no better than zeros; "
+    "`unaligned` is the warped feature itself. The editing path's zero-edit render (no edit, no warp) should match "
+    "the reconstruction."
+)
+
+
+def _alignment_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["method", "stage", "aligned rel. L1", "unaligned rel. L1", "aligned / unaligned"]
+    rows = []
+    for r in doc["results"]:
+        for stage, e in (r.get("alignment") or {}).get("stages", {}).items():
+            a, u = e.get("aligned"), e.get("unaligned")
+            ratio = a / u if a is not None and u else None
+            rows.append([_row_name(r), stage, _fmt(a, ".3f"), _fmt(u, ".3f"), _fmt(ratio, ".2f")])
+    return header, rows
+
+
+def _zero_edit_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["method", "reconstruction PSNR dB", "editing path at zero edit PSNR dB", "difference dB"]
+    rows = []
+    for r in doc["results"]:
+        al = r.get("alignment")
+        if not al:
+            continue
+        rec, zero = (r.get("metrics") or {}).get("psnr"), al.get("zero_edit_psnr")
+        diff = zero - rec if rec is not None and zero is not None else None
+        rows.append([_row_name(r), _fmt(rec, ".2f"), _fmt(zero, ".2f"), _fmt(diff, "+.2f")])
+    return header, rows
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     def cell(s: str) -> str:
         return s.replace("|", "\\|").replace("\n", " ")
@@ -231,6 +264,15 @@ def markdown(doc: Mapping[str, Any]) -> str:
                     notes.append(f"- {r['method']} {e['edit']}: {e['note']}")
         if notes:
             lines += ["", *notes]
+    if any(r.get("alignment") for r in doc["results"]):
+        dist = next(r["alignment"]["distortion"] for r in doc["results"] if r.get("alignment"))
+        lines += ["", "## Feature alignment", "", ALIGNMENT_TEXT.format(distortion=dist), ""]
+        lines += _md_table(*_alignment_rows(doc))
+        lines += ["", ""]
+        lines += _md_table(*_zero_edit_rows(doc))
+    if doc.get("contact_sheet"):
+        lines += ["", f"Contact sheet: `{doc['contact_sheet']}` (one row per face: the input, each method's "
+                  "reconstruction and edits, then each edit's ground truth)."]  # fmt: skip
     failed = [r for r in doc["results"] if r["status"] != "ok"]
     if failed:
         lines += ["", "## Failed methods", ""] + [f"- {r['method']}: {r['reason']}" for r in failed]
@@ -253,6 +295,14 @@ def rich_tables(doc: Mapping[str, Any]) -> list:
     for row in rows:
         t.add_row(*row)
     tables.append(t)
+    if any(r.get("alignment") for r in doc["results"]):
+        for title, (header, rows) in (("feature alignment", _alignment_rows(doc)), ("zero edit", _zero_edit_rows(doc))):
+            t = Table(title=title)
+            for i, h in enumerate(header):
+                t.add_column(h, justify="left" if i < 2 else "right")
+            for row in rows:
+                t.add_row(*row)
+            tables.append(t)
     if any(r.get("edits") for r in doc["results"]):
         header, rows = _edit_rows(doc)
         t = Table(title="edits")

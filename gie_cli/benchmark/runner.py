@@ -28,7 +28,9 @@ __all__ = [
     "MethodSpec",
     "PeakMemory",
     "PreparedEdit",
+    "SheetImages",
     "load_directions",
+    "probe_warps",
     "run_method",
 ]
 
@@ -36,6 +38,13 @@ log = logging.getLogger(__name__)
 
 METRIC_WEIGHT_KEYS = ("lpips-vgg", "lpips-alex", "identity", "fid", "attributes")
 """Keys of the metric networks' weights (the CLI's ``--weights KEY=FILE`` keys that are not methods)."""
+
+PROBE_SEED = 20261206
+"""Seed of the perspective warps of the alignment probe (batch starting at image ``i`` uses ``PROBE_SEED + i``), so
+every method aligns the same warps."""
+
+PROBE_DISTORTION = 0.15
+"""Distortion scale of the probe's warps (the training warps of GradStyle and HFGI)."""
 
 
 # --------------------------------------------------------------------------------------------------- specs
@@ -205,6 +214,59 @@ def _forward(method, x: Tensor, edits: Sequence[PreparedEdit], device: torch.dev
     return recon, edited, secs
 
 
+def probe_warps(batch: int, i0: int) -> tuple[Tensor, Tensor]:
+    """The probe's perspective warps ``(src, dst)`` ``[batch, 4, 2]`` for the batch starting at image ``i0``."""
+    from gie_cli.ops.warp import random_perspective
+
+    return random_perspective(batch, PROBE_DISTORTION, torch.Generator().manual_seed(PROBE_SEED + i0))
+
+
+def _probe(method, x: Tensor, i0: int, suite: MetricSuite, acc: Accumulator, size: int) -> bool:
+    """Runs ``method.probe_alignment`` on one batch and adds its values to ``acc``; False for methods without one."""
+    src, dst = probe_warps(x.shape[0], i0)
+    with torch.no_grad():
+        probe = method.probe_alignment(x, src.to(x.device), dst.to(x.device))
+    if probe is None:
+        return False
+    for stage, errors in probe.stages.items():
+        acc.add({f"{stage}|{kind}": v for kind, v in errors.items()})
+    if probe.zero_edit is not None:
+        ref = x.detach().float().cpu()
+        img = to_size(probe.zero_edit.detach().float(), size).clamp(-1, 1).cpu()
+        acc.add({"zero_edit_psnr": suite.pairwise(img, to_size(ref, size), prefix="")["psnr"]})
+    return True
+
+
+@dataclass
+class SheetImages:
+    """The first few images of one method for the contact sheet (``[K, 3, S, S]`` in [-1, 1], CPU, float32).
+
+    Attributes:
+        recon: reconstructions.
+        edits: edit label -> edited images.
+        truth: edit label -> the renderer's ground-truth edited photos for the amount this method edited.
+    """
+
+    recon: list[Tensor] = field(default_factory=list)
+    edits: dict[str, list[Tensor]] = field(default_factory=dict)
+    truth: dict[str, list[Tensor]] = field(default_factory=dict)
+
+    def count(self) -> int:
+        return sum(t.shape[0] for t in self.recon)
+
+    def stacked(self, k: int) -> dict[str, Any]:
+        """``{"recon": [k,...], "edits": {label: [k,...]}, "truth": {label: [k,...]}}``."""
+
+        def cat(ts: list[Tensor]) -> Tensor:
+            return torch.cat(ts)[:k]
+
+        return {
+            "recon": cat(self.recon),
+            "edits": {k_: cat(v) for k_, v in self.edits.items()},
+            "truth": {k_: cat(v) for k_, v in self.truth.items()},
+        }
+
+
 def _measure(
     data: BenchData,
     i0: int,
@@ -216,11 +278,16 @@ def _measure(
     judge: WorldJudge | None,
     acc: Accumulator,
     edit_accs: Mapping[str, Accumulator],
+    sheet: SheetImages | None = None,
 ) -> None:
-    """Adds one batch's metric values to the accumulators (everything at the benchmark resolution)."""
+    """Adds one batch's metric values to the accumulators (everything at the benchmark resolution) and, while
+    ``sheet`` wants more, its first images."""
     s = data.size
     x = data.images[i0:i1]
     rec = to_size(recon.detach().float(), s).clamp(-1, 1).cpu()
+    keep = sheet is not None
+    if keep:
+        sheet.recon.append(rec)
     acc.add(suite.pairwise(rec, x))
     acc.add_features("input", suite.fid_features(x))
     acc.add_features("output", suite.fid_features(rec))
@@ -239,11 +306,15 @@ def _measure(
             continue
         ea = edit_accs[pe.spec.label]
         img = to_size(edited[pe.spec.label].detach().float(), s).clamp(-1, 1).cpu()
+        if keep:
+            sheet.edits.setdefault(pe.spec.label, []).append(img)
         ident = suite.identity(img, x)
         if ident is not None:
             ea.add({"id_to_input": ident})
         if params is not None and judge is not None and pe.attribute is not None:
             gt, change, others = judge.edit_ground_truth(params, pe.attribute, rec, img, s)
+            if keep:
+                sheet.truth.setdefault(pe.spec.label, []).append(gt)
             ea.add({"edit_attr": change, "edit_others": others})
             ea.add(suite.pairwise(img, gt, prefix="gt_"))
             ea.add_features("edited", suite.fid_features(img))
@@ -260,6 +331,7 @@ def run_method(
     batch_size: int,
     device: torch.device,
     dtype: torch.dtype,
+    sheet_images: int = 0,
 ) -> dict[str, Any]:
     """Benchmarks one method on all images.
 
@@ -276,10 +348,14 @@ def run_method(
         batch_size: Images per batch.
         device: Where the method runs.
         dtype: The method's precision (metrics always run in float32).
+        sheet_images: Keep this many first images (reconstructions, edits, ground truths) for the contact sheet:
+            the record's ``"_sheet"`` entry (not JSON; the caller pops it).
 
     Returns:
         The method's result record (``status`` ``ok`` or ``failed`` with ``reason``); never raises for a failure of
-        the method itself.
+        the method itself. Methods with feature alignment (:meth:`InversionMethod.probe_alignment`) get an
+        ``"alignment"`` entry: per stage the mean relative L1 error of the aligned and of the unaligned warped
+        features, and the PSNR of the editing path's zero-edit render.
     """
     from gie_cli.editing import generator_fingerprint
     from gie_cli.methods import create_method
@@ -318,6 +394,9 @@ def run_method(
     )
     prepared = _prepare_edits(edits, directions, method, fingerprint)
     acc = Accumulator()
+    align_acc = Accumulator()
+    has_probe = True
+    sheet = SheetImages()
     edit_accs = {pe.spec.label: Accumulator() for pe in prepared}
     times = _Times(edits={pe.spec.label: 0.0 for pe in prepared if pe.direction is not None})
     bounds = [(i, min(i + batch_size, len(data))) for i in range(0, len(data), batch_size)]
@@ -336,7 +415,10 @@ def run_method(
                 times.images += i1 - i0
                 times.batches += 1
             if measure:
-                _measure(data, i0, i1, recon, edited, prepared, suite, judge, acc, edit_accs)
+                want = sheet if sheet.count() < sheet_images else None
+                _measure(data, i0, i1, recon, edited, prepared, suite, judge, acc, edit_accs, want)
+                if has_probe:
+                    has_probe = _probe(method, x, i0, suite, align_acc, data.size)
             log.debug("%s: batch %d/%d done", name, k + 1, len(schedule))
     except torch.cuda.OutOfMemoryError:
         row.update(status="failed", reason=f"CUDA out of memory at batch size {batch_size} (try a smaller one)")
@@ -365,6 +447,21 @@ def run_method(
     if suite.available("fid"):
         metrics["fid"] = acc.fid("input", "output")
     row["metrics"] = metrics
+    if has_probe and align_acc.values:
+        means = align_acc.means()
+        stages: dict[str, dict[str, float | None]] = {}
+        for key, v in means.items():
+            if "|" in key:
+                stage, kind = key.split("|", 1)
+                stages.setdefault(stage, {})[kind] = v
+        row["alignment"] = {
+            "distortion": PROBE_DISTORTION,
+            "seed": PROBE_SEED,
+            "stages": stages,
+            "zero_edit_psnr": means.get("zero_edit_psnr"),
+        }
+    if sheet_images > 0 and sheet.recon:
+        row["_sheet"] = sheet.stacked(sheet_images)
     row["edits"] = []
     for pe in prepared:
         rec: dict[str, Any] = {

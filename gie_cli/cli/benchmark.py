@@ -201,6 +201,15 @@ def benchmark(
         float, typer.Option("--ood-prob", help="synthface: probability of out-of-domain objects on a face.")
     ] = 0.3,
     recursive: RecursiveOpt = False,
+    sheet: Annotated[
+        int,
+        typer.Option(
+            "--sheet",
+            min=0,
+            help="Faces in OUTPUT/contact_sheet.png (one row per face: input, each method's reconstruction and "
+            "edits, the ground-truth edits); 0 = no sheet.",
+        ),
+    ] = 8,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = Dtype.auto,
     json_out: JsonOpt = False,
@@ -222,6 +231,7 @@ def benchmark(
     from gie_cli.benchmark.metrics import DEFINITIONS, MetricSuite, parse_metric_names
     from gie_cli.benchmark.report import BENCHMARK_FORMAT, environment, json_safe, rich_tables, write_reports
     from gie_cli.benchmark.runner import MethodSpec, load_directions, run_method
+    from gie_cli.benchmark.sheet import sheet_columns, write_contact_sheet
     from gie_cli.benchmark.world import load_judge
     from gie_cli.device import resolve_device, resolve_dtype
     from gie_cli.methods import list_methods
@@ -267,18 +277,18 @@ def benchmark(
     for spec in specs:
         name = spec.label
         log.info("benchmark: %s", name)
-        row = run_method(spec, bench, suite, judge, edit_specs, directions, batch_size, dev, dt)
+        row = run_method(spec, bench, suite, judge, edit_specs, directions, batch_size, dev, dt, sheet)
         results.append(row)
         if row["status"] == "ok":
             log.info("%s: %.2f images/s", name, row["timing"]["images_per_s"] or 0.0)
         if json_out:
-            sys.stdout.write(json.dumps(json_safe(row)) + "\n")
+            sys.stdout.write(json.dumps(json_safe({k: v for k, v in row.items() if k != "_sheet"})) + "\n")
             sys.stdout.flush()
 
     doc = {
         "format": BENCHMARK_FORMAT,
         "command": _command_line(_entries(kinds), data, len(bench), edit_specs, weights, settings, metrics, batch_size,
-                                 bench.size, seed, ood_prob, recursive, device, dtype),
+                                 bench.size, seed, ood_prob, recursive, sheet, device, dtype),
         "environment": environment(dev, dt),
         "data": bench.info,
         "settings": {
@@ -295,7 +305,17 @@ def benchmark(
         "definitions": {k: v for k, v in DEFINITIONS.items()},
         "results": results,
     }  # fmt: skip
+    sheet_cols = sheet_columns(bench.images, results, sheet) if sheet > 0 else []
+    for r in results:
+        r.pop("_sheet", None)
+    sheet_path = None
+    if len(sheet_cols) > 1:
+        output.mkdir(parents=True, exist_ok=True)
+        sheet_path = write_contact_sheet(output / "contact_sheet.png", sheet_cols)
+        doc["contact_sheet"] = sheet_path.name
     paths = write_reports(doc, output)
+    if sheet_path is not None:
+        paths["sheet"] = sheet_path
     console = Console(stderr=json_out)
     if not console.is_terminal:  # a file or pipe: wide enough that no column is cut
         console = Console(stderr=json_out, width=240)
@@ -308,8 +328,8 @@ def benchmark(
         sys.stdout.write(json.dumps(summary) + "\n")
     if unavailable:
         typer.echo(f"unavailable metrics: {', '.join(unavailable)} (reasons in {paths['markdown']})", err=True)
-    typer.echo(f"benchmark: {len(results) - len(failed)} ok, {len(failed)} failed; wrote {paths['json']} and "
-               f"{paths['markdown']}", err=True)  # fmt: skip
+    wrote = ", ".join(str(paths[k]) for k in ("json", "markdown", "sheet") if k in paths)
+    typer.echo(f"benchmark: {len(results) - len(failed)} ok, {len(failed)} failed; wrote {wrote}", err=True)
     raise typer.Exit(1 if failed else 0)
 
 
@@ -331,6 +351,7 @@ def _command_line(
     seed: int,
     ood_prob: float,
     recursive: bool,
+    sheet: int,
     device: str,
     dtype: str,
 ) -> str:
@@ -347,5 +368,5 @@ def _command_line(
         parts += ["--seed", str(seed), "--ood-prob", f"{ood_prob:g}"]
     elif recursive:
         parts.append("--recursive")
-    parts += ["--device", device, "--dtype", dtype]
+    parts += ["--sheet", str(sheet), "--device", device, "--dtype", dtype]
     return " ".join(shlex.quote(p) for p in parts)

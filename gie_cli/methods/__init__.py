@@ -4,6 +4,7 @@ Built-in methods are listed in :mod:`gie_cli.catalog`; this package never import
 """
 
 from gie_cli.methods.base import (
+    AlignmentProbe,
     Inversion,
     InversionMethod,
     NonFiniteError,
@@ -24,6 +25,7 @@ from gie_cli.methods.registry import (
 )
 
 __all__ = [
+    "AlignmentProbe",
     "Inversion",
     "InversionMethod",
     "NonFiniteError",

@@ -56,6 +56,23 @@ class Inversion:
         )
 
 
+@dataclass
+class AlignmentProbe:
+    """What a feature-level method's alignment does with warped copies of its own features (``gie benchmark``).
+
+    Attributes:
+        stages: stage name (e.g. ``"layer 6 (32 px)"``) -> ``{"aligned": [B], "unaligned": [B]}``: per item the
+            relative L1 error ``|X - F|_1 / |F|_1`` against the method's feature ``F`` of what the method injects for
+            the warped feature (``aligned``) and of the warped feature itself (``unaligned``); 1 = no better than
+            injecting nothing.
+        zero_edit: ``[B, 3, S, S]`` the editing path's render of a zero edit (no warp), or None where the method
+            has no separate editing path.
+    """
+
+    stages: dict[str, dict[str, Tensor]]
+    zero_edit: Tensor | None = None
+
+
 class InversionMethod(nn.Module, ABC):
     """A GAN-inversion method: aligned images in, W+ (+ extras) out; renders reconstructions and edits.
 
@@ -117,6 +134,12 @@ class InversionMethod(nn.Module, ABC):
         wplus = inv.wplus if delta is None else inv.wplus + delta.to(inv.wplus)
         noise = [inv.extras.get(f"noise_{i}") for i in range(self.generator.num_layers)]
         return self.generator(wplus, noise_mode="const", noise=noise, style_offsets=style_offsets)
+
+    def probe_alignment(self, images: Tensor, src: Tensor, dst: Tensor) -> AlignmentProbe | None:
+        """Methods that align features to an edit (GradStyle's GAM, HFGI's ADA, ...): invert ``images [B,3,H,W]``,
+        warp each stage's feature by the perspective transforms ``src -> dst`` (``[B, 4, 2]`` unit corners, see
+        :func:`gie_cli.ops.warp.random_perspective`) and align the warped copies back; None for other methods."""
+        return None
 
     def nonfinite_cause(self) -> str:
         """Why this method's results are NaN/Inf when its weights and inputs are finite (e.g. an optimiser setting);

@@ -33,10 +33,9 @@ from gie_cli.methods.gradstyle.modules import (
     GradualResidualModule,
     SelectiveAttention,
     StageSpec,
-    random_perspective,
     stage_specs,
-    warp_perspective,
 )
+from gie_cli.ops.warp import random_perspective, warp_perspective
 
 __all__ = [
     "PAPER_LAYERS",

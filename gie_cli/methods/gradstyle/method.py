@@ -11,12 +11,13 @@ from torch import Tensor, nn
 
 from gie_cli.errors import CheckpointError, UsageError
 from gie_cli.io.checkpoint import load_state_dict_strict
-from gie_cli.methods.base import Inversion
+from gie_cli.methods.base import AlignmentProbe, Inversion
 from gie_cli.methods.e4e import EncoderMethod
-from gie_cli.methods.gradstyle.modules import GradStyleNet
+from gie_cli.methods.gradstyle.modules import GradStyleNet, relative_l1
 from gie_cli.methods.registry import checks_options
 from gie_cli.models.loading import build_encoder, build_generator, save_components, wplus_average
 from gie_cli.models.stylegan2 import Generator
+from gie_cli.ops.warp import warp_features
 from gie_cli.settings import coerce
 from gie_cli.weights import load_components, resolve_weights
 
@@ -88,6 +89,46 @@ class GradStyleMethod(EncoderMethod):
         """Invert aligned ``images [B,3,H,W]`` in [-1,1]; extras hold ``residual_<layer>`` per stage."""
         wplus, res = self.residuals(images)
         return Inversion(wplus, {residual_key(k): v for k, v in res.items()})
+
+    def probe_alignment(self, images: Tensor, src: Tensor, dst: Tensor) -> AlignmentProbe:
+        """Per stage: the Reconstruction Stream's residual ``F_m`` of ``images``, warped by ``src -> dst``, and what
+        the Editing Stream injects for it (``Aligner(warp(F_m), f_m)``, or ``warp(F_m)`` itself without the GAM),
+        both measured against ``F_m``; and the Editing Stream's render at alpha = 0 (no warp).
+
+        Args:
+            images: ``[B, 3, H, W]`` in [-1, 1].
+            src: ``[B, 4, 2]`` unit corners.
+            dst: ``[B, 4, 2]`` where they move.
+        """
+        wplus, pyramid = self.encode(images, return_features=True)
+        record: dict[str, dict[int, Tensor]] = {}
+        feats: dict[int, Tensor] = {}
+        hooks = self.net.reconstruction_hooks(pyramid, record, quantize=RESIDUAL_DTYPE)
+
+        def capture(hook):
+            def run(f: Tensor, layer: int) -> Tensor:
+                feats[layer] = f
+                return hook(f, layer)
+
+            return run
+
+        self.generator.synthesis(
+            wplus,
+            noise_mode="const",
+            feature_hooks={k: capture(h) for k, h in hooks.items()},
+            stop_at_layer=max(self.net.layers),
+        )
+        stages: dict[str, dict[str, Tensor]] = {}
+        for s in self.net.stages:
+            res = record["residual"][s.layer]
+            warped = warp_features(res, src.to(res.device), dst.to(res.device))
+            out = self.net.gam[str(s.layer)](warped, feats[s.layer]) if self.use_gam else warped
+            stages[f"layer {s.layer} ({s.resolution} px)"] = {
+                "aligned": relative_l1(out.float(), res.float()).cpu(),
+                "unaligned": relative_l1(warped.float(), res.float()).cpu(),
+            }
+        residuals = {k: v.to(RESIDUAL_DTYPE) for k, v in record["residual"].items()}
+        return AlignmentProbe(stages, self._draw(wplus, residuals, self.use_gam, {}))
 
     # ----------------------------------------------------------------------------------------------- rendering
     def stored_residuals(self, inv: Inversion) -> dict[int, Tensor]:

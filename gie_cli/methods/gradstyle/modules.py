@@ -281,9 +281,14 @@ class Aligner(nn.Module):
     times with queries from the edited feature and keys/values from the residual. Choices where the paper is silent:
     tokens are LayerNorm-ed before the embedding is added (feature scales vary a lot between stages and models);
     after each attention but the last, the query stream is updated (``h <- LN(h + W_o a)``) so later passes match
-    with what earlier ones retrieved; values are the raw residual tokens (no norm, no embedding) and the output is
-    a linear map of the last attention, so every aligned token is a combination of residual tokens ("a region of
-    F'_m is combined by similar regions of unaligned F_m"). Heads: ``ceil(C / 64)`` of width ``d_k = 64``.
+    with what earlier ones retrieved; values are the raw residual tokens (no norm, no embedding), so every attended
+    token is a combination of residual tokens ("a region of F'_m is combined by similar regions of unaligned F_m").
+
+    The output is ``F'_m = W_keep F_m + W_out a`` with ``W_keep`` starting as the identity and ``W_out`` at zero, and
+    no bias anywhere on the value path: an untrained Aligner returns its input unchanged (it starts at "no
+    alignment" and learns the correction, instead of starting from noise), ``W_keep`` can learn to drop what
+    attention replaces, and a zero residual gives exactly zero (``Aligner(0, f) = 0``: nothing is injected where
+    there is nothing to align). Heads: ``ceil(C / 64)`` of width ``d_k = 64``.
 
     Args:
         channels: generator channels at the stage.
@@ -303,7 +308,11 @@ class Aligner(nn.Module):
         self.attn = nn.ModuleList(SelectiveAttention(channels, channels, channels, heads, mu) for _ in range(layers))
         self.mix = nn.ModuleList(nn.Linear(width, channels) for _ in range(layers - 1))
         self.mix_norm = nn.ModuleList(nn.LayerNorm(channels) for _ in range(layers - 1))
-        self.out = nn.Linear(width, channels)
+        self.keep = nn.Linear(channels, channels, bias=False)
+        self.out = nn.Linear(width, channels, bias=False)
+        with torch.no_grad():
+            self.keep.weight.copy_(torch.eye(channels))
+            self.out.weight.zero_()
 
     def forward(self, residual: Tensor, edited: Tensor) -> Tensor:
         """Align ``residual`` (``F_m`` or its warped copy) ``[B, C, H, W]`` to ``edited`` ``[B, C, H, W]``.
@@ -325,91 +334,17 @@ class Aligner(nn.Module):
             a = attn(q, keys, v)
             if i < len(self.mix):
                 q = self.mix_norm[i](q + self.mix[i](a))
-        return self.out(a).transpose(1, 2).reshape(b, c, h, w)
+        return (self.keep(v) + self.out(a)).transpose(1, 2).reshape(b, c, h, w)
 
 
-# --------------------------------------------------------------------------------------------------- perspective warp
-def perspective_matrix(src: Tensor, dst: Tensor) -> Tensor:
-    """Homographies that map points of ``dst`` onto ``src`` (the sampling map of a warp moving ``src`` to ``dst``).
+# --------------------------------------------------------------------------------------------------- alignment error
+def relative_l1(x: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
+    """Per-item relative L1 error ``|x - target|_1 / |target|_1`` of ``[B, ...]`` maps, ``[B]``.
 
-    Args:
-        src: ``[B, 4, 2]`` corner points ``(x, y)`` in the input.
-        dst: ``[B, 4, 2]`` where those points land in the output.
-
-    Returns:
-        ``[B, 3, 3]`` matrices ``H`` with ``H @ (u, v, 1) ~ (x, y, 1)`` (float64).
+    The scale-free form of the paper's ``L_aligner`` (Eq. 10): 0 = aligned exactly, 1 = as far off as a zero map.
     """
-    assert src.shape == dst.shape and src.shape[1:] == (4, 2), f"corners must be [B,4,2], got {src.shape}, {dst.shape}"
-    s, d = src.double(), dst.double()
-    u, v, x, y = d[..., 0], d[..., 1], s[..., 0], s[..., 1]
-    one, zero = torch.ones_like(u), torch.zeros_like(u)
-    rows_x = torch.stack([u, v, one, zero, zero, zero, -u * x, -v * x], dim=-1)
-    rows_y = torch.stack([zero, zero, zero, u, v, one, -u * y, -v * y], dim=-1)
-    a = torch.cat([rows_x, rows_y], dim=1)  # [B, 8, 8]
-    rhs = torch.cat([x, y], dim=1)  # [B, 8]
-    coef = torch.linalg.solve(a, rhs)
-    return torch.cat([coef, torch.ones_like(coef[:, :1])], dim=1).reshape(-1, 3, 3)
-
-
-def warp_perspective(x: Tensor, src: Tensor, dst: Tensor) -> Tensor:
-    """Perspective-warp feature maps so that the content at corners ``src`` moves to ``dst`` (torchvision's
-    ``perspective`` convention); bilinear sampling, zeros outside.
-
-    Args:
-        x: ``[B, C, H, W]``.
-        src: ``[B, 4, 2]`` pixel coordinates ``(x, y)`` (0 = first pixel centre, ``W - 1`` = last).
-        dst: ``[B, 4, 2]`` pixel coordinates.
-
-    Returns:
-        ``[B, C, H, W]``.
-    """
-    assert x.ndim == 4 and src.shape[0] == x.shape[0], f"warp: x {tuple(x.shape)}, corners {tuple(src.shape)}"
-    b, _, h, w = x.shape
-    mat = perspective_matrix(src, dst).to(x.device)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    pts = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(1, -1, 3).to(x.device)  # [1, HW, 3]
-    mapped = pts @ mat.transpose(1, 2)  # [B, HW, 3]
-    xy = mapped[..., :2] / mapped[..., 2:]
-    gx = 2 * xy[..., 0] / max(w - 1, 1) - 1
-    gy = 2 * xy[..., 1] / max(h - 1, 1) - 1
-    grid = torch.stack([gx, gy], dim=-1).reshape(b, h, w, 2).to(x.dtype)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-
-
-def unit_corners(batch: int = 1, device=None) -> Tensor:
-    """The unit square's corners ``[B, 4, 2]``: top-left, top-right, bottom-right, bottom-left."""
-    c = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], device=device)
-    return c[None].expand(batch, -1, -1).clone()
-
-
-def random_perspective(
-    batch: int, distortion: float, generator: torch.Generator | None = None, device=None
-) -> tuple[Tensor, Tensor]:
-    """Random perspective transforms in unit coordinates (torchvision's ``RandomPerspective`` rule, continuous).
-
-    Each corner moves inwards by ``U(0, distortion / 2)`` of the side along each axis (torchvision: up to
-    ``distortion * half_side`` pixels); continuous offsets because integer pixel offsets vanish on 8x8 feature maps.
-
-    Args:
-        batch: number of transforms.
-        distortion: the distortion scale (0.15 in the paper; 0 = identity).
-        generator: random generator (CPU).
-        device: device of the result.
-
-    Returns:
-        ``(src, dst)`` ``[B, 4, 2]`` in unit coordinates; scale them with :func:`warp_features`.
-    """
-    src = unit_corners(batch)
-    mag = torch.rand(batch, 4, 2, generator=generator) * (distortion / 2)
-    inward = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
-    return src.to(device), (src + mag * inward).to(device)
-
-
-def warp_features(x: Tensor, src: Tensor, dst: Tensor) -> Tensor:
-    """:func:`warp_perspective` with corners in unit coordinates (one transform serves every stage's resolution)."""
-    h, w = x.shape[-2:]
-    scale = torch.tensor([max(w - 1, 1), max(h - 1, 1)], dtype=src.dtype, device=src.device)
-    return warp_perspective(x, src * scale, dst * scale)
+    assert x.shape == target.shape, f"relative_l1: {tuple(x.shape)} vs {tuple(target.shape)}"
+    return (x - target).abs().flatten(1).sum(1) / target.abs().flatten(1).sum(1).clamp_min(eps)
 
 
 # --------------------------------------------------------------------------------------------------- all stages
@@ -565,6 +500,10 @@ class GradStyleNet(nn.Module):
             detach_gate: use the shared Gate&Fusion without letting this stream's gradients reach it (training: the
                 GRM side, gates included, learns from the Reconstruction Stream only).
 
+        The shared gate never updates its BatchNorm running statistics here (in training mode it normalises with
+        the batch's statistics, as in the Reconstruction Stream, and discards them): they describe the
+        reconstruction features the gate was fitted on.
+
         Returns:
             ``{layer: hook}``.
         """
@@ -579,11 +518,10 @@ class GradStyleNet(nn.Module):
                 self._check(f, s)
                 aligned = self.gam[str(layer)](residuals[layer].to(f), f)
                 gate = self.gate[str(layer)]
-                if detach_gate:
-                    params = {k: p.detach() for k, p in gate.named_parameters()}
-                    out, g = torch.func.functional_call(gate, params, (f, aligned))
-                else:
-                    out, g = gate(f, aligned)
+                # the gate's BatchNorm statistics belong to the Reconstruction Stream: this stream uses copies
+                tensors = {k: p.detach() if detach_gate else p for k, p in gate.named_parameters()}
+                tensors.update({k: b.clone() for k, b in gate.named_buffers()})
+                out, g = torch.func.functional_call(gate, tensors, (f, aligned))
                 if record is not None:
                     record.setdefault("aligned", {})[layer] = aligned
                     record.setdefault("gate", {})[layer] = g
@@ -593,7 +531,11 @@ class GradStyleNet(nn.Module):
         return hooks
 
 
-def stage_specs(generator, encoder, layers: Sequence[int] | None = None) -> list[StageSpec]:
+#: The encoder pyramid's levels, coarse to fine: the paper's hierarchical features I, II and III (Table 4).
+LEVELS = ("c3", "p2", "p1")
+
+
+def stage_specs(generator, encoder, layers: Sequence[int] | None = None, level: str | None = None) -> list[StageSpec]:
     """Stages for ``generator`` (a :class:`~gie_cli.models.stylegan2.Generator`) fed by an e4e ``encoder``.
 
     Args:
@@ -601,18 +543,23 @@ def stage_specs(generator, encoder, layers: Sequence[int] | None = None) -> list
         encoder: an ``FPNStyleEncoder`` (its ``level_of`` gives the pyramid level of each W+ row).
         layers: gie layer indices to refine; None = the paper's ``(1, 4, 6)`` (3rd, 6th, 8th blocks), limited to the
             layers the generator has.
+        level: None = each stage reads the level that predicts its W+ row (the paper's design); ``"c3"``, ``"p2"``
+            or ``"p1"`` = every stage reads that one level (Table 4's "only hierarchical I / II / III").
 
     Raises:
-        ValueError: a layer out of range.
+        ValueError: a layer out of range or an unknown level.
     """
+    if level is not None and level not in LEVELS:
+        raise ValueError(f"unknown encoder level {level!r}; known: {', '.join(LEVELS)} (hierarchical I, II, III)")
     if layers is None:
         layers = [layer for layer in PAPER_LAYERS if layer < generator.num_layers]
     out = []
     for layer in sorted(set(int(v) for v in layers)):
         if not 0 <= layer < generator.num_layers:
             raise ValueError(f"stage layer {layer} is out of range 0..{generator.num_layers - 1}")
-        level = encoder.level_of(min(layer + 1, encoder.n_styles - 1))
-        out.append(StageSpec(layer, generator.layer_channels(layer), generator.layer_resolution(layer), level))
+        row_level = encoder.level_of(min(layer + 1, encoder.n_styles - 1))
+        level_here = level or row_level
+        out.append(StageSpec(layer, generator.layer_channels(layer), generator.layer_resolution(layer), level_here))
     return out
 
 

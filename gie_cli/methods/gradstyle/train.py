@@ -15,9 +15,10 @@ from gie_cli.errors import UsageError
 from gie_cli.io.checkpoint import load_state_dict_strict
 from gie_cli.methods.e4e import load_encoder_method
 from gie_cli.methods.gradstyle.method import GradStyleMethod, load_gradstyle
-from gie_cli.methods.gradstyle.modules import GradStyleNet, parse_layers, random_perspective, stage_specs, warp_features
+from gie_cli.methods.gradstyle.modules import GradStyleNet, parse_layers, relative_l1, stage_specs
 from gie_cli.models import create_model
 from gie_cli.models.stylegan2 import Discriminator, discriminator_config_from_state_dict
+from gie_cli.ops.warp import random_perspective, warp_features
 from gie_cli.settings import parse_settings
 from gie_cli.training import Trainer
 from gie_cli.training.data import ImageFolder, endless
@@ -93,16 +94,26 @@ class GradStyleTrainConfig:
     Attributes:
         stages: refined gie layers, ``auto`` = the paper's 3rd/6th/8th blocks (layers 1,4,6) or e.g. ``1`` (Table 4
             "one stage (low)") / ``6`` ("one stage (high)").
+        level: encoder pyramid level of every stage: ``auto`` = the level that predicts the stage's W+ row (the
+            paper), ``c3`` / ``p2`` / ``p1`` = Table 4 "only hierarchical I / II / III".
         use_grm: False = Table 4 "w/o GRM" (residuals are projected encoder features, no residual network).
         use_gam: False = Table 4 "w/o GAM" (no Aligner; edits inject residuals unaligned; no Editing Stream loss).
         mu: Selective Attention's kept percentage (not given in the paper).
         attn_layers: Selective Attention passes per Aligner ("several times"; not given).
         hidden: GRM common-space width (0 = the generator's width at the stage).
         grm_blocks, gate_blocks: ResBlocks per GRM / Gate&Fusion (not given).
-        lr: learning rate of the GradStyle modules (Adam + Lookahead).
+        lr: learning rate of the GRMs and gates (Adam + Lookahead; the paper's 1e-4).
+        aligner_lr: learning rate of the GAM Aligners (measured on the world: at 1e-4 the 32 px Aligner barely moves
+            in 1500 steps; 1e-3 learns every stage).
         lookahead_k, lookahead_alpha: Lookahead settings (the paper names Lookahead, not its settings).
-        l2_lambda, lpips_lambda, id_lambda, adv_lambda, f_lambda, aligner_lambda: loss weights (1, 0.8, 0.1 faces /
-            0.5 cars, 0.001, 0.01, 0.1).
+        l2_lambda, lpips_lambda, id_lambda, adv_lambda, f_lambda: loss weights (the paper's 1, 0.8, 0.1 faces /
+            0.5 cars, 0.001, 0.01).
+        aligner_lambda: weight of ``L_aligner``, which gie takes as a relative error: per image and stage
+            ``|F'_m - F_m|_1 / |F_m|_1``, summed over stages. The paper's 0.1 weighs an unnormalised L1 norm whose
+            size follows the residuals' (tiny, and growing, early in training: the term vanished next to the image
+            losses); normalised, 0 means aligned and 1 means no better than zeros, and the weight is 1.
+        warp_p: probability that an image's residuals are perspective-warped in the Editing Stream (HFGI's
+            ``RandomPerspective(p=aug_rate)``); the others teach the Aligner to leave aligned residuals alone.
         perceptual: ``auto`` (LPIPS-VGG when its weights are installed, else MS-SSIM), ``lpips``, ``msssim``
             (``1 - MS-SSIM``, the substitute when LPIPS weights are unavailable), ``none``.
         identity: ``auto`` (ArcFace ID loss when ``arcface.ir_se50`` is installed, else none), ``on``, ``off``.
@@ -118,6 +129,7 @@ class GradStyleTrainConfig:
     """
 
     stages: str = "auto"
+    level: str = "auto"
     use_grm: bool = True
     use_gam: bool = True
     mu: float = 50.0
@@ -126,6 +138,7 @@ class GradStyleTrainConfig:
     grm_blocks: int = 2
     gate_blocks: int = 1
     lr: float = 1e-4
+    aligner_lr: float = 1e-3
     lookahead_k: int = 5
     lookahead_alpha: float = 0.5
     l2_lambda: float = 1.0
@@ -135,8 +148,9 @@ class GradStyleTrainConfig:
     identity: str = "auto"
     adv_lambda: float = 0.001
     f_lambda: float = 0.01
-    aligner_lambda: float = 0.1
+    aligner_lambda: float = 1.0
     distortion: float = 0.15
+    warp_p: float = 0.5
     d_lr: float = 1e-4
     r1: float = 10.0
     r1_every: int = 16
@@ -161,9 +175,11 @@ class GradStyleTrainer(Trainer):
     One step: encode (no grad) -> Reconstruction Stream ``X^r`` (residuals ``F_m``) -> Editing Stream at alpha = 0:
     each stage's Aligner gets ``F_m`` detached and perspective-warped (one random transform per image, shared by all
     stages) and must restore it (``L_aligner = sum_m |F'_m - F_m|_1``) while ``X^e`` is drawn with the aligned
-    residuals (the shared gate used with detached parameters, so only the Reconstruction Stream trains the GRM side).
-    Loss ``L2 + 0.8 LPIPS + lambda_id ID + 0.001 adv + 0.01 L_f + 0.1 L_aligner`` over both streams; then a
-    discriminator step (non-saturating logistic loss + lazy R1).
+    residuals (the shared gate used with detached parameters and its BatchNorm statistics untouched, so only the
+    Reconstruction Stream trains the GRM side); ``warp_p`` of the images are warped, the rest passed as they are.
+    Loss ``L2 + 0.8 LPIPS + lambda_id ID + 0.001 adv + 0.01 L_f + 1 L_aligner`` (relative, see
+    :class:`GradStyleTrainConfig`) over both streams; GRMs and gates learn at ``lr``, Aligners at ``aligner_lr``;
+    then a discriminator step (non-saturating logistic loss + lazy R1).
     """
 
     name = "gradstyle"
@@ -174,7 +190,7 @@ class GradStyleTrainer(Trainer):
         if c.init:
             method = load_gradstyle(c.init)
             self.net = method.net
-            if any(k in settings for k in ("stages", "use_grm", "use_gam", "mu", "attn_layers", "hidden")):
+            if any(k in settings for k in ("stages", "level", "use_grm", "use_gam", "mu", "attn_layers", "hidden")):
                 log.warning("init=%s: the architecture settings come from the checkpoint", c.init)
         else:
             if not weights:
@@ -184,7 +200,8 @@ class GradStyleTrainer(Trainer):
                 )
             e4e = load_encoder_method("e4e", weights)
             try:
-                specs = stage_specs(e4e.generator, e4e.encoder, parse_layers(c.stages))
+                level = None if c.level.strip().lower() in ("", "auto") else c.level.strip().lower()
+                specs = stage_specs(e4e.generator, e4e.encoder, parse_layers(c.stages), level)
                 self.net = GradStyleNet(
                     specs,
                     e4e.encoder.feature_dim,
@@ -213,8 +230,12 @@ class GradStyleTrainer(Trainer):
         self.net.train()
         g = self.generator
         self.loss_size = min(c.loss_size, g.size) if c.loss_size > 0 else g.size
-        params = list(self.net.parameters())
-        self.opt = Lookahead(torch.optim.Adam(params, lr=c.lr), c.lookahead_k, c.lookahead_alpha)
+        if not 0.0 <= c.warp_p <= 1.0:
+            raise UsageError(f"gradstyle setting warp_p={c.warp_p} must be in [0, 1]")
+        groups = [{"params": [*self.net.grm.parameters(), *self.net.gate.parameters()], "lr": c.lr}]
+        if self.net.use_gam:
+            groups.append({"params": list(self.net.gam.parameters()), "lr": c.aligner_lr})
+        self.opt = Lookahead(torch.optim.Adam(groups), c.lookahead_k, c.lookahead_alpha)
         self._perceptual, self._perceptual_kind = self._build_perceptual()
         self._id_net = self._build_identity()
         self.disc: Discriminator | None = None
@@ -378,13 +399,15 @@ class GradStyleTrainer(Trainer):
         # Editing Stream (alpha = 0): warped, detached residuals must be re-aligned
         if self.net.use_gam:
             src, dst = random_perspective(x.shape[0], c.distortion, self._rng, self.device)
+            keep = (torch.rand(x.shape[0], generator=self._rng) >= c.warp_p).to(self.device)
+            dst = torch.where(keep[:, None, None], src, dst)
             clean = {k: v.detach() for k, v in rec["residual"].items()}
             warped = {k: warp_features(v, src, dst) for k, v in clean.items()}
             edi: dict[str, dict[int, Tensor]] = {}
             hooks = self.net.editing_hooks(warped, edi, detach_gate=True)
             x_edi = g(wplus, noise_mode="const", feature_hooks=hooks)
             loss = loss + self._image_losses(x_edi, target, metrics, "edi")
-            l_al = sum((edi["aligned"][k] - clean[k]).abs().mean() for k in clean)
+            l_al = sum(relative_l1(edi["aligned"][k], clean[k]).mean() for k in clean)
             loss = loss + c.aligner_lambda * l_al
             metrics["l_aligner"] = float(l_al.detach())
             fakes.append(x_edi)
