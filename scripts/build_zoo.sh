@@ -29,7 +29,7 @@ e4e=$(train --method e4e --data "$WORK/faces" -w "$gen" --set encoder=world --se
 python -m gie_cli.synth.zoo pack e4e "$e4e" >/dev/null
 # 4. GradStyle on the packed e4e (stored without the e4e's parts, which it takes from world.e4e)
 gs=$(train --method gradstyle --data "$WORK/faces" -w gie_cli/zoo/world-e4e.safetensors --set hidden=64 \
-    --steps "$GS_STEPS" -b 8 --snapshot-every 500)
+    --steps "$GS_STEPS" -b 8 --snapshot-every 300)
 python -m gie_cli.synth.zoo pack gradstyle "$gs" >/dev/null
 # 5. directions: a joint regression of sampled W codes on what the attribute estimator reads on their renders, so each
 #    direction moves its attribute with the others (as the estimator sees them) held fixed; power = attribute units

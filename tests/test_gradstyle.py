@@ -242,7 +242,9 @@ def test_editing_stream_gradients_reach_only_the_aligners(world):
     res = {s.layer: torch.randn(2, s.channels, s.resolution, s.resolution) for s in net.stages}
     src, dst = random_perspective(2, 0.15, torch.Generator().manual_seed(0))
     warped = {k: warp_features(v, src, dst) for k, v in res.items()}
-    img = e4e.generator(e4e.latent_avg[None].expand(2, -1, -1), feature_hooks=net.editing_hooks(warped, None, True))
+    sources = {k: torch.randn_like(v) for k, v in warped.items()}
+    w = e4e.latent_avg[None].expand(2, -1, -1)
+    img = e4e.generator(w, feature_hooks=net.editing_hooks(warped, sources, None, True))
     img.square().mean().backward()
     assert all(p.grad is None for p in [*net.grm.parameters(), *net.gate.parameters()])
     assert all(p.grad is not None for p in net.gam.parameters())
@@ -276,7 +278,12 @@ def test_ablation_settings_shape_the_net(world, tmp_path):
         inv = m.invert(x)
         delta = torch.zeros_like(inv.wplus)
         delta[:, :4] = 0.5
-        assert set(inv.extras) == {"residual_6"} and m.render(inv, delta).shape == (1, 3, 32, 32)
+        assert set(inv.extras) == {"residual_6"}
+        # without a GAM an edit injects the stored residual as it is: f_edi + g(f_edi, F) F
+        res = {6: inv.extras["residual_6"]}
+        want = m.generator(inv.wplus + delta, noise_mode="const", feature_hooks=m.net.fusion_hooks(res))
+        torch.testing.assert_close(m.render(inv, delta), want)
+        assert not torch.allclose(want, m.generator(inv.wplus + delta, noise_mode="const"))  # F is not zero
     no_grm = GradStyleTrainer(**kw, use_grm="false", stages="1", adv_lambda="0")
     assert no_grm.net.layers == (1,) and not no_grm.net.grm["1"].use_feature
     assert not any(k.startswith("proj_f") for k in no_grm.net.grm["1"].state_dict())
@@ -324,8 +331,10 @@ def test_train_lowers_the_loss_and_the_export_inverts_end_to_end(world, trained)
 
 @pytest.mark.slow  # uses the `trained` fixture: a training run
 def test_trained_residuals_reconstruct_better_than_the_bare_e4e(world, trained):
-    x = _images(world["data"], 64)
-    target = torch.nn.functional.interpolate(x, size=(32, 32), mode="area")
+    with torch.no_grad():  # held-out images: the generator's renders of other codes than the training set's
+        z = torch.randn(8, 32, generator=torch.Generator().manual_seed(11))
+        target = world["e4e"].generator.generate(z, truncation=0.7).clamp(-1, 1)
+    x = torch.nn.functional.interpolate(target, size=(64, 64), mode="bilinear", align_corners=False)
     method = create_method("gradstyle", str(trained["exported"]))
     e4e = create_method("e4e", str(world["weights"]))
     with torch.no_grad():
@@ -411,15 +420,20 @@ def test_an_untrained_aligner_returns_its_input_and_a_zero_residual_gives_zero()
     from gie_cli.methods.gradstyle import Aligner
 
     torch.manual_seed(0)
-    al = Aligner(32, 50.0, 2)
-    res, feat = torch.randn(2, 32, 8, 8), torch.randn(2, 32, 8, 8)
-    torch.testing.assert_close(al(res, feat), res)  # starts at "no alignment", not at noise
-    with torch.no_grad():  # whatever it learns, nothing on the value path has a bias: zero in, zero out
-        for p in al.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
-    out = al(torch.zeros_like(res), feat)
-    assert torch.equal(out, torch.zeros_like(out))
-    assert not torch.allclose(al(res, feat), res)  # ... and the perturbed one does change a residual
+    for keys in ("source", "residual"):
+        al = Aligner(32, 50.0, 2, keys)
+        res, src, feat = torch.randn(2, 32, 8, 8), torch.randn(2, 32, 8, 8), torch.randn(2, 32, 8, 8)
+        torch.testing.assert_close(al(res, src, feat), res)  # starts at "no alignment", not at noise
+        with torch.no_grad():  # whatever it learns, nothing on the value path has a bias: zero in, zero out
+            for p in al.parameters():
+                p.add_(torch.randn_like(p) * 0.5)
+        out = al(torch.zeros_like(res), src, feat)
+        assert torch.equal(out, torch.zeros_like(out))
+        assert not torch.allclose(al(res, src, feat), res)  # ... and the perturbed one does change a residual
+    tied = Aligner(32, 50.0, 2, "source").attn[0]
+    assert torch.equal(tied.to_q.weight, tied.to_k.weight)  # source keys: queries and keys start in one space
+    with pytest.raises(ValueError, match="aligner keys"):
+        Aligner(32, 50.0, 2, "pixels")
 
 
 def test_the_editing_stream_leaves_the_gate_batchnorm_statistics_alone(world):
@@ -429,7 +443,7 @@ def test_the_editing_stream_leaves_the_gate_batchnorm_statistics_alone(world):
     before = {k: v.clone() for k, v in net.gate.state_dict().items()}
     w = e4e.latent_avg[None].expand(2, -1, -1)
     for detach in (True, False):
-        e4e.generator(w, feature_hooks=net.editing_hooks(res, None, detach))
+        e4e.generator(w, feature_hooks=net.editing_hooks(res, res, None, detach))
     assert all(torch.equal(v, before[k]) for k, v in net.gate.state_dict().items())
     e4e.generator(w, feature_hooks=net.fusion_hooks(res))  # the Reconstruction Stream's use does update them
     assert any(not torch.equal(v, before[k]) for k, v in net.gate.state_dict().items() if "running_mean" in k)

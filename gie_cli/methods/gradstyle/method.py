@@ -92,8 +92,8 @@ class GradStyleMethod(EncoderMethod):
 
     def probe_alignment(self, images: Tensor, src: Tensor, dst: Tensor) -> AlignmentProbe:
         """Per stage: the Reconstruction Stream's residual ``F_m`` of ``images``, warped by ``src -> dst``, and what
-        the Editing Stream injects for it (``Aligner(warp(F_m), f_m)``, or ``warp(F_m)`` itself without the GAM),
-        both measured against ``F_m``; and the Editing Stream's render at alpha = 0 (no warp).
+        the Editing Stream injects for it (``Aligner(warp(F_m), warp(f_m^rec), f_m^rec)``, or ``warp(F_m)`` itself
+        without the GAM), both measured against ``F_m``; and the Editing Stream's render at alpha = 0 (no warp).
 
         Args:
             images: ``[B, 3, H, W]`` in [-1, 1].
@@ -121,14 +121,17 @@ class GradStyleMethod(EncoderMethod):
         stages: dict[str, dict[str, Tensor]] = {}
         for s in self.net.stages:
             res = record["residual"][s.layer]
-            warped = warp_features(res, src.to(res.device), dst.to(res.device))
-            out = self.net.gam[str(s.layer)](warped, feats[s.layer]) if self.use_gam else warped
+            src_, dst_ = src.to(res.device), dst.to(res.device)
+            warped = warp_features(res, src_, dst_)
+            f = feats[s.layer]
+            out = self.net.gam[str(s.layer)](warped, warp_features(f, src_, dst_), f) if self.use_gam else warped
             stages[f"layer {s.layer} ({s.resolution} px)"] = {
                 "aligned": relative_l1(out.float(), res.float()).cpu(),
                 "unaligned": relative_l1(warped.float(), res.float()).cpu(),
             }
         residuals = {k: v.to(RESIDUAL_DTYPE) for k, v in record["residual"].items()}
-        return AlignmentProbe(stages, self._draw(wplus, residuals, self.use_gam, {}))
+        sources = self.source_features(wplus, residuals) if self.use_gam else None
+        return AlignmentProbe(stages, self._draw(wplus, residuals, sources, {}))
 
     # ----------------------------------------------------------------------------------------------- rendering
     def stored_residuals(self, inv: Inversion) -> dict[int, Tensor]:
@@ -166,19 +169,38 @@ class GradStyleMethod(EncoderMethod):
             edited = self.edited_items(len(inv), delta, offsets)
         else:
             edited = torch.zeros(len(inv), dtype=torch.bool)
-        if not edited.any() or edited.all():
-            return self._draw(wplus, residuals, bool(edited.any()), offsets)
+        if not edited.any():
+            return self._draw(wplus, residuals, None, offsets)
+        sources = self.source_features(inv.wplus, residuals)
+        if edited.all():
+            return self._draw(wplus, residuals, sources, offsets)
         # a mixed batch draws both streams whole and picks per item
         pick = edited.to(wplus.device)[:, None, None, None]
         return torch.where(
-            pick, self._draw(wplus, residuals, True, offsets), self._draw(wplus, residuals, False, offsets)
+            pick, self._draw(wplus, residuals, sources, offsets), self._draw(wplus, residuals, None, offsets)
         )
 
+    def source_features(self, wplus: Tensor, residuals: dict[int, Tensor]) -> dict[int, Tensor]:
+        """The Reconstruction Stream's generator feature ``f_m^rec`` at each stage (what the residuals were computed
+        on, and the Aligners' keys), from the unedited ``wplus [B, n_latent, D]``: a synthesis up to the last stage."""
+        record: dict[str, dict[int, Tensor]] = {}
+        hooks = self.net.fusion_hooks(residuals, record)
+        self.generator.synthesis(wplus, noise_mode="const", feature_hooks=hooks, stop_at_layer=max(self.net.layers))
+        return record["feature"]
+
     def _draw(
-        self, wplus: Tensor, residuals: dict[int, Tensor], editing: bool, style_offsets: Mapping[int, Tensor]
+        self,
+        wplus: Tensor,
+        residuals: dict[int, Tensor],
+        sources: dict[int, Tensor] | None,
+        style_offsets: Mapping[int, Tensor],
     ) -> Tensor:
-        """One stream for the whole batch: ``wplus [B, n_latent, D]`` -> ``[B, 3, S, S]``."""
-        hooks = self.net.editing_hooks(residuals) if editing else self.net.fusion_hooks(residuals)
+        """One stream for the whole batch, ``wplus [B, n_latent, D]`` -> ``[B, 3, S, S]``: the Editing Stream when
+        ``sources`` (:meth:`source_features`) are given, else the Reconstruction Stream."""
+        if sources is not None:
+            hooks = self.net.editing_hooks(residuals, sources)
+        else:
+            hooks = self.net.fusion_hooks(residuals)
         return self.generator(wplus, noise_mode="const", feature_hooks=hooks, style_offsets=style_offsets or None)
 
     @staticmethod

@@ -96,6 +96,8 @@ class GradStyleTrainConfig:
             "one stage (low)") / ``6`` ("one stage (high)").
         level: encoder pyramid level of every stage: ``auto`` = the level that predicts the stage's W+ row (the
             paper), ``c3`` / ``p2`` / ``p1`` = Table 4 "only hierarchical I / II / III".
+        aligner_keys: ``source`` (the Aligner matches the edited feature against the generator feature the residual
+            was computed on; gie's default) or ``residual`` (against the residual itself, the paper's Eq. 7).
         use_grm: False = Table 4 "w/o GRM" (residuals are projected encoder features, no residual network).
         use_gam: False = Table 4 "w/o GAM" (no Aligner; edits inject residuals unaligned; no Editing Stream loss).
         mu: Selective Attention's kept percentage (not given in the paper).
@@ -130,6 +132,7 @@ class GradStyleTrainConfig:
 
     stages: str = "auto"
     level: str = "auto"
+    aligner_keys: str = "source"
     use_grm: bool = True
     use_gam: bool = True
     mu: float = 50.0
@@ -173,10 +176,11 @@ class GradStyleTrainer(Trainer):
     """Trains GradStyle's GRMs, gates and GAMs with the e4e encoder and the generator frozen (paper sec. 3.4).
 
     One step: encode (no grad) -> Reconstruction Stream ``X^r`` (residuals ``F_m``) -> Editing Stream at alpha = 0:
-    each stage's Aligner gets ``F_m`` detached and perspective-warped (one random transform per image, shared by all
-    stages) and must restore it (``L_aligner = sum_m |F'_m - F_m|_1``) while ``X^e`` is drawn with the aligned
-    residuals (the shared gate used with detached parameters and its BatchNorm statistics untouched, so only the
-    Reconstruction Stream trains the GRM side); ``warp_p`` of the images are warped, the rest passed as they are.
+    each stage's Aligner gets ``F_m`` and the generator feature it was computed on detached and perspective-warped
+    (one random transform per image, shared by all stages) and must restore ``F_m`` (``L_aligner``) while ``X^e`` is
+    drawn with the aligned residuals (the shared gate used with detached parameters and its BatchNorm statistics
+    untouched, so only the Reconstruction Stream trains the GRM side); ``warp_p`` of the images are warped, the rest
+    passed as they are.
     Loss ``L2 + 0.8 LPIPS + lambda_id ID + 0.001 adv + 0.01 L_f + 1 L_aligner`` (relative, see
     :class:`GradStyleTrainConfig`) over both streams; GRMs and gates learn at ``lr``, Aligners at ``aligner_lr``;
     then a discriminator step (non-saturating logistic loss + lazy R1).
@@ -190,7 +194,10 @@ class GradStyleTrainer(Trainer):
         if c.init:
             method = load_gradstyle(c.init)
             self.net = method.net
-            if any(k in settings for k in ("stages", "level", "use_grm", "use_gam", "mu", "attn_layers", "hidden")):
+            if any(
+                k in settings
+                for k in ("stages", "level", "use_grm", "use_gam", "mu", "attn_layers", "hidden", "aligner_keys")
+            ):
                 log.warning("init=%s: the architecture settings come from the checkpoint", c.init)
         else:
             if not weights:
@@ -212,6 +219,7 @@ class GradStyleTrainer(Trainer):
                     c.gate_blocks,
                     c.use_grm,
                     c.use_gam,
+                    c.aligner_keys,
                 )
             except ValueError as e:
                 raise UsageError(f"gradstyle training: {e}") from None
@@ -403,8 +411,9 @@ class GradStyleTrainer(Trainer):
             dst = torch.where(keep[:, None, None], src, dst)
             clean = {k: v.detach() for k, v in rec["residual"].items()}
             warped = {k: warp_features(v, src, dst) for k, v in clean.items()}
+            sources = {k: warp_features(v.detach(), src, dst) for k, v in rec["feature"].items()}
             edi: dict[str, dict[int, Tensor]] = {}
-            hooks = self.net.editing_hooks(warped, edi, detach_gate=True)
+            hooks = self.net.editing_hooks(warped, sources, edi, detach_gate=True)
             x_edi = g(wplus, noise_mode="const", feature_hooks=hooks)
             loss = loss + self._image_losses(x_edi, target, metrics, "edi")
             l_al = sum(relative_l1(edi["aligned"][k], clean[k]).mean() for k in clean)
