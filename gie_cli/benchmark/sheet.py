@@ -40,7 +40,7 @@ def sheet_columns(inputs: Tensor, results: Sequence[Mapping], k: int) -> list[Co
         if not sh:
             continue
         name = str(r["method"])
-        cols.append((name, "reconstruction", sh["recon"]))
+        cols.append((name, "recon", sh["recon"]))
         for label, img in sh["edits"].items():
             cols.append((name, label, img))
         for label, img in sh["truth"].items():
@@ -65,7 +65,7 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     return text + "…"
 
 
-def contact_sheet(columns: Sequence[Column], min_cell: int = 96) -> Image.Image:
+def contact_sheet(columns: Sequence[Column], min_cell: int = 64) -> Image.Image:
     """Draws the columns side by side under a two-line header.
 
     Args:
