@@ -220,10 +220,12 @@ def benchmark(
     batch size and ms per image for encode, render and each edit (the first batch is a warm-up and is not timed;
     CUDA is synchronised), peak memory, and the mean of each metric (MSE, PSNR, SSIM, MS-SSIM, LPIPS, ArcFace
     identity, FID). On synthface also the attribute error of reconstructions, the error inside and outside
-    out-of-domain objects, and each edit against the renderer's ground-truth edited photo. Metrics whose weights are
-    missing are listed as unavailable with the file to fetch (exit code 0); a method that fails gets a row with the
-    reason and exit code 1. Writes OUTPUT/benchmark.json and OUTPUT/benchmark.md; the table goes to stdout, or to
-    stderr with --json (then stdout has one JSON line per method and a final summary line).
+    out-of-domain objects, and each edit against the renderer's ground-truth edited photo. Methods that align
+    features to an edit (GradStyle) also get, per stage, the error of their alignment of warped copies of their own
+    features, and the PSNR of their editing path with a zero edit. Metrics whose weights are missing are listed as
+    unavailable with the file to fetch (exit code 0); a method that fails gets a row with the reason and exit code 1.
+    Writes OUTPUT/benchmark.json, OUTPUT/benchmark.md and OUTPUT/contact_sheet.png (--sheet faces); the table goes
+    to stdout, or to stderr with --json (then stdout has one JSON line per method and a final summary line).
     """
     from rich.console import Console
 

@@ -291,9 +291,8 @@ class Aligner(nn.Module):
     it against ``f_m^src``, the generator feature the residual was computed on (the Reconstruction Stream's
     ``f_m^rec``, recomputed from the stored W+ at edit time; warped together with ``F_m`` in training): queries and
     keys then live in one feature space, and with ``W_k`` starting equal to ``W_q`` (scaled by ``key_scale``) each
-    query first attends to the tokens most like it, i.e. the place its content came from. Measured on the world
-    model's 16 px stage after 300 Aligner-only steps (``benchmarks/results/gradstyle/README.md``), the paper's keys
-    reduced the warped residual's relative error from 0.325 to 0.295, these keys to 0.199.
+    query first attends to the tokens most like it, i.e. the place its content came from. The two are compared by
+    ``benchmarks/gradstyle_aligner_keys.py`` (results in ``benchmarks/results/gradstyle/aligner_keys.md``).
 
     Other choices where the paper is silent: tokens are LayerNorm-ed before the embedding is added; after each
     attention but the last the query stream is updated (``h <- LN(h + W_o a)``). The output is
