@@ -38,8 +38,9 @@ def markdown(run: Path, rows: list[dict], window: int) -> str:
     lines = [
         f"# Training curve of `{run.name}`",
         "",
-        f"Means over windows of {window} steps of the values in `metrics.jsonl` (logged every few steps; the raw log "
-        f"is `{run.name}.metrics.jsonl` beside this file). Method `{opts.get('method', '?')}`, batch size "
+        f"Means over windows of {window} steps of the values in `metrics.jsonl` (logged every few steps; where a "
+        f"resumed run logged a step twice, the later record; the raw log is `{run.name}.metrics.jsonl` beside this "
+        f"file). Method `{opts.get('method', '?')}`, batch size "
         f"{opts.get('batch_size', '?')}, seed {opts.get('seed', '?')}, trainer settings: "
         f"`{json.dumps(opts.get('trainer', {}), sort_keys=True)}`.",
         "",
@@ -58,6 +59,9 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=100)
     args = ap.parse_args()
     rows = [json.loads(x) for x in (args.run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    # a resumed run logs the steps after its snapshot again: keep the last record of each step
+    rows = list({int(r["step"]): r for r in rows}.values())
+    rows.sort(key=lambda r: int(r["step"]))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(markdown(args.run, rows, args.window))
     shutil.copyfile(args.run / "metrics.jsonl", args.output.parent / f"{args.run.name}.metrics.jsonl")
