@@ -271,8 +271,12 @@ def markdown(doc: Mapping[str, Any]) -> str:
         lines += ["", ""]
         lines += _md_table(*_zero_edit_rows(doc))
     if doc.get("contact_sheet"):
-        lines += ["", f"Contact sheet: `{doc['contact_sheet']}` (one row per face: the input, each method's "
-                  "reconstruction and edits, then each edit's ground truth)."]  # fmt: skip
+        first = next((r["method"] for r in doc["results"] if r["status"] == "ok"), "")
+        lines += [
+            "",
+            f"Contact sheet: `{doc['contact_sheet']}` (one row per face: the input, each method's reconstruction and "
+            f"edits, then each edit's ground truth, rendered for the amount {first} edited).",
+        ]
     failed = [r for r in doc["results"] if r["status"] != "ok"]
     if failed:
         lines += ["", "## Failed methods", ""] + [f"- {r['method']}: {r['reason']}" for r in failed]

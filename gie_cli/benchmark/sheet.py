@@ -31,7 +31,7 @@ def sheet_columns(inputs: Tensor, results: Sequence[Mapping], k: int) -> list[Co
 
     Returns:
         Columns in order. The ground truth of an edit is drawn for the amount the first listed method with one
-        edited (each method's own ground truth is what its ``gt_*`` metrics use); its header names that method.
+        edited (each method's own ground truth is what its ``gt_*`` metrics use).
     """
     cols: list[Column] = [("input", "", inputs[:k])]
     truth: dict[str, Column] = {}
@@ -44,7 +44,7 @@ def sheet_columns(inputs: Tensor, results: Sequence[Mapping], k: int) -> list[Co
         for label, img in sh["edits"].items():
             cols.append((name, label, img))
         for label, img in sh["truth"].items():
-            truth.setdefault(label, (f"truth {label}", f"({name}'s amount)", img))
+            truth.setdefault(label, ("truth", label, img))
     cols.extend(truth.values())
     return cols
 
