@@ -542,3 +542,11 @@ def test_benchmark_reports_per_stage_alignment_for_feature_methods_only(world, t
     assert al["zero_edit_psnr"] == pytest.approx(rows["gradstyle"]["metrics"]["psnr"], abs=0.01)
     md = (out / "benchmark.md").read_text()
     assert "## Feature alignment" in md and "| gradstyle | layer 6 (32 px) |" in md
+    # the zero-edit PSNR does not depend on the metrics asked for
+    res = _invoke(
+        "benchmark", "--methods", "gradstyle", "--data", world["data"], "--size", 32, "--metrics", "mse", "--n", 4,
+        "--weights", f"gradstyle={tmp_path / 'gs.safetensors'}", "-b", 4, "--sheet", 0, "-o", tmp_path / "out2",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    row = json.loads((tmp_path / "out2" / "benchmark.json").read_text())["results"][0]
+    assert row["status"] == "ok" and "psnr" not in row["metrics"] and row["alignment"]["zero_edit_psnr"] > 10

@@ -221,8 +221,10 @@ def probe_warps(batch: int, i0: int) -> tuple[Tensor, Tensor]:
     return random_perspective(batch, PROBE_DISTORTION, torch.Generator().manual_seed(PROBE_SEED + i0))
 
 
-def _probe(method, x: Tensor, i0: int, suite: MetricSuite, acc: Accumulator, size: int) -> bool:
+def _probe(method, x: Tensor, i0: int, acc: Accumulator, size: int) -> bool:
     """Runs ``method.probe_alignment`` on one batch and adds its values to ``acc``; False for methods without one."""
+    from gie_cli.metrics.ssim import psnr
+
     src, dst = probe_warps(x.shape[0], i0)
     with torch.no_grad():
         probe = method.probe_alignment(x, src.to(x.device), dst.to(x.device))
@@ -231,9 +233,9 @@ def _probe(method, x: Tensor, i0: int, suite: MetricSuite, acc: Accumulator, siz
     for stage, errors in probe.stages.items():
         acc.add({f"{stage}|{kind}": v for kind, v in errors.items()})
     if probe.zero_edit is not None:
-        ref = x.detach().float().cpu()
+        ref = to_size(x.detach().float(), size).clamp(-1, 1).cpu()
         img = to_size(probe.zero_edit.detach().float(), size).clamp(-1, 1).cpu()
-        acc.add({"zero_edit_psnr": suite.pairwise(img, to_size(ref, size), prefix="")["psnr"]})
+        acc.add({"zero_edit_psnr": psnr(img, ref, data_range=2.0)})
     return True
 
 
@@ -418,7 +420,7 @@ def run_method(
                 want = sheet if sheet.count() < sheet_images else None
                 _measure(data, i0, i1, recon, edited, prepared, suite, judge, acc, edit_accs, want)
                 if has_probe:
-                    has_probe = _probe(method, x, i0, suite, align_acc, data.size)
+                    has_probe = _probe(method, x, i0, align_acc, data.size)
             log.debug("%s: batch %d/%d done", name, k + 1, len(schedule))
     except torch.cuda.OutOfMemoryError:
         row.update(status="failed", reason=f"CUDA out of memory at batch size {batch_size} (try a smaller one)")
