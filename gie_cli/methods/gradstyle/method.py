@@ -102,22 +102,9 @@ class GradStyleMethod(EncoderMethod):
         """
         wplus, pyramid = self.encode(images, return_features=True)
         record: dict[str, dict[int, Tensor]] = {}
-        feats: dict[int, Tensor] = {}
         hooks = self.net.reconstruction_hooks(pyramid, record, quantize=RESIDUAL_DTYPE)
-
-        def capture(hook):
-            def run(f: Tensor, layer: int) -> Tensor:
-                feats[layer] = f
-                return hook(f, layer)
-
-            return run
-
-        self.generator.synthesis(
-            wplus,
-            noise_mode="const",
-            feature_hooks={k: capture(h) for k, h in hooks.items()},
-            stop_at_layer=max(self.net.layers),
-        )
+        self.generator.synthesis(wplus, noise_mode="const", feature_hooks=hooks, stop_at_layer=max(self.net.layers))
+        feats = record["feature"]
         stages: dict[str, dict[str, Tensor]] = {}
         for s in self.net.stages:
             res = record["residual"][s.layer]
