@@ -20,7 +20,8 @@ import torch
 
 from gie_cli.benchmark.data import synthface_data
 from gie_cli.methods import create_method
-from gie_cli.methods.gradstyle.modules import Aligner, relative_l1
+from gie_cli.methods.gradstyle.modules import Aligner
+from gie_cli.metrics.alignment import relative_l1
 from gie_cli.ops.warp import random_perspective, warp_features
 from gie_cli.training.data import ImageFolder
 

@@ -31,6 +31,9 @@ METHODS: dict[str, Entry] = {
         "gie_cli.methods.gradstyle.method:load_gradstyle_method",
         "Gradual Residuals Alignment (Li et al. 2024): e4e + gradual residuals, aligned edits",
     ),
+    "hfgi": Entry(
+        "gie_cli.methods.hfgi.method:load_hfgi_method", "HFGI (Wang et al. 2022): e4e + ADA-aligned residual"
+    ),
 }
 
 #: trainer name -> ``factory(data, weights, device, batch_size, seed, **settings) -> Trainer``
@@ -40,6 +43,9 @@ TRAINERS: dict[str, Entry] = {
     "gradstyle": Entry(
         "gie_cli.methods.gradstyle.train:train_gradstyle",
         "train GradStyle's residual/alignment modules on a frozen e4e (-w)",
+    ),
+    "hfgi": Entry(
+        "gie_cli.methods.hfgi.train:train_hfgi", "train HFGI's ADA and consultation encoder on a frozen e4e (-w)"
     ),
     "generator": Entry(
         "gie_cli.synth.train:train_world_generator",

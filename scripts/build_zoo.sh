@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Rebuilds gie's embedded demo zoo from scratch with gie's own commands:
-#   gie_cli/zoo/world-{generator,attributes,e4e,gradstyle}.safetensors  (fp16, registry names world.*)
+#   gie_cli/zoo/world-{generator,attributes,e4e,gradstyle,hfgi}.safetensors  (fp16, registry names world.*)
 #   directions/{yaw,smile,...}.direction.safetensors          (joint regression on the attribute estimator's readings)
-# Usage: scripts/build_zoo.sh   (env: WORK=build/zoo DEVICE=auto GEN_STEPS EST_STEPS E4E_STEPS GS_STEPS N_FACES)
+# Usage: scripts/build_zoo.sh   (env: WORK=build/zoo DEVICE=auto GEN_STEPS EST_STEPS E4E_STEPS GS_STEPS HFGI_STEPS
+#        N_FACES)
 # On the 2-core CPU dev machine this takes about 2.5 hours with the defaults; a GPU takes minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ GEN_STEPS=${GEN_STEPS:-8000}
 EST_STEPS=${EST_STEPS:-3000}
 E4E_STEPS=${E4E_STEPS:-3000}
 GS_STEPS=${GS_STEPS:-1500}
+HFGI_STEPS=${HFGI_STEPS:-3000}
 N_FACES=${N_FACES:-4096}
 DIRECTIONS=${DIRECTIONS:-"yaw smile mouth_open glasses age hair_length hair_lightness"}
 mkdir -p "$WORK"
@@ -31,6 +33,10 @@ python -m gie_cli.synth.zoo pack e4e "$e4e" >/dev/null
 gs=$(train --method gradstyle --data "$WORK/faces" -w gie_cli/zoo/world-e4e.safetensors --set hidden=64 \
     --steps "$GS_STEPS" -b 8 --snapshot-every 300)
 python -m gie_cli.synth.zoo pack gradstyle "$gs" >/dev/null
+# 4b. HFGI's ADA + consultation encoder on the packed e4e (conditions at 32 px; stored on world.e4e as well)
+hf=$(train --method hfgi --data "$WORK/faces" -w gie_cli/zoo/world-e4e.safetensors --steps "$HFGI_STEPS" -b 8 \
+    --snapshot-every 500)
+python -m gie_cli.synth.zoo pack hfgi "$hf" >/dev/null
 # 5. directions: a joint regression of sampled W codes on what the attribute estimator reads on their renders, so each
 #    direction moves its attribute with the others (as the estimator sees them) held fixed; power = attribute units
 python -m gie_cli.synth.zoo labels "$gen" -o "$WORK/world-labels.safetensors" -n 5000 --estimator "$est" >/dev/null

@@ -31,10 +31,11 @@ from gie_cli.methods.gradstyle import (
     warp_perspective,
 )
 from gie_cli.methods.gradstyle.modules import keep_count
-from gie_cli.methods.gradstyle.train import GradStyleTrainer, Lookahead
+from gie_cli.methods.gradstyle.train import GradStyleTrainer
 from gie_cli.models.encoders import create_encoder
 from gie_cli.models.stylegan2 import Generator
 from gie_cli.ops.warp import warp_features
+from gie_cli.training.optim import Lookahead
 
 runner = CliRunner()
 STEPS = 25
@@ -220,7 +221,7 @@ def test_train_steps_leave_encoder_and_generator_untouched_and_train_every_stage
         lr="0.01", perceptual="none", id_lambda="0",
     )  # fmt: skip
     enc0, gen0, net0 = _snapshot(t.method.encoder), _snapshot(t.generator), _snapshot(t.net)
-    d0 = _snapshot(t.disc)
+    d0 = _snapshot(t.losses.disc)
     batches = t.batches()
     for step in range(2):
         m = t.train_step(next(batches), step)
@@ -233,7 +234,7 @@ def test_train_steps_leave_encoder_and_generator_untouched_and_train_every_stage
     for layer in t.net.layers:
         for part in ("grm", "gate", "gam"):
             assert _changed(net0, t.net, f"{part}.{layer}."), f"{part}.{layer} did not change"
-    assert _changed(d0, t.disc, "")
+    assert _changed(d0, t.losses.disc, "")
 
 
 def test_editing_stream_gradients_reach_only_the_aligners(world):

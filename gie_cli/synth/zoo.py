@@ -23,6 +23,7 @@ ZOO_FILES: dict[str, tuple[str, str]] = {
     "e4e": ("world-e4e.safetensors", "world.e4e"),
     "attributes": ("world-attributes.safetensors", "world.attributes"),
     "gradstyle": ("world-gradstyle.safetensors", "world.gradstyle"),
+    "hfgi": ("world-hfgi.safetensors", "world.hfgi"),
 }
 #: kind -> (registry name of the zoo model it was trained on, the parts stored only there): a packed file keeps its
 #: own weights and refers to the base for the rest (``gie_cli.models.loading.save_on_base``), so no zoo model is
@@ -30,6 +31,7 @@ ZOO_FILES: dict[str, tuple[str, str]] = {
 ZOO_BASES: dict[str, tuple[str, list[str]]] = {
     "e4e": ("world.generator", ["decoder"]),
     "gradstyle": ("world.e4e", ["encoder", "decoder", "latent_avg"]),
+    "hfgi": ("world.e4e", ["encoder", "decoder", "latent_avg"]),
 }
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ Editing", AAAI 2024, arXiv 2402.14398): gie's implementation from the paper (the
 - ``modules``: Gradual Residual Module, Gate&Fusion, Global Alignment Module (Aligner with Selective Attention), the
   perspective warp of the self-supervised training, and :class:`GradStyleNet` (all stages, as generator hooks).
 - ``method``: the ``gradstyle`` inversion method (``gie invert`` / ``gie edit``) and its checkpoint loader.
-- ``train``: the ``gradstyle`` trainer (``gie train``) and a Lookahead optimizer; never imported by inference code.
+- ``train``: the ``gradstyle`` trainer (``gie train``); never imported by inference code.
 
 Choices where the paper gives no number or shape (each is a setting of ``gie train --method gradstyle``):
 

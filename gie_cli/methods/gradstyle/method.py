@@ -13,8 +13,9 @@ from gie_cli.errors import CheckpointError, UsageError
 from gie_cli.io.checkpoint import load_state_dict_strict
 from gie_cli.methods.base import AlignmentProbe, Inversion
 from gie_cli.methods.e4e import EncoderMethod
-from gie_cli.methods.gradstyle.modules import GradStyleNet, relative_l1
+from gie_cli.methods.gradstyle.modules import GradStyleNet
 from gie_cli.methods.registry import checks_options
+from gie_cli.metrics.alignment import relative_l1
 from gie_cli.models.loading import build_encoder, build_generator, save_components, wplus_average
 from gie_cli.models.stylegan2 import Generator
 from gie_cli.ops.warp import warp_features

@@ -364,15 +364,6 @@ class Aligner(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------- alignment error
-def relative_l1(x: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
-    """Per-item relative L1 error ``|x - target|_1 / |target|_1`` of ``[B, ...]`` maps, ``[B]``.
-
-    The scale-free form of the paper's ``L_aligner`` (Eq. 10): 0 = aligned exactly, 1 = as far off as a zero map.
-    """
-    assert x.shape == target.shape, f"relative_l1: {tuple(x.shape)} vs {tuple(target.shape)}"
-    return (x - target).abs().flatten(1).sum(1) / target.abs().flatten(1).sum(1).clamp_min(eps)
-
-
 # --------------------------------------------------------------------------------------------------- all stages
 @dataclass(frozen=True)
 class StageSpec:

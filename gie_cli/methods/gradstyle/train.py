@@ -8,82 +8,21 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gie_cli.errors import UsageError
-from gie_cli.io.checkpoint import load_state_dict_strict
 from gie_cli.methods.e4e import load_encoder_method
 from gie_cli.methods.gradstyle.method import GradStyleMethod, load_gradstyle
-from gie_cli.methods.gradstyle.modules import GradStyleNet, parse_layers, relative_l1, stage_specs
-from gie_cli.models import create_model
-from gie_cli.models.stylegan2 import Discriminator, discriminator_config_from_state_dict
+from gie_cli.methods.gradstyle.modules import GradStyleNet, parse_layers, stage_specs
+from gie_cli.metrics.alignment import relative_l1
 from gie_cli.ops.warp import random_perspective, warp_features
 from gie_cli.settings import parse_settings
 from gie_cli.training import Trainer
 from gie_cli.training.data import ImageFolder, endless
-from gie_cli.weights import load_components
+from gie_cli.training.losses import ImageLosses, LossWeights, resize_to
+from gie_cli.training.optim import Lookahead
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------------- Lookahead
-class Lookahead:
-    """Lookahead (Zhang et al., NeurIPS 2019) around an inner optimizer: every ``k`` inner steps the slow weights
-    move ``alpha`` of the way to the fast ones and the fast weights restart from them.
-
-    Quacks like a ``torch.optim.Optimizer`` for gie's training loop (``step``, ``zero_grad``, ``param_groups``,
-    ``state_dict``/``load_state_dict`` with tensors and plain values only, so snapshots load with
-    ``weights_only=True``).
-
-    Args:
-        inner: the fast optimizer (Adam in GradStyle).
-        k: inner steps per synchronisation (5).
-        alpha: slow-weight step size (0.5).
-    """
-
-    def __init__(self, inner: torch.optim.Optimizer, k: int = 5, alpha: float = 0.5) -> None:
-        if k < 1 or not 0.0 < alpha <= 1.0:
-            raise ValueError(f"Lookahead needs k >= 1 and 0 < alpha <= 1, got k={k}, alpha={alpha}")
-        self.inner, self.k, self.alpha = inner, int(k), float(alpha)
-        self.steps = 0
-        self.slow = [p.detach().clone() for p in self._params()]
-
-    def _params(self) -> list[Tensor]:
-        return [p for group in self.inner.param_groups for p in group["params"]]
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return self.inner.param_groups
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.inner.zero_grad(set_to_none=set_to_none)
-
-    @torch.no_grad()
-    def step(self) -> None:
-        """One inner step; every ``k``-th also synchronises slow and fast weights."""
-        self.inner.step()
-        self.steps += 1
-        if self.steps % self.k == 0:
-            self.synchronize()
-
-    @torch.no_grad()
-    def synchronize(self) -> None:
-        """The slow update now: ``slow += alpha * (fast - slow)``, then ``fast = slow``."""
-        for p, slow in zip(self._params(), self.slow, strict=True):
-            slow.add_(p - slow, alpha=self.alpha)
-            p.copy_(slow)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"inner": self.inner.state_dict(), "slow": list(self.slow), "steps": self.steps, "k": self.k}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state["inner"])
-        if len(state["slow"]) != len(self.slow):
-            raise ValueError(f"Lookahead state has {len(state['slow'])} slow tensors, expected {len(self.slow)}")
-        for slow, saved in zip(self.slow, state["slow"], strict=True):
-            slow.copy_(saved)
-        self.steps = int(state["steps"])
 
 
 # --------------------------------------------------------------------------------------------------- settings
@@ -163,14 +102,6 @@ class GradStyleTrainConfig:
     init: str = ""
 
 
-def _resize(x: Tensor, size: int) -> Tensor:
-    if x.shape[-1] == size:
-        return x
-    if x.shape[-1] > size:
-        return F.interpolate(x, size=(size, size), mode="area")
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-
-
 # --------------------------------------------------------------------------------------------------- trainer
 class GradStyleTrainer(Trainer):
     """Trains GradStyle's GRMs, gates and GAMs with the e4e encoder and the generator frozen (paper sec. 3.4).
@@ -244,70 +175,28 @@ class GradStyleTrainer(Trainer):
         if self.net.use_gam:
             groups.append({"params": list(self.net.gam.parameters()), "lr": c.aligner_lr})
         self.opt = Lookahead(torch.optim.Adam(groups), c.lookahead_k, c.lookahead_alpha)
-        self._perceptual, self._perceptual_kind = self._build_perceptual()
-        self._id_net = self._build_identity()
-        self.disc: Discriminator | None = None
-        self.d_opt: torch.optim.Optimizer | None = None
-        if c.adv_lambda > 0:
-            self.disc = self._build_discriminator(weights).to(self.device).train()
-            self.d_opt = torch.optim.Adam(self.disc.parameters(), lr=c.d_lr, betas=(0.0, 0.99))
+        self.losses = ImageLosses(
+            LossWeights(
+                l2=c.l2_lambda,
+                perceptual=c.lpips_lambda,
+                identity=c.id_lambda,
+                adversarial=c.adv_lambda,
+                perceptual_kind=c.perceptual,
+                identity_mode=c.identity,
+                d_lr=c.d_lr,
+                r1=c.r1,
+                r1_every=c.r1_every,
+                discriminator=c.discriminator,
+            ),
+            g.size,
+            g.channels,
+            self.device,
+            tuple(w for w in (weights, c.init) if w),
+            "gradstyle",
+        )
         self.data = ImageFolder(data, max(g.size, self.method.input_size))
         self.batch_size, self.seed = batch_size, seed
         self._rng = torch.Generator().manual_seed(seed)
-
-    # ----------------------------------------------------------------------------------------------- parts
-    def _build_perceptual(self) -> tuple[nn.Module | None, str]:
-        kind = self.cfg.perceptual.lower()
-        if self.cfg.lpips_lambda <= 0 or kind == "none":
-            return None, "none"
-        if kind not in ("auto", "lpips", "msssim"):
-            raise UsageError(f"gradstyle setting perceptual={kind!r}", hint="auto, lpips, msssim or none")
-        if kind in ("auto", "lpips"):
-            from gie_cli.metrics.lpips import LPIPS, lpips_available
-
-            ok, reason = lpips_available("vgg")
-            if ok:
-                return LPIPS("vgg").to(self.device), "lpips"
-            if kind == "lpips":
-                raise UsageError(f"perceptual=lpips but LPIPS is unavailable: {reason}")
-            log.warning("LPIPS unavailable (%s); using 1 - MS-SSIM as the perceptual loss", reason)
-        return None, "msssim"
-
-    def _build_identity(self) -> nn.Module | None:
-        mode = self.cfg.identity.lower()
-        if self.cfg.id_lambda <= 0 or mode == "off":
-            return None
-        from gie_cli.metrics.identity import identity_available, load_identity_net
-
-        ok, reason = identity_available()
-        if ok:
-            return load_identity_net(device=self.device)
-        if mode == "on":
-            raise UsageError(f"identity=on but the ArcFace weights are unavailable: {reason}")
-        log.warning("ID loss off: %s", reason)
-        return None
-
-    def _build_discriminator(self, weights: str | None) -> Discriminator:
-        g = self.generator
-        sources = [self.cfg.discriminator] if self.cfg.discriminator else [w for w in (weights, self.cfg.init) if w]
-        for src in sources:
-            comp = load_components(src)
-            if "discriminator" not in comp.parts:
-                if self.cfg.discriminator:
-                    raise UsageError(f"discriminator={src}: the file has no StyleGAN2 discriminator ('d')")
-                continue
-            sd = comp.parts["discriminator"]
-            d = create_model("stylegan2-discriminator", **discriminator_config_from_state_dict(sd))
-            if d.size != g.size:
-                raise UsageError(f"discriminator={src} is for {d.size} px images, the generator draws {g.size} px")
-            load_state_dict_strict(d, sd, f"{comp.source} [discriminator]")
-            log.info("discriminator initialised from %s", comp.source)
-            return d
-        log.warning(
-            "no StyleGAN2 discriminator in the weights: adversarial loss with a freshly initialised one "
-            "(pass --set discriminator=FILE to start from a trained one, as the paper does)"
-        )
-        return create_model("stylegan2-discriminator", size=g.size, channels=g.channels)
 
     # ----------------------------------------------------------------------------------------------- loop API
     def batches(self) -> Iterator[Tensor]:
@@ -315,22 +204,21 @@ class GradStyleTrainer(Trainer):
 
     def modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"gradstyle": self.net}
-        if self.disc is not None:
-            mods["discriminator"] = self.disc
+        if self.losses.disc is not None:
+            mods["discriminator"] = self.losses.disc
         return mods
 
     def optimizers(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"gradstyle": self.opt}
-        if self.d_opt is not None:
-            opts["discriminator"] = self.d_opt
+        if self.losses.d_opt is not None:
+            opts["discriminator"] = self.losses.d_opt
         return opts
 
     def options(self) -> dict:
         return {
             "trainer": asdict(self.cfg),
             "gradstyle": self.net.config,
-            "perceptual_loss": self._perceptual_kind,
-            "id_loss": self._id_net is not None,
+            **self.losses.describe(),
             "loss_size": self.loss_size,
         }
 
@@ -352,33 +240,7 @@ class GradStyleTrainer(Trainer):
 
     # ----------------------------------------------------------------------------------------------- one step
     def _image_losses(self, img: Tensor, target: Tensor, metrics: dict[str, float], tag: str) -> Tensor:
-        c = self.cfg
-        small = _resize(img, self.loss_size)
-        l2 = (small - target).square().mean()
-        loss = c.l2_lambda * l2
-        metrics[f"l2_{tag}"] = float(l2.detach())
-        if self._perceptual_kind == "lpips":
-            p = self._perceptual(small, target).mean()
-        elif self._perceptual_kind == "msssim":
-            from gie_cli.metrics.ssim import ms_ssim
-
-            p = 1 - ms_ssim(small, target, data_range=2.0).mean()
-        else:
-            p = None
-        if p is not None:
-            loss = loss + c.lpips_lambda * p
-            metrics[f"perceptual_{tag}"] = float(p.detach())
-        if self._id_net is not None:
-            from gie_cli.metrics.identity import identity_similarity
-
-            ident = (1 - identity_similarity(self._id_net, small, target)).mean()
-            loss = loss + c.id_lambda * ident
-            metrics[f"id_{tag}"] = float(ident.detach())
-        if self.disc is not None:
-            adv = F.softplus(-self.disc(img)).mean()
-            loss = loss + c.adv_lambda * adv
-            metrics[f"adv_{tag}"] = float(adv.detach())
-        return loss
+        return self.losses(img, resize_to(img, self.loss_size), target, metrics, tag)
 
     def train_step(self, batch: Tensor, step: int) -> dict[str, float]:
         c = self.cfg
@@ -389,12 +251,11 @@ class GradStyleTrainer(Trainer):
             self._set_trainable(trained)
         x = batch.to(self.device)
         g = self.generator
-        real = _resize(x, g.size)
-        target = _resize(x, self.loss_size)
+        real = resize_to(x, g.size)
+        target = resize_to(x, self.loss_size)
         with torch.no_grad():
             wplus, pyramid = self.method.encode(x, return_features=True)
-        if self.disc is not None:
-            self.disc.requires_grad_(False)
+        self.losses.freeze_discriminator()
         metrics: dict[str, float] = {}
         # Reconstruction Stream
         rec: dict[str, dict[int, Tensor]] = {}
@@ -424,27 +285,8 @@ class GradStyleTrainer(Trainer):
         loss.backward()
         self.opt.step()
         metrics["loss"] = float(loss.detach())
-        if self.disc is not None:
-            metrics.update(self._discriminator_step(real, fakes, step))
+        metrics.update(self.losses.discriminator_step(real, fakes, step))
         return metrics
-
-    def _discriminator_step(self, real: Tensor, fakes: list[Tensor], step: int) -> dict[str, float]:
-        assert self.disc is not None and self.d_opt is not None
-        d = self.disc.requires_grad_(True)
-        fake = torch.cat([f.detach() for f in fakes])
-        d_loss = F.softplus(d(fake)).mean() + F.softplus(-d(real)).mean()
-        out = {"d_loss": float(d_loss.detach())}
-        if self.cfg.r1 > 0 and step % self.cfg.r1_every == 0:
-            r = real.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(d(r).sum(), r, create_graph=True)
-            r1 = grad.square().sum(dim=(1, 2, 3)).mean()
-            d_loss = d_loss + self.cfg.r1 / 2 * r1 * self.cfg.r1_every
-            out["r1"] = float(r1.detach())
-        self.d_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.d_opt.step()
-        d.requires_grad_(False)
-        return out
 
     def export(self, path) -> None:
         self.net.eval()
