@@ -65,11 +65,11 @@ def main() -> None:
                 stored = {"e4e": e4e.invert(x), "hfgi": hfgi.invert(x)}
             stored = {k: type(v)(v.wplus.clone(), dict(v.extras)) for k, v in stored.items()}  # as `gie edit` loads
 
-            def invert(bs: int, m=None) -> None:
+            def invert(bs: int, m=None, x=x) -> None:
                 with torch.no_grad():
                     m.render(m.invert(x[:bs]))
 
-            def edit(bs: int, m=None, key: str = "") -> None:
+            def edit(bs: int, m=None, key: str = "", stored=stored, delta=delta) -> None:
                 with torch.no_grad():
                     m.render(stored[key], delta)
 

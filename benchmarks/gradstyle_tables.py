@@ -1,4 +1,5 @@
-"""The README's GradStyle tables, printed from `gie benchmark` results (one run per table, every column from it).
+"""The README's tables of feature-level methods (GradStyle, HFGI), printed from `gie benchmark` results (one run per
+table, every column from it).
 
 Usage: python benchmarks/gradstyle_tables.py benchmarks/results/gradstyle/benchmark.json [more benchmark.json ...]
 """
@@ -20,9 +21,10 @@ def table(doc: dict) -> str:
     rows = [r for r in doc["results"] if r["status"] == "ok"]
     edits = doc["settings"]["edits"]
     stages = sorted({s for r in rows for s in (r.get("alignment") or {}).get("stages", {})},
-                    key=lambda s: int(s.split()[1]))  # fmt: skip
+                    key=lambda s: (s.split(" (")[0].split()[0], int(s.split("(")[1].split()[0])))  # fmt: skip
     head = ["method", "images/s", "PSNR dB", "SSIM", "attr MAE"]
-    head += [f"align {s.split('(')[1].rstrip(')')}" for s in stages] + ["zero edit dB"]
+    head += [f"align {s.split('(')[1].rstrip(')')}" if s.startswith("layer") else f"align {s}" for s in stages]
+    head += ["zero edit dB"]
     head += [f"{e} GT PSNR (attr change)" for e in edits]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -41,7 +43,7 @@ def table(doc: dict) -> str:
         out.append("| " + " | ".join(cells) + " |")
     note = (
         "align: relative L1 error of the aligned / the unaligned warped residual per stage (lower is better); "
-        "zero edit: the Editing Stream's PSNR at alpha = 0 minus the reconstruction's."
+        "zero edit: the editing path's PSNR at zero edit minus the reconstruction's (methods with a separate one)."
     )
     return "\n".join(out) + "\n\n" + note + "\n"
 

@@ -33,9 +33,11 @@ python -m gie_cli.synth.zoo pack e4e "$e4e" >/dev/null
 gs=$(train --method gradstyle --data "$WORK/faces" -w gie_cli/zoo/world-e4e.safetensors --set hidden=64 \
     --steps "$GS_STEPS" -b 8 --snapshot-every 300)
 python -m gie_cli.synth.zoo pack gradstyle "$gs" >/dev/null
-# 4b. HFGI's ADA + consultation encoder on the packed e4e (conditions at 32 px; stored on world.e4e as well)
-hf=$(train --method hfgi --data "$WORK/faces" -w gie_cli/zoo/world-e4e.safetensors --steps "$HFGI_STEPS" -b 8 \
-    --snapshot-every 500)
+# 4b. HFGI's ADA + consultation encoder on the packed e4e (conditions at 32 px; stored on world.e4e as well), on the
+#     same faces with objects drawn on 30% of them (trained on clean faces only, its conditions blow up on objects)
+gie synth -o "$WORK/faces_ood" --faces -n "$N_FACES" -s 64 --detail 1 --seed 1 --ood-prob 0.3 >/dev/null
+hf=$(train --method hfgi --data "$WORK/faces_ood" -w gie_cli/zoo/world-e4e.safetensors --steps "$HFGI_STEPS" -b 8 \
+    --snapshot-every 500 --set aug_rate=0.5)
 python -m gie_cli.synth.zoo pack hfgi "$hf" >/dev/null
 # 5. directions: a joint regression of sampled W codes on what the attribute estimator reads on their renders, so each
 #    direction moves its attribute with the others (as the estimator sees them) held fixed; power = attribute units

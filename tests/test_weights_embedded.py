@@ -164,13 +164,15 @@ def test_the_shipped_registry_declares_the_demo_zoo():
         "e4e": "world.e4e",
         "attributes": "world.attributes",
         "gradstyle": "world.gradstyle",
+        "hfgi": "world.hfgi",
     }
     pairs = [("world.generator", "stylegan2"), ("world.e4e", "e4e"), ("world.attributes", "attributes")]
-    for name, method in [*pairs, ("world.gradstyle", "gradstyle")]:
+    for name, method in [*pairs, ("world.gradstyle", "gradstyle"), ("world.hfgi", "hfgi")]:
         e = reg.get(name)
         assert e.embedded.startswith("zoo/world-") and e.format == "safetensors" and method in e.method
         assert e.embedded_path == ROOT / "gie_cli" / e.embedded and e.config["size"] == 64
     assert reg.get("world.e4e").real == "e4e.ffhq" and reg.get("world.generator").real == "stylegan2.ffhq"
+    assert reg.get("world.hfgi").real == "hfgi.ffhq"
     assert reg.get("world.attributes").real == "" and reg.get("world.gradstyle").real == ""  # no official GradStyle
     assert embedded_notice(reg.get("world.e4e")) == (
         "using the embedded demo model world.e4e (64 px synthetic faces, not for real photos; "

@@ -45,10 +45,12 @@ def test_zoo_files_are_registered_hashed_small_and_half_precision():
         with safe_open(str(path), framework="pt") as f:
             dtypes = {f.get_slice(k).get_dtype() for k in f.keys() if k not in ("latent_avg",)}
         assert dtypes <= {"F16", "I64", "BOOL"}, (kind, dtypes)
-    assert total <= 25_000_000
+    assert total <= 40_000_000  # the zoo's cap
+    assert (ZOO_DIR / ZOO_FILES["hfgi"][0]).stat().st_size <= 4_000_000  # issue 17: HFGI adds at most 4 MB
     assert resolve_weights(None, method="e4e") == ZOO_DIR / ZOO_FILES["e4e"][0]
     assert resolve_weights(None, method="optim") == ZOO_DIR / ZOO_FILES["generator"][0]
     assert resolve_weights(None, method="gradstyle") == ZOO_DIR / ZOO_FILES["gradstyle"][0]
+    assert resolve_weights(None, method="hfgi") == ZOO_DIR / ZOO_FILES["hfgi"][0]
 
 
 def test_no_zoo_model_is_stored_twice():
@@ -139,6 +141,33 @@ def test_world_gradstyle_edits_beat_e4e_edits_against_the_true_edited_photos():
             assert scores["gradstyle"] > scores["e4e"] + 1.0, (attr, scores)
 
 
+@torch.no_grad()
+def test_world_hfgi_reconstructs_better_than_its_e4e_and_keeps_part_of_it_through_edits():
+    """Issue 17: on held-out world faces HFGI's reconstruction beats its e4e's by over 1.5 dB (the benchmark's 32
+    faces: +2.8 dB), and its smile:+2 and age:+2 edits beat e4e's against the renderer's true edited photos (for the
+    amount each method edited). Its ADA is not asserted to align: on the world it does not (see the README)."""
+    from gie_cli.benchmark.data import synthface_data
+    from gie_cli.benchmark.world import load_judge
+    from gie_cli.editing import apply, render_edit
+
+    data = synthface_data(16, 64, seed=321)
+    judge, reason, _ = load_judge(None, torch.device("cpu"))
+    assert judge is not None, reason
+    hf, e4e = create_method("hfgi", None, "cpu"), create_method("e4e", None, "cpu")
+    invs = {"hfgi": hf.invert(data.images), "e4e": e4e.invert(data.images)}
+    recon = {k: (m.render(invs[k]) - data.images).square().mean().item() for k, m in (("hfgi", hf), ("e4e", e4e))}
+    assert 10 * np.log10(recon["e4e"] / recon["hfgi"]) > 1.5, recon
+    for attr in ("smile", "age"):
+        d = Direction.load(ROOT / "directions" / f"{attr}.direction.safetensors")
+        scores = {}
+        for name, m in (("hfgi", hf), ("e4e", e4e)):
+            inv = invs[name]
+            edited = render_edit(m, inv, apply(d, 2.0, inv.wplus))
+            gt, _, _ = judge.edit_ground_truth(data.params, attr, m.render(inv), edited, 64)
+            scores[name] = float(psnr(edited.clamp(-1, 1), gt, data_range=2.0).mean())
+        assert scores["hfgi"] > scores["e4e"] + 0.3, (attr, scores)
+
+
 def test_world_directions_are_bound_to_the_embedded_generator():
     g = create_method("e4e", None, "cpu").generator
     fp = generator_fingerprint(g)
@@ -199,7 +228,7 @@ def test_readme_main_job_runs_offline_on_the_zoo(tmp_path, monkeypatch):
             assert (edits / f"{name}.{key}.png").is_file()
 
 
-@pytest.mark.parametrize("method", ["e4e", "optim", "gradstyle"])
+@pytest.mark.parametrize("method", ["e4e", "optim", "gradstyle", "hfgi"])
 def test_describe_names_the_embedded_weights(method):
     m = create_method(method, None, "cpu", **({"steps": "1"} if method == "optim" else {}))
     assert Path(m.describe()["weights_path"]).parent == ZOO_DIR

@@ -37,15 +37,22 @@ class HFGITrainConfig:
     Attributes:
         condition_resolution: resolution of the conditioned layer (the first, upsampling conv of that block); 0 =
             the official 64 px, or half the output size for generators smaller than 128 px (the 64 px world: 32).
-        lr: Adam learning rate of ADA and the consultation encoder (with Lookahead; the appendix's 1e-4).
+        lr: Adam learning rate of the consultation encoder (with Lookahead; the appendix's 1e-4 for both modules).
+        ada_lr: Adam learning rate of ADA (0 = ``lr``). gie's 1e-3: a fresh ADA's output is about 20x the residual's
+            size and it must first learn to pass the residual through; at 1e-4 it was still worse than zeros after
+            300 steps on the world (``benchmarks/results/hfgi/align_loss.md``).
         lookahead_k, lookahead_alpha: Lookahead settings (the appendix names Lookahead, not its settings).
         l2_lambda, lpips_lambda, id_lambda, adv_lambda: loss weights (appendix: 1, 0.8, 0.1 faces / 0.5 cars, 0.01).
         perceptual: ``auto`` (LPIPS-VGG when its weights are installed, else ``1 - MS-SSIM``, the offline
             substitute), ``lpips``, ``msssim``, ``none``.
         identity: ``auto`` (ArcFace ID loss when ``arcface.ir_se50`` is installed, else none), ``on``, ``off``.
-        align_lambda: weight of the alignment loss (appendix: 0.1).
-        align_loss: ``l1`` = mean ``|ADA(warp(res), G(w)) - res|`` (the paper's, whose norm the appendix does not
-            name), or ``relative`` = ``|.|_1 / |res|_1`` per image (scale-free, as GradStyle's in gie).
+        align_loss: ``relative`` = ``|ADA(warp(res), G(w)) - res|_1 / |res|_1`` per image (gie's default: 0 =
+            aligned, 1 = no better than zeros) or ``l1`` = the mean absolute error (the paper's "alignment loss",
+            whose norm the appendix does not name).
+        align_lambda: its weight. The appendix's 0.1 on ``l1`` leaves ADA's output no residual: 300 steps on the world
+            end at relative error 1.77 against 0.82 for the warped residual itself (the consultation encoder learns
+            to read whatever ADA makes); gie's ``relative`` at 1 with ``ada_lr`` 1e-3 ends at 0.94 and reconstructs
+            better (``benchmarks/results/hfgi/align_loss.md``).
         distortion: ``RandomPerspective`` distortion scale of the self-supervised warp of the residual (0.15).
         aug_rate: probability that an image's residual is warped (the official ``aug_rate``); the others teach ADA
             to leave an aligned residual alone.
@@ -62,6 +69,7 @@ class HFGITrainConfig:
 
     condition_resolution: int = 0
     lr: float = 1e-4
+    ada_lr: float = 1e-3
     lookahead_k: int = 5
     lookahead_alpha: float = 0.5
     l2_lambda: float = 1.0
@@ -70,8 +78,8 @@ class HFGITrainConfig:
     id_lambda: float = 0.1
     identity: str = "auto"
     adv_lambda: float = 0.01
-    align_lambda: float = 0.1
-    align_loss: str = "l1"
+    align_loss: str = "relative"
+    align_lambda: float = 1.0
     distortion: float = 0.15
     aug_rate: float = 0.8
     d_lr: float = 1e-4
@@ -108,8 +116,9 @@ class HFGITrainer(Trainer):
     One step: ``w = e4e(x)``, ``rec = resize(clamp(G(w)))`` and the residual ``res = x - rec`` (no grad); with
     probability ``aug_rate`` the residual is perspective-warped (one random transform per image); ADA aligns it to
     ``rec`` (the "edited" image of an edit of 0) and the consultation encoder conditions ``G(w)``. Loss
-    ``L2 + 0.8 perceptual + lambda_id ID + 0.01 adv`` on the conditioned image plus ``0.1 L_align`` (ADA's output
-    against the unwarped residual); Adam + Lookahead at 1e-4; then a discriminator step (logistic loss + lazy R1).
+    ``L2 + 0.8 perceptual + lambda_id ID + 0.01 adv`` on the conditioned image plus ``L_align`` (ADA's output
+    against the unwarped residual; relative, see :class:`HFGITrainConfig`); Adam + Lookahead at 1e-4; then a
+    discriminator step (logistic loss + lazy R1).
     """
 
     name = "hfgi"
@@ -162,8 +171,11 @@ class HFGITrainer(Trainer):
         self.method.residue.train().requires_grad_(True)
         g = self.generator
         self.loss_size = min(c.loss_size, g.size) if c.loss_size > 0 else g.size
-        params = [*self.method.grid_align.parameters(), *self.method.residue.parameters()]
-        self.opt = Lookahead(torch.optim.Adam(params, lr=c.lr), c.lookahead_k, c.lookahead_alpha)
+        groups = [
+            {"params": list(self.method.residue.parameters()), "lr": c.lr},
+            {"params": list(self.method.grid_align.parameters()), "lr": c.ada_lr if c.ada_lr > 0 else c.lr},
+        ]
+        self.opt = Lookahead(torch.optim.Adam(groups), c.lookahead_k, c.lookahead_alpha)
         self.losses = ImageLosses(
             LossWeights(
                 l2=c.l2_lambda,
