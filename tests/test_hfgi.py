@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from gie_cli.cli import app
 from gie_cli.editing import Direction, apply, render_edit
 from gie_cli.errors import CheckpointError, StateDictMismatchError, UsageError
-from gie_cli.io.images import tensor_to_image
+from gie_cli.io.images import image_to_tensor, load_image, tensor_to_image
 from gie_cli.io.latents import load_latent
 from gie_cli.methods import Inversion, create_method
 from gie_cli.methods.e4e import EncoderMethod
@@ -253,8 +253,6 @@ def test_invert_then_edit_without_the_photo(world, tmp_path):
     res = _invoke("edit", latent, "-d", dfile, "-p", "0", "-p", "2", "-o", tmp_path / "edits", "--json")
     assert res.exit_code == 0, res.output
     outs = json.loads(res.stdout.splitlines()[0])["outputs"]
-    from gie_cli.io.images import image_to_tensor, load_image
-
     inv = Inversion(wplus, extras)
     with torch.no_grad():
         ours = render_edit(m, inv, apply(direction, 2.0, wplus))
