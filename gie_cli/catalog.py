@@ -34,6 +34,10 @@ METHODS: dict[str, Entry] = {
     "hfgi": Entry(
         "gie_cli.methods.hfgi.method:load_hfgi_method", "HFGI (Wang et al. 2022): e4e + ADA-aligned residual"
     ),
+    "style_transformer": Entry(
+        "gie_cli.methods.style_transformer.method:load_style_transformer",
+        "Style Transformer (Hu et al. 2022): learned queries attend to an IR-SE pyramid",
+    ),
 }
 
 #: trainer name -> ``factory(data, weights, device, batch_size, seed, **settings) -> Trainer``

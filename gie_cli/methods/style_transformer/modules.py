@@ -114,3 +114,33 @@ class StyleTransformerEncoder(IRSEBackbone):
             memory = feats[level].flatten(2).permute(2, 0, 1)  # [HW, B, D], row-major
             t = getattr(self, f"transformerlayer_{name}")(t, memory)
         return t.transpose(0, 1)
+
+
+def config_from_state_dict(sd: dict[str, Tensor]) -> dict:
+    """:class:`StyleTransformerEncoder` kwargs of an official-layout state dict (keys without ``encoder.``): rows and
+    width from ``z``, backbone units and widths from ``body``, FFN width from ``linear1``.
+
+    Raises:
+        KeyError: not a Style Transformer encoder state dict (no ``z``).
+    """
+    import re
+
+    units = sorted({int(m.group(1)) for k in sd if (m := re.match(r"body\.(\d+)\.", k))})
+    depths = [int(sd[f"body.{i}.res_layer.1.weight"].shape[0]) for i in units]
+    counts: list[int] = []
+    widths: list[int] = []
+    for d in depths:
+        if not widths or d != widths[-1]:
+            widths.append(d)
+            counts.append(0)
+        counts[-1] += 1
+    n_styles, style_dim = int(sd["z"].shape[1]), int(sd["z"].shape[2])
+    return {
+        "n_styles": n_styles,
+        "style_dim": style_dim,
+        "mode": "ir_se" if any(".res_layer.5.fc1." in k for k in sd) else "ir",
+        "input_nc": int(sd["input_layer.0.weight"].shape[1]),
+        "unit_counts": counts,
+        "widths": widths,
+        "dim_feedforward": int(sd["transformerlayer_coarse.linear1.weight"].shape[0]),
+    }
