@@ -147,8 +147,24 @@ def load_parity(name: str) -> tuple[dict, dict, dict]:
     folder = PARITY / name
     sd = _fixture_weights().make_state_dict(folder)
     io = torch.load(folder / "io.pt", weights_only=True)
+    for key, other in _SLIM["same_as"].get(name, {}).items():  # entries dropped as copies of another fixture's
+        io[key] = torch.load(PARITY / other / "io.pt", weights_only=True)[key]
     cfg = json.loads((folder / "manifest.json").read_text())["config"]
     return sd, io, cfg
+
+
+#: how the copies in tests/fixtures/parity were slimmed (``slim.py``): dropped duplicates, summarized outputs
+_SLIM = json.loads((PARITY / "slim.json").read_text())
+
+
+def assert_parity_io(out: torch.Tensor, io: dict, name: str, rows: slice = slice(None), max_abs: float = 1e-4) -> float:
+    """Assert ``out`` reproduces the fixture output ``io[name][rows]``; for an output the slimmed fixture keeps only as
+    ``<name>_pool4`` / ``<name>_crop64`` (``slim.json``), the same reductions of ``out``. Returns the error."""
+    if name in io:
+        return assert_parity(out, io[name][rows], max_abs)
+    h, w = out.shape[-2] // 2, out.shape[-1] // 2
+    pooled = assert_parity(torch.nn.functional.avg_pool2d(out, 4), io[f"{name}_pool4"][rows], max_abs)
+    return max(pooled, assert_parity(out[..., h - 32 : h + 32, w - 32 : w + 32], io[f"{name}_crop64"][rows], max_abs))
 
 
 def manifest_keys(name: str) -> list[tuple[str, list[int]]]:

@@ -8,7 +8,7 @@ import gc
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_parity, load_parity, slow
+from conftest import assert_parity, assert_parity_io, load_parity, slow
 
 from gie_cli.errors import StateDictMismatchError
 from gie_cli.methods import create_method
@@ -57,7 +57,7 @@ def test_rosinality_generator_file(tmp_path):
     g = build_generator(read_components(path)).eval()
     assert torch.equal(g.w_avg, avg)
     with torch.no_grad():
-        assert_parity(g(io["wplus"]), io["img_from_wplus"])
+        assert_parity_io(g(io["wplus"]), io, "img_from_wplus")
     # a truncated state dict is refused with the file and the missing keys named
     del sd["to_rgbs.0.bias"]
     sd["extra.weight"] = torch.zeros(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_parity, load_parity, manifest_keys, slow
+from conftest import assert_parity, assert_parity_io, load_parity, manifest_keys, slow
 
 from gie_cli.models import Discriminator, Generator, create_model
 from gie_cli.models.stylegan2 import (
@@ -54,8 +54,8 @@ def test_generator_parity(name, fused, monkeypatch):
         for key, red in _reduce_1024(img_wp).items():
             assert_parity(red, io[f"img_from_wplus_{key}"])
     else:
-        assert_parity(img_z, io["img_from_z"])
-        assert_parity(img_wp, io["img_from_wplus"])
+        assert_parity_io(img_z, io, "img_from_z")
+        assert_parity_io(img_wp, io, "img_from_wplus")
 
 
 def test_discriminator_parity():

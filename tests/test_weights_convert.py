@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_parity, load_parity
+from conftest import assert_parity, assert_parity_io, load_parity
 from torch import nn
 from typer.testing import CliRunner
 
@@ -46,8 +46,8 @@ def test_converter_reproduces_nvidia_outputs(nvidia):
             assert_parity(g.broadcast(g.mapping(io["z"])), io["ws"]),
             assert_parity(g.broadcast(g.mapping(io["z"], truncation=0.7)), io["ws_trunc07"]),
             # one sample per image keeps this fast on a CPU (the import test renders img's second sample)
-            assert_parity(g(io["wplus"][:1], noise_mode="const"), io["img"][:1]),  # G.synthesis(wplus, 'const')
-            assert_parity(g.generate(io["z"][1:]), io["img_z"][1:]),  # G(z, None, truncation_psi=1, 'const')
+            assert_parity_io(g(io["wplus"][:1], noise_mode="const"), io, "img", slice(0, 1)),  # G.synthesis(wplus)
+            assert_parity_io(g.generate(io["z"][1:]), io, "img_z", slice(1, None)),  # G(z, None, psi=1, 'const')
         ]
     assert max(errs) < 5e-5, errs
 
@@ -211,7 +211,7 @@ def test_import_convert_nvidia_pickle(nvidia, tmp_path, monkeypatch):
     )
     g = build_generator(comp).eval()
     with torch.no_grad():  # end to end on the sample the converter test does not render
-        assert_parity(g(io["wplus"][1:], noise_mode="const"), io["img"][1:])
+        assert_parity_io(g(io["wplus"][1:], noise_mode="const"), io, "img", slice(1, None))
 
 
 def test_restricted_unpickler_refuses_other_globals(tmp_path):
