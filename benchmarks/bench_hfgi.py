@@ -12,12 +12,9 @@ one warm-up batch, then ``--images`` images in batches.
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
-import time
 
 import torch
-from bench_invert import build, throughput
+from bench_invert import build, environment_line, throughput
 
 from gie_cli.methods import create_method
 from gie_cli.methods.e4e import EncoderMethod
@@ -46,12 +43,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(
-        f"date={time.strftime('%Y-%m-%d %H:%M')} commit={commit} torch={torch.__version__} device={dev_name} "
-        f"threads={torch.get_num_threads()} images={args.images}\n"
-    )
+    print(f"{environment_line(device)} images={args.images}\n")
     print("| config | batch | e4e invert+render img/s | HFGI invert+render img/s | HFGI / e4e time per image "
           "| e4e edit img/s | HFGI edit img/s | HFGI / e4e edit time |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")

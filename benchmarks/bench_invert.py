@@ -50,6 +50,16 @@ def throughput(fn, batch: int, n_images: int, device: torch.device) -> float:
     return n_batches * batch / (time.perf_counter() - t0)
 
 
+def environment_line(device: torch.device) -> str:
+    """``date=... commit=... torch=... device=... threads=...``: the header line of a benchmark printout."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return (
+        f"date={time.strftime('%Y-%m-%d %H:%M')} commit={commit} torch={torch.__version__} device={dev_name} "
+        f"threads={torch.get_num_threads()}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", nargs="+", default=["tiny", "full"], choices=list(CONFIGS))
@@ -58,12 +68,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(
-        f"date={time.strftime('%Y-%m-%d %H:%M')} commit={commit} torch={torch.__version__} device={dev_name} "
-        f"threads={torch.get_num_threads()}"
-    )
+    print(environment_line(device))
     for name in args.configs:
         m = build(name, device)
         s = m.input_size

@@ -208,6 +208,24 @@ def make_tiny_e4e(kind: str = "e4e"):
     return EncoderMethod(g, enc, g.broadcast(g.w_avg[None])[0].clone(), kind, cfg, True, "tiny").eval()
 
 
+def make_tiny_e4e_world(root: Path) -> dict:
+    """:func:`make_tiny_e4e` saved as ``root/e4e.safetensors`` and 8 images its generator drew (truncation 0.7) in
+    ``root/data``: ``{"root", "weights", "data", "e4e", "images" [8, 3, 32, 32]}``, for the refinement trainers."""
+    from gie_cli.io.images import tensor_to_image
+
+    e4e = make_tiny_e4e()
+    weights = root / "e4e.safetensors"
+    e4e.save(weights)
+    data = root / "data"
+    data.mkdir()
+    with torch.no_grad():
+        z = torch.randn(8, 32, generator=torch.Generator().manual_seed(1))
+        imgs = e4e.generator.generate(z, truncation=0.7).clamp(-1, 1)
+    for i, im in enumerate(imgs):
+        tensor_to_image(im).save(data / f"{i:02d}.png")
+    return {"root": root, "weights": weights, "data": data, "e4e": e4e, "images": imgs}
+
+
 def make_face(seed: int, size: int = 80) -> Image.Image:
     """A flat-coloured ``size`` px square with an asymmetric blob, colours keyed by ``seed``."""
     rng = np.random.default_rng(seed)

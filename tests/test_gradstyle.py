@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_e4e
+from conftest import make_tiny_e4e_world
 from PIL import Image
 from safetensors import safe_open
 from typer.testing import CliRunner
@@ -49,18 +49,7 @@ def _invoke(*args):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
     """A tiny e4e checkpoint (32 px generator, untrained encoder) and 8 images its generator drew."""
-    root = tmp_path_factory.mktemp("gradstyle")
-    e4e = make_tiny_e4e()
-    weights = root / "e4e.safetensors"
-    e4e.save(weights)
-    data = root / "data"
-    data.mkdir()
-    with torch.no_grad():
-        z = torch.randn(8, 32, generator=torch.Generator().manual_seed(1))
-        imgs = e4e.generator.generate(z, truncation=0.7).clamp(-1, 1)
-    for i, im in enumerate(imgs):
-        tensor_to_image(im).save(data / f"{i:02d}.png")
-    return {"root": root, "weights": weights, "data": data, "e4e": e4e}
+    return make_tiny_e4e_world(tmp_path_factory.mktemp("gradstyle"))
 
 
 def _train_args(world: dict, runs: Path, *extra: str) -> list:

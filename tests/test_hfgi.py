@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import _fixture_weights, assert_parity, load_parity, make_tiny_e4e, slow
+from conftest import _fixture_weights, assert_parity, load_parity, make_tiny_e4e_world, slow
 from safetensors import safe_open
 from typer.testing import CliRunner
 
 from gie_cli.cli import app
 from gie_cli.editing import Direction, apply, render_edit
 from gie_cli.errors import CheckpointError, StateDictMismatchError, UsageError
-from gie_cli.io.images import image_to_tensor, load_image, tensor_to_image
+from gie_cli.io.images import image_to_tensor, load_image
 from gie_cli.io.latents import load_latent
 from gie_cli.methods import Inversion, create_method
 from gie_cli.methods.e4e import EncoderMethod
@@ -64,18 +64,7 @@ def _tiny64_e4e() -> EncoderMethod:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
     """A tiny e4e checkpoint (32 px generator, untrained encoder) and 8 images its generator drew."""
-    root = tmp_path_factory.mktemp("hfgi")
-    e4e = make_tiny_e4e()
-    weights = root / "e4e.safetensors"
-    e4e.save(weights)
-    data = root / "data"
-    data.mkdir()
-    with torch.no_grad():
-        z = torch.randn(8, 32, generator=torch.Generator().manual_seed(1))
-        imgs = e4e.generator.generate(z, truncation=0.7).clamp(-1, 1)
-    for i, im in enumerate(imgs):
-        tensor_to_image(im).save(data / f"{i:02d}.png")
-    return {"root": root, "weights": weights, "data": data, "e4e": e4e, "images": imgs}
+    return make_tiny_e4e_world(tmp_path_factory.mktemp("hfgi"))
 
 
 # --------------------------------------------------------------------------------------------------- the recipe

@@ -11,6 +11,7 @@ import torch
 from gie_cli import catalog
 from gie_cli.errors import UsageError
 from gie_cli.methods.base import InversionMethod
+from gie_cli.settings import coerce
 
 MethodFactory = Callable[..., InversionMethod]
 REGISTRY = catalog.LazyRegistry(
@@ -40,6 +41,19 @@ def checks_options(check: OptionsCheck) -> Callable[[MethodFactory], MethodFacto
         return factory
 
     return deco
+
+
+def bool_options(method: str, options: Mapping[str, object], defaults: Mapping[str, bool]) -> dict[str, bool]:
+    """Parse a method's boolean settings (e.g. GradStyle's ``use_gam``, HFGI's ``use_ada``): ``defaults`` names them.
+
+    Raises:
+        UsageError: an unknown setting, or a value that is not a boolean.
+    """
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        known = ", ".join(f"{k} (true|false)" for k in defaults)
+        raise UsageError(f"{method} has no option {unknown[0]!r}", hint=f"known: {known}")
+    return {k: bool(coerce(method, k, options.get(k, d), bool)) for k, d in defaults.items()}
 
 
 def check_method_options(name: str, options: Mapping[str, object]) -> None:

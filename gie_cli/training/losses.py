@@ -47,6 +47,51 @@ class LossWeights:
     discriminator: str = ""
 
 
+@dataclass
+class ImageLossSettings:
+    """The loss settings every refinement trainer shares (``gie train --set key=value``); a trainer's settings
+    dataclass extends this one and may redeclare a default (e.g. GradStyle's ``adv_lambda``).
+
+    Attributes:
+        l2_lambda, lpips_lambda, id_lambda, adv_lambda: loss weights (the pSp family's 1, 0.8, 0.1, and 0.01 here).
+        perceptual: ``auto`` (LPIPS-VGG when its weights are installed, else ``1 - MS-SSIM``, the offline
+            substitute), ``lpips``, ``msssim``, ``none``.
+        identity: ``auto`` (ArcFace ID loss when ``arcface.ir_se50`` is installed, else none), ``on``, ``off``.
+        d_lr: discriminator learning rate (1e-4).
+        r1, r1_every: lazy R1 penalty of the discriminator (StyleGAN2's; 0 = off).
+        discriminator: checkpoint (file or registry name, e.g. ``stylegan2.ffhq``) whose StyleGAN2 discriminator
+            initialises D; empty = the trainer's own weights' if they have one, else a fresh one (logged).
+        loss_size: resolution of the L2/perceptual/ID losses (capped at the generator size).
+    """
+
+    l2_lambda: float = 1.0
+    lpips_lambda: float = 0.8
+    perceptual: str = "auto"
+    id_lambda: float = 0.1
+    identity: str = "auto"
+    adv_lambda: float = 0.01
+    d_lr: float = 1e-4
+    r1: float = 10.0
+    r1_every: int = 16
+    discriminator: str = ""
+    loss_size: int = 256
+
+    def loss_weights(self) -> LossWeights:
+        """These settings as :class:`ImageLosses` takes them."""
+        return LossWeights(
+            l2=self.l2_lambda,
+            perceptual=self.lpips_lambda,
+            identity=self.id_lambda,
+            adversarial=self.adv_lambda,
+            perceptual_kind=self.perceptual,
+            identity_mode=self.identity,
+            d_lr=self.d_lr,
+            r1=self.r1,
+            r1_every=self.r1_every,
+            discriminator=self.discriminator,
+        )
+
+
 def resize_to(x: Tensor, size: int) -> Tensor:
     """``x [B, C, H, H]`` at ``size`` (area when shrinking, bilinear when growing, itself when equal)."""
     if x.shape[-1] == size:

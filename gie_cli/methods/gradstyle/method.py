@@ -14,12 +14,11 @@ from gie_cli.io.checkpoint import load_state_dict_strict
 from gie_cli.methods.base import AlignmentProbe, Inversion
 from gie_cli.methods.e4e import EncoderMethod
 from gie_cli.methods.gradstyle.modules import GradStyleNet
-from gie_cli.methods.registry import checks_options
+from gie_cli.methods.registry import bool_options, checks_options
 from gie_cli.metrics.alignment import relative_l1
 from gie_cli.models.loading import build_encoder, build_generator, save_components, wplus_average
 from gie_cli.models.stylegan2 import Generator
 from gie_cli.ops.warp import warp_features
-from gie_cli.settings import coerce
 from gie_cli.weights import load_components, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -262,10 +261,7 @@ def gradstyle_options(options: dict[str, object]) -> dict[str, bool]:
     Raises:
         UsageError: an unknown option or a value that is not a boolean.
     """
-    unknown = sorted(set(options) - {"use_gam"})
-    if unknown:
-        raise UsageError(f"gradstyle has no option {unknown[0]!r}", hint="known: use_gam (true|false)")
-    return {"use_gam": bool(coerce("gradstyle", "use_gam", options.get("use_gam", True), bool))}
+    return bool_options("gradstyle", options, {"use_gam": True})
 
 
 @checks_options(gradstyle_options)

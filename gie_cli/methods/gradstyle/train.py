@@ -19,7 +19,7 @@ from gie_cli.ops.warp import random_perspective, warp_features
 from gie_cli.settings import parse_settings
 from gie_cli.training import Trainer
 from gie_cli.training.data import ImageFolder, endless
-from gie_cli.training.losses import ImageLosses, LossWeights, resize_to
+from gie_cli.training.losses import ImageLosses, ImageLossSettings, resize_to
 from gie_cli.training.optim import Lookahead
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------------- settings
 @dataclass
-class GradStyleTrainConfig:
+class GradStyleTrainConfig(ImageLossSettings):
     """Settings of ``gie train --method gradstyle --set key=value`` (defaults: the paper's, appendix A.1).
 
     Attributes:
@@ -48,22 +48,14 @@ class GradStyleTrainConfig:
             in 1500 steps; 1e-3 learns every stage).
         lookahead_k, lookahead_alpha: Lookahead settings (the paper names Lookahead, not its settings).
         l2_lambda, lpips_lambda, id_lambda, adv_lambda, f_lambda: loss weights (the paper's 1, 0.8, 0.1 faces /
-            0.5 cars, 0.001, 0.01).
+            0.5 cars, 0.001, 0.01); the other loss settings are :class:`ImageLossSettings`'.
         aligner_lambda: weight of ``L_aligner``, which gie takes as a relative error: per image and stage
             ``|F'_m - F_m|_1 / |F_m|_1``, summed over stages. The paper's 0.1 weighs an unnormalised L1 norm whose
             size follows the residuals' (tiny, and growing, early in training: the term vanished next to the image
             losses); normalised, 0 means aligned and 1 means no better than zeros, and the weight is 1.
         warp_p: probability that an image's residuals are perspective-warped in the Editing Stream (HFGI's
             ``RandomPerspective(p=aug_rate)``); the others teach the Aligner to leave aligned residuals alone.
-        perceptual: ``auto`` (LPIPS-VGG when its weights are installed, else MS-SSIM), ``lpips``, ``msssim``
-            (``1 - MS-SSIM``, the substitute when LPIPS weights are unavailable), ``none``.
-        identity: ``auto`` (ArcFace ID loss when ``arcface.ir_se50`` is installed, else none), ``on``, ``off``.
         distortion: random perspective distortion scale of the self-supervised warp (0.15).
-        d_lr: discriminator learning rate (1e-4).
-        r1, r1_every: lazy R1 penalty of the discriminator (StyleGAN2's; 0 = off).
-        discriminator: checkpoint (file or registry name, e.g. ``stylegan2.ffhq``) whose StyleGAN2 discriminator
-            initialises D; empty = the ``-w`` file's if it has one, else a fresh one (logged).
-        loss_size: resolution of the L2/perceptual/ID losses (capped at the generator size).
         progressive_every: > 0 = progressive training: stage ``m`` (with its GRM/gate/GAM) trains from step
             ``m * progressive_every`` with the earlier stages fixed and the later ones not yet used.
         init: a GradStyle checkpoint to fine-tune (then ``-w`` is not needed).
@@ -83,21 +75,11 @@ class GradStyleTrainConfig:
     aligner_lr: float = 1e-3
     lookahead_k: int = 5
     lookahead_alpha: float = 0.5
-    l2_lambda: float = 1.0
-    lpips_lambda: float = 0.8
-    perceptual: str = "auto"
-    id_lambda: float = 0.1
-    identity: str = "auto"
     adv_lambda: float = 0.001
     f_lambda: float = 0.01
     aligner_lambda: float = 1.0
     distortion: float = 0.15
     warp_p: float = 0.5
-    d_lr: float = 1e-4
-    r1: float = 10.0
-    r1_every: int = 16
-    discriminator: str = ""
-    loss_size: int = 256
     progressive_every: int = 0
     init: str = ""
 
@@ -176,18 +158,7 @@ class GradStyleTrainer(Trainer):
             groups.append({"params": list(self.net.gam.parameters()), "lr": c.aligner_lr})
         self.opt = Lookahead(torch.optim.Adam(groups), c.lookahead_k, c.lookahead_alpha)
         self.losses = ImageLosses(
-            LossWeights(
-                l2=c.l2_lambda,
-                perceptual=c.lpips_lambda,
-                identity=c.id_lambda,
-                adversarial=c.adv_lambda,
-                perceptual_kind=c.perceptual,
-                identity_mode=c.identity,
-                d_lr=c.d_lr,
-                r1=c.r1,
-                r1_every=c.r1_every,
-                discriminator=c.discriminator,
-            ),
+            c.loss_weights(),
             g.size,
             g.channels,
             self.device,

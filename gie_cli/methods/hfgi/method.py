@@ -16,12 +16,11 @@ from gie_cli.io.checkpoint import load_state_dict_strict
 from gie_cli.methods.base import AlignmentProbe, Inversion
 from gie_cli.methods.e4e import EncoderMethod
 from gie_cli.methods.hfgi.modules import CONDITION_LAYER, ResidualAligner, ResidualEncoder, condition_hook
-from gie_cli.methods.registry import checks_options
+from gie_cli.methods.registry import bool_options, checks_options
 from gie_cli.metrics.alignment import relative_l1
 from gie_cli.models.loading import Components, build_encoder, build_generator, save_components, wplus_average
 from gie_cli.models.stylegan2 import Generator
 from gie_cli.ops.warp import warp_features
-from gie_cli.settings import coerce
 from gie_cli.weights import load_components, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -307,10 +306,7 @@ def hfgi_options(options: dict[str, object]) -> dict[str, bool]:
     Raises:
         UsageError: an unknown option or a value that is not a boolean.
     """
-    unknown = sorted(set(options) - {"use_ada"})
-    if unknown:
-        raise UsageError(f"hfgi has no option {unknown[0]!r}", hint="known: use_ada (true|false)")
-    return {"use_ada": bool(coerce("hfgi", "use_ada", options.get("use_ada", True), bool))}
+    return bool_options("hfgi", options, {"use_ada": True})
 
 
 @checks_options(hfgi_options)

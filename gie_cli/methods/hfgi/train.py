@@ -21,7 +21,7 @@ from gie_cli.ops.warp import random_perspective, warp_features
 from gie_cli.settings import parse_settings
 from gie_cli.training import Trainer
 from gie_cli.training.data import ImageFolder, endless
-from gie_cli.training.losses import ImageLosses, LossWeights, resize_to
+from gie_cli.training.losses import ImageLosses, ImageLossSettings, resize_to
 from gie_cli.training.optim import Lookahead
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,9 @@ OFFICIAL_CONDITION_RESOLUTION = 64
 
 
 @dataclass
-class HFGITrainConfig:
-    """Settings of ``gie train --method hfgi --set key=value`` (defaults: the appendix's, A.1).
+class HFGITrainConfig(ImageLossSettings):
+    """Settings of ``gie train --method hfgi --set key=value`` (defaults: the appendix's, A.1; the loss settings of
+    :class:`ImageLossSettings` at the appendix's weights: 1, 0.8, 0.1 faces / 0.5 cars, 0.01).
 
     Attributes:
         condition_resolution: resolution of the conditioned layer (the first, upsampling conv of that block); 0 =
@@ -42,10 +43,6 @@ class HFGITrainConfig:
             size and it must first learn to pass the residual through; at 1e-4 it was still worse than zeros after
             300 steps on the world (``benchmarks/results/hfgi/align_loss.md``).
         lookahead_k, lookahead_alpha: Lookahead settings (the appendix names Lookahead, not its settings).
-        l2_lambda, lpips_lambda, id_lambda, adv_lambda: loss weights (appendix: 1, 0.8, 0.1 faces / 0.5 cars, 0.01).
-        perceptual: ``auto`` (LPIPS-VGG when its weights are installed, else ``1 - MS-SSIM``, the offline
-            substitute), ``lpips``, ``msssim``, ``none``.
-        identity: ``auto`` (ArcFace ID loss when ``arcface.ir_se50`` is installed, else none), ``on``, ``off``.
         align_loss: ``relative`` = ``|ADA(warp(res), G(w)) - res|_1 / |res|_1`` per image (gie's default: 0 =
             aligned, 1 = no better than zeros) or ``l1`` = the mean absolute error (the paper's "alignment loss",
             whose norm the appendix does not name).
@@ -56,11 +53,6 @@ class HFGITrainConfig:
         distortion: ``RandomPerspective`` distortion scale of the self-supervised warp of the residual (0.15).
         aug_rate: probability that an image's residual is warped (the official ``aug_rate``); the others teach ADA
             to leave an aligned residual alone.
-        d_lr: discriminator learning rate (1e-4).
-        r1, r1_every: lazy R1 penalty of the discriminator (StyleGAN2's; 0 = off).
-        discriminator: checkpoint (file or registry name) whose StyleGAN2 discriminator initialises D; empty = the
-            ``-w`` file's if it has one, else a fresh one (logged).
-        loss_size: resolution of the L2/perceptual/ID losses (capped at the generator size).
         zero_init: start the last conv of ``condition_scale3`` / ``condition_shift3`` at zero, so training starts
             from e4e's image (conditions 0) instead of the random conditions of a fresh official model, which
             scramble the 64 px feature (measured on the world: L2 0.96 at step 1 against e4e's 0.1).
@@ -72,21 +64,10 @@ class HFGITrainConfig:
     ada_lr: float = 1e-3
     lookahead_k: int = 5
     lookahead_alpha: float = 0.5
-    l2_lambda: float = 1.0
-    lpips_lambda: float = 0.8
-    perceptual: str = "auto"
-    id_lambda: float = 0.1
-    identity: str = "auto"
-    adv_lambda: float = 0.01
     align_loss: str = "relative"
     align_lambda: float = 1.0
     distortion: float = 0.15
     aug_rate: float = 0.8
-    d_lr: float = 1e-4
-    r1: float = 10.0
-    r1_every: int = 16
-    discriminator: str = ""
-    loss_size: int = 256
     zero_init: bool = True
     init: str = ""
 
@@ -177,18 +158,7 @@ class HFGITrainer(Trainer):
         ]
         self.opt = Lookahead(torch.optim.Adam(groups), c.lookahead_k, c.lookahead_alpha)
         self.losses = ImageLosses(
-            LossWeights(
-                l2=c.l2_lambda,
-                perceptual=c.lpips_lambda,
-                identity=c.id_lambda,
-                adversarial=c.adv_lambda,
-                perceptual_kind=c.perceptual,
-                identity_mode=c.identity,
-                d_lr=c.d_lr,
-                r1=c.r1,
-                r1_every=c.r1_every,
-                discriminator=c.discriminator,
-            ),
+            c.loss_weights(),
             g.size,
             g.channels,
             self.device,
