@@ -51,6 +51,10 @@ TRAINERS: dict[str, Entry] = {
     "hfgi": Entry(
         "gie_cli.methods.hfgi.train:train_hfgi", "train HFGI's ADA and consultation encoder on a frozen e4e (-w)"
     ),
+    "style_transformer": Entry(
+        "gie_cli.methods.style_transformer.train:train_style_transformer",
+        "train a Style Transformer encoder and its mapping MLP for a frozen synthesis network",
+    ),
     "generator": Entry(
         "gie_cli.synth.train:train_world_generator",
         "fit a StyleGAN2 generator to the synthetic face world (regression)",

@@ -4,13 +4,17 @@ through the user's path, its own fine-tuned mapping makes the queries, and FFHQ 
 from __future__ import annotations
 
 import gc
+import json
 
 import pytest
 import torch
-from conftest import assert_parity, load_parity, make_tiny_e4e, slow
+from conftest import assert_parity, load_parity, make_tiny_e4e, make_tiny_e4e_world, slow
+from typer.testing import CliRunner
+
+from gie_cli.cli import app
 
 from gie_cli.editing.binding import generator_fingerprint
-from gie_cli.errors import CheckpointError
+from gie_cli.errors import CheckpointError, UsageError
 from gie_cli.methods import create_method
 from gie_cli.methods.style_transformer import StyleTransformerEncoder
 from gie_cli.models.stylegan2 import Generator
@@ -80,3 +84,95 @@ def test_official_checkpoint_from_the_fixtures_reproduces_the_recorded_codes(tmp
     with torch.no_grad():
         codes = m.invert(io["img"]).wplus
     assert_parity(codes, io["codes"] + avg, 1e-4 * float(io["codes"].abs().max()))
+
+
+# --------------------------------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_tiny_e4e_world(tmp_path_factory.mktemp("st_world"))
+
+
+def _trainer(world: dict, **settings: str):
+    from gie_cli.methods.style_transformer.train import StyleTransformerTrainer
+
+    base = {"encoder": "tiny", "perceptual": "msssim", "id_lambda": "0", "lr": "0.001"}
+    return StyleTransformerTrainer(str(world["data"]), str(world["weights"]), "cpu", 8, 0, **(base | settings))
+
+
+def _recon_l2(method, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((method.generator(method.encode(x), noise_mode="const") - x).square().mean())
+
+
+def test_training_fits_the_encoder_and_mapping_with_the_synthesis_frozen(world):
+    t = _trainer(world)
+    m, g = t.method, t.method.generator
+    assert m.encoder.widths[-1] == g.style_dim and m.encoder.n_styles == g.n_latent  # sized for the generator
+    synthesis = {k: v.clone() for k, v in g.state_dict().items() if not k.startswith("style.")}
+    mapping = {k: v.clone() for k, v in g.style.state_dict().items()}
+    x = world["images"]
+    m.eval()
+    before = _recon_l2(m, x)
+    m.encoder.train()
+    batches = t.batches()
+    for step in range(40):
+        metrics = t.train_step(next(batches), step)
+    assert {"l2_rec", "perceptual_rec", "loss"} <= set(metrics) and "adv_rec" not in metrics  # pSp's losses, no D
+    m.eval()
+    after = _recon_l2(m, x)
+    assert after < 0.7 * before, (before, after)  # it learns to reconstruct its training images
+    now = g.state_dict()
+    assert all(torch.equal(v, now[k]) for k, v in synthesis.items())  # synthesis frozen
+    assert any(not torch.equal(v, g.style.state_dict()[k]) for k, v in mapping.items())  # mapping trained
+    with pytest.raises(UsageError, match="optimizer"):
+        _trainer(world, optimizer="sgd")
+
+
+def test_train_cli_exports_a_checkpoint_the_method_loads_and_body_from_copies_the_backbone(world, tmp_path):
+    runs = tmp_path / "runs"
+    args = ["train", "--method", "style_transformer", "--data", world["data"], "-w", world["weights"], "-b", 4,
+            "--run-dir", runs, "--set", "encoder=tiny", "--set", "perceptual=msssim", "--set", "id_lambda=0"]
+    res = CliRunner().invoke(app, [str(a) for a in [*args, "--steps", 2]])
+    assert res.exit_code == 0, res.output
+    opts = json.loads((runs / "00000-style_transformer" / "options.json").read_text())
+    assert opts["trainer"]["optimizer"] == "ranger" and opts["trainer"]["train_mapping"] is True
+    exported = res.stdout.strip()
+    m = create_method("style_transformer", exported)
+    x = world["images"][:2]
+    ref = _trainer(world, init=exported).method.eval()  # init= fine-tunes the exported model: same codes
+    with torch.no_grad():
+        torch.testing.assert_close(m.encode(x), ref.encode(x))
+    body = _trainer(world, body_from=exported).method.encoder.state_dict()
+    src = m.encoder.state_dict()
+    assert all(torch.equal(body[k], src[k]) for k in src if k.startswith(("input_layer.", "body.")))
+    assert not torch.equal(body["z"], src["z"])  # only the backbone is copied
+    with pytest.raises(UsageError, match="backbone does not match"):
+        _trainer(world, body_from=str(world["weights"]))  # the tiny e4e's backbone has other widths
+
+
+def test_stored_on_base_keeps_only_the_mapping_of_the_generator(world, tmp_path):
+    from safetensors import safe_open
+
+    from gie_cli.models.loading import save_on_base
+    from gie_cli.synth.zoo import ZOO_BASES
+
+    t = _trainer(world)
+    t.train_step(next(t.batches()), 0)  # the mapping moves, the synthesis does not
+    full = tmp_path / "st.safetensors"
+    t.export(full)
+    parts = ZOO_BASES["style_transformer"][1]
+    slim = save_on_base(tmp_path / "slim.safetensors", full, str(world["weights"]), parts)
+    with safe_open(str(slim), "pt") as f:
+        keys = list(f.keys())
+    assert any(k.startswith("decoder.style.") for k in keys) and any(k.startswith("encoder.") for k in keys)
+    assert not any(k.startswith("decoder.") and not k.startswith("decoder.style.") for k in keys)
+    x = world["images"][:2]
+    a, b = create_method("style_transformer", str(full)), create_method("style_transformer", str(slim))
+    with torch.no_grad():
+        torch.testing.assert_close(b.encode(x), a.encode(x), rtol=0, atol=0)
+        torch.testing.assert_close(b.render(b.invert(x)), a.render(a.invert(x)), rtol=0, atol=0)
+    with torch.no_grad():
+        t.method.generator.convs[0].conv.weight.add_(0.01)  # a synthesis that is not the base's is refused
+    t.export(full)
+    with pytest.raises(CheckpointError, match="decoder.convs.0.conv.weight' differs from the base"):
+        save_on_base(tmp_path / "bad.safetensors", full, str(world["weights"]), parts)

@@ -147,13 +147,18 @@ def _merge_base(comp: Components, base: dict, resolve: Resolver | None) -> Compo
             f"was made on {base['weights']} with sha256 {want[:12]}..., but {path} has {parent.sha256[:12]}...",
             hint="use the base file it was made with (or re-pack it on this one)",
         )
-    parts = dict(comp.parts)
+    parts = {k: dict(v) for k, v in comp.parts.items()}
     for name in base["parts"]:
         if name == "latent_avg":
             continue
-        if name in parts:
+        part, _, sub = name.partition(".")
+        theirs = _sub_part(parent.part(part), sub)
+        if not theirs:
+            raise CheckpointError(path, f"has no '{name}.*' weights, which the file based on it takes from it")
+        mine = parts.setdefault(part, {})
+        if any(k in mine for k in theirs):
             raise CheckpointError(comp.source, f"has '{name}.*' weights and also takes them from its base")
-        parts[name] = parent.part(name)
+        mine.update(theirs)
     avg = comp.latent_avg
     if "latent_avg" in base["parts"]:
         if parent.latent_avg is None:
@@ -180,7 +185,8 @@ def save_on_base(
         path: Output file (written atomically).
         src: A checkpoint whose ``parts`` equal ``base``'s (e.g. a GradStyle file and the e4e it was trained on).
         base: The base: a registry name, or a file path stored relative to ``path``'s folder.
-        parts: Prefixes (and/or ``"latent_avg"``) taken from the base.
+        parts: Prefixes (and/or ``"latent_avg"``) taken from the base: a part (``"decoder"``) or a dotted prefix
+            inside one (``"decoder.convs"``: the rest of the part stays in the file).
         half: Store the remaining float32 tensors as float16 (``latent_avg`` stays float32).
         atol: Largest allowed difference between a dropped tensor and the base's (0: identical).
         resolve: Resolves a registry-name ``base`` (see :func:`read_components`).
@@ -201,13 +207,15 @@ def save_on_base(
         if name == "latent_avg":
             pair = (tensors.get("latent_avg"), parent.latent_avg)
             mine, theirs = ({"": pair[0]}, {"": pair[1]}) if None not in pair else ({}, {"": None})
+            part = name
         else:
-            mine, theirs = own.get(name, {}), parent.parts.get(name, {})
+            part, _, sub = name.partition(".")
+            mine, theirs = _sub_part(own.get(part, {}), sub), _sub_part(parent.parts.get(part, {}), sub)
         if not mine or set(mine) != set(theirs):
             raise CheckpointError(src_path, f"'{name}' does not match the base {base} (missing or other keys)")
         for k, v in mine.items():
             if v.shape != theirs[k].shape or (v.float() - theirs[k].float()).abs().max().item() > atol:
-                raise CheckpointError(src_path, f"'{name}.{k}' differs from the base {base}: not made on it")
+                raise CheckpointError(src_path, f"'{part}.{k}' differs from the base {base}: not made on it")
     dropped = tuple(f"{n}." for n in parts if n != "latent_avg")
     keep = {
         k: (v.half() if half and v.dtype == torch.float32 and k != "latent_avg" else v)
@@ -218,6 +226,11 @@ def save_on_base(
     config = {**config, BASE_KEY: {"weights": ref, "sha256": parent.sha256, "parts": list(parts)}}
     save_safetensors(owner, keep, config)
     return owner
+
+
+def _sub_part(part: dict[str, Tensor], sub: str) -> dict[str, Tensor]:
+    """The keys of one part under the dotted prefix ``sub`` (all of them for ``""``), keys kept whole."""
+    return dict(part) if not sub else {k: v for k, v in part.items() if k.startswith(f"{sub}.")}
 
 
 def _split_prefixes(tensors: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:

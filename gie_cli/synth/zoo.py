@@ -24,6 +24,7 @@ ZOO_FILES: dict[str, tuple[str, str]] = {
     "attributes": ("world-attributes.safetensors", "world.attributes"),
     "gradstyle": ("world-gradstyle.safetensors", "world.gradstyle"),
     "hfgi": ("world-hfgi.safetensors", "world.hfgi"),
+    "style_transformer": ("world-style-transformer.safetensors", "world.style_transformer"),
 }
 #: kind -> (registry name of the zoo model it was trained on, the parts stored only there): a packed file keeps its
 #: own weights and refers to the base for the rest (``gie_cli.models.loading.save_on_base``), so no zoo model is
@@ -32,6 +33,11 @@ ZOO_BASES: dict[str, tuple[str, list[str]]] = {
     "e4e": ("world.generator", ["decoder"]),
     "gradstyle": ("world.e4e", ["encoder", "decoder", "latent_avg"]),
     "hfgi": ("world.e4e", ["encoder", "decoder", "latent_avg"]),
+    # the synthesis network only: Style Transformer fine-tunes the mapping MLP (decoder.style.*), which it keeps
+    "style_transformer": (
+        "world.generator",
+        [f"decoder.{p}" for p in ("input", "conv1", "to_rgb1", "convs", "to_rgbs", "noises")],
+    ),
 }
 
 log = logging.getLogger(__name__)
