@@ -12,7 +12,6 @@ from conftest import assert_parity, load_parity, make_tiny_e4e, make_tiny_e4e_wo
 from typer.testing import CliRunner
 
 from gie_cli.cli import app
-
 from gie_cli.editing.binding import generator_fingerprint
 from gie_cli.errors import CheckpointError, UsageError
 from gie_cli.methods import create_method
@@ -130,8 +129,25 @@ def test_training_fits_the_encoder_and_mapping_with_the_synthesis_frozen(world):
 
 def test_train_cli_exports_a_checkpoint_the_method_loads_and_body_from_copies_the_backbone(world, tmp_path):
     runs = tmp_path / "runs"
-    args = ["train", "--method", "style_transformer", "--data", world["data"], "-w", world["weights"], "-b", 4,
-            "--run-dir", runs, "--set", "encoder=tiny", "--set", "perceptual=msssim", "--set", "id_lambda=0"]
+    args = [
+        "train",
+        "--method",
+        "style_transformer",
+        "--data",
+        world["data"],
+        "-w",
+        world["weights"],
+        "-b",
+        4,
+        "--run-dir",
+        runs,
+        "--set",
+        "encoder=tiny",
+        "--set",
+        "perceptual=msssim",
+        "--set",
+        "id_lambda=0",
+    ]
     res = CliRunner().invoke(app, [str(a) for a in [*args, "--steps", 2]])
     assert res.exit_code == 0, res.output
     opts = json.loads((runs / "00000-style_transformer" / "options.json").read_text())

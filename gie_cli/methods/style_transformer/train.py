@@ -70,7 +70,9 @@ def _new_method(weights: str | None, c: StyleTransformerTrainConfig) -> StyleTra
             hint="e.g. -w world.generator, or an e4e/pSp checkpoint whose generator it should use",
         )
     if c.encoder not in ENCODER_CONFIGS:
-        raise UsageError(f"style_transformer setting encoder={c.encoder!r}", hint=f"one of {', '.join(ENCODER_CONFIGS)}")
+        raise UsageError(
+            f"style_transformer setting encoder={c.encoder!r}", hint=f"one of {', '.join(ENCODER_CONFIGS)}"
+        )
     comp = load_components(resolve_weights(weights, method="style_transformer training", what="a generator"))
     g = build_generator(comp)
     preset = dict(ENCODER_CONFIGS[c.encoder])
@@ -93,7 +95,9 @@ def _new_method(weights: str | None, c: StyleTransformerTrainConfig) -> StyleTra
         raise UsageError(f"style_transformer training: {e}") from None
     if c.body_from:
         _load_body(enc, c.body_from)
-    return StyleTransformerMethod(g, enc, wplus_average(comp, g).float(), "style_transformer", cfg, True, comp.weights_id)
+    return StyleTransformerMethod(
+        g, enc, wplus_average(comp, g).float(), "style_transformer", cfg, True, comp.weights_id
+    )
 
 
 def _load_body(encoder: StyleTransformerEncoder, spec: str) -> None:
