@@ -55,6 +55,10 @@ TRAINERS: dict[str, Entry] = {
         "gie_cli.methods.style_transformer.train:train_style_transformer",
         "train a Style Transformer encoder and its mapping MLP for a frozen synthesis network",
     ),
+    "latent_classifier": Entry(
+        "gie_cli.methods.style_transformer.editing_train:train_latent_classifier",
+        "train a latent attribute classifier on labelled faces' W+ codes (label-based editing)",
+    ),
     "generator": Entry(
         "gie_cli.synth.train:train_world_generator",
         "fit a StyleGAN2 generator to the synthetic face world (regression)",

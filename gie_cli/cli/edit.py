@@ -41,6 +41,7 @@ _EPILOG = examples(
     "gie invert aligned/ -o inv --json | gie edit - -d age -d pose --power=-3,0,3 -o edits",
     "gie edit inv/face.latent.safetensors -d my_dirs/beard.direction.safetensors -p 5 -o edits",
     "gie edit inv -d smile -o edits --paste-back      # also paste each edit into the original photo",
+    "gie edit inv --classifier world.latent_classifier -a smile -a glasses -p 2 -o edits   # label-based, 2nd order",
 )
 
 
@@ -88,6 +89,24 @@ def edit(
             "the direction's recommended range.",
         ),
     ] = None,
+    classifier: Annotated[
+        str | None,
+        typer.Option(
+            "--classifier",
+            help="Label-based editing (Style Transformer): a latent attribute classifier (file or registry name, "
+            "e.g. world.latent_classifier) whose --attribute edits are added to the directions.",
+        ),
+    ] = None,
+    attribute: Annotated[
+        list[str] | None,
+        typer.Option("--attribute", "-a", help="Attribute of --classifier to edit (repeatable; name or index)."),
+    ] = None,
+    target: Annotated[
+        float, typer.Option("--target", min=0.0, max=1.0, help="Label edits: target label (1 = more, 0 = less).")
+    ] = 1.0,
+    order: Annotated[
+        int, typer.Option("--order", min=1, max=2, help="Label edits: 1 first-order, 2 second-order (default).")
+    ] = 2,
     weights: Annotated[
         str | None, weights_option("Method checkpoint, overriding the one recorded in the latent files.")
     ] = None,
@@ -126,10 +145,15 @@ def edit(
     generator is refused unless --force. Re-running skips finished inputs. Exit code 0 when all inputs are ok or
     skipped, 1 when any failed, 2 for usage errors.
     """
-    from gie_cli.editing.session import EditPlan
+    from gie_cli.editing.session import EditPlan, label_directions
     from gie_cli.io.latents import LATENT_SUFFIX
 
-    plan = EditPlan.load(direction or [], parse_powers(power or []))
+    if (classifier is None) != (not attribute):
+        raise UsageError(
+            "label edits need both --classifier and --attribute", param="classifier" if attribute else "attribute"
+        )
+    labels = label_directions(classifier, attribute or [], target, order) if classifier else []
+    plan = EditPlan.load(direction or [], parse_powers(power or []), labels)
     if paste_back:
         _paste_module()
     items = plan_items(
@@ -143,6 +167,7 @@ def edit(
     )
     request = {  # what the outputs depend on besides the latent: a finished item is skipped only for the same
         "directions": [option_identity(d) for d in direction or []],
+        "label": [option_identity(classifier), attribute or [], target, order] if classifier else None,
         "edits": list(plan.keys()),
         "weights": option_identity(weights),
         "force": force,

@@ -80,6 +80,7 @@ class LatentClassifier(nn.Module):
         self.indep_fcs = nn.ModuleList(nn.Linear(self.fmaps[-1], embed_dim) for _ in range(n_classes))
         self.output_fcs = nn.ModuleList(nn.Linear(embed_dim, 1) for _ in range(n_classes))
         self.act = nn.ReLU() if activation == "relu" else nn.LeakyReLU(0.2)
+        self.generator: dict = {}  # the generator record it was trained for (gie files; not part of the config)
 
     @property
     def config(self) -> dict:
@@ -134,28 +135,58 @@ def classifier_config_from_state_dict(state_dict: dict[str, Tensor]) -> dict:
     return {"fmaps": fmaps, "n_classes": n_cls, "embed_dim": int(state_dict["indep_fcs.0.weight"].shape[0])}
 
 
-def load_latent_classifier(path: str | Path, activation: str = "leakyrelu") -> LatentClassifier:
+#: Config key of gie's latent classifier files (``{"latent_classifier": config, "generator": binding}``).
+CLASSIFIER_KEY = "latent_classifier"
+
+
+def save_latent_classifier(
+    classifier: LatentClassifier, path: str | Path, generator: dict | None = None, **extra: object
+) -> Path:
+    """Write a classifier as gie safetensors (``classifier.*`` tensors; its config, the generator record it was
+    trained for, and ``extra`` facts in the JSON config), atomically."""
+    from gie_cli.io.checkpoint import save_safetensors
+
+    tensors = {f"classifier.{k}": v.detach().float().cpu().contiguous() for k, v in classifier.state_dict().items()}
+    save_safetensors(path, tensors, {CLASSIFIER_KEY: classifier.config, "generator": generator or {}, **extra})
+    return Path(path)
+
+
+def load_latent_classifier(path: str | Path, activation: str | None = None) -> LatentClassifier:
     """A trained latent classifier from an official ``LCNet_40`` checkpoint (``{'state_dict': ...}``, keys optionally
     under ``classifier.``) or a gie safetensors file, frozen.
 
+    A gie file names its attributes, activation and generator (``classifier.generator``, a direction binding
+    record; empty for official files).
+
     Args:
         path: the checkpoint.
-        activation: ``leakyrelu`` (official label editing) or ``relu``; checkpoints do not record it.
+        activation: ``leakyrelu`` (official label editing) or ``relu``; None = the file's (gie) or ``leakyrelu``
+            (official checkpoints do not record it).
 
     Raises:
         UsageError: the keys do not have the ``LCNet_40`` layout.
         CheckpointError: unreadable file, or weights that do not load strictly.
     """
-    ck = read_checkpoint(path)
-    sd = ck["state_dict"] if isinstance(ck.get("state_dict"), dict) else ck
+    from gie_cli.io.checkpoint import load_safetensors
+
+    config: dict = {}
+    if Path(path).suffix.lower() == ".safetensors":
+        sd, config = load_safetensors(path)
+    else:
+        ck = read_checkpoint(path)
+        sd = ck["state_dict"] if isinstance(ck.get("state_dict"), dict) else ck
     if any(k.startswith("classifier.") for k in sd):
         sd = get_prefixed(sd, "classifier")
     try:
         cfg = classifier_config_from_state_dict(sd)
     except ValueError as e:
         raise UsageError(f"latent classifier {path}: {e}", param="classifier", value=path) from None
-    clf = LatentClassifier(**cfg, activation=activation)
+    saved = config.get(CLASSIFIER_KEY) or {}
+    clf = LatentClassifier(
+        **cfg, activation=activation or saved.get("activation") or "leakyrelu", attributes=saved.get("attributes")
+    )
     load_state_dict_strict(clf, sd, str(path))
+    clf.generator = dict(config.get("generator") or {})
     return clf.eval().requires_grad_(False)
 
 

@@ -73,15 +73,22 @@ class EditPlan:
     candidates: dict[str, list[Direction]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, directions: Sequence[str], powers: Sequence[float] = ()) -> EditPlan:
+    def load(cls, directions: Sequence[str], powers: Sequence[float] = (), extra: Sequence[Direction] = ()) -> EditPlan:
         """Load directions by name or path and pair each with ``powers`` (default: the ends of its recommended range).
+
+        Args:
+            directions: direction names or files.
+            powers: the powers of every direction.
+            extra: directions made for this run (label edits of ``--classifier``), after the named ones.
 
         Raises:
             UsageError: no direction, a direction not found, repeated names, or no powers for a direction.
         """
-        if not directions:
-            raise UsageError("no direction given", hint="see `gie directions list`", param="direction")
-        candidates = [load_direction_candidates(d) for d in directions]
+        if not directions and not extra:
+            raise UsageError(
+                "no direction given", hint="see `gie directions list`, or edit with --classifier", param="direction"
+            )
+        candidates = [load_direction_candidates(d) for d in directions] + [[d] for d in extra]
         names = [c[0].name for c in candidates]
         if len(set(names)) != len(names):
             raise UsageError(f"direction names repeat: {', '.join(names)}", param="direction")
@@ -112,6 +119,47 @@ class EditPlan:
 
     def __len__(self) -> int:
         return sum(len(ps) for _, ps in self.entries)
+
+
+def label_directions(
+    classifier: str, attributes: Sequence[str], target: float = 1.0, order: int = 2, xi: float = 1e-3
+) -> list[Direction]:
+    """Style Transformer's label-based edits (Hu et al. 2022) of ``attributes`` with a latent classifier, as
+    ``label`` directions named ``<attribute>-label<order>`` (``-to<target>`` added when the target is not 1).
+
+    Args:
+        classifier: a classifier file or registry name (gie's, or an official ``LCNet_40`` checkpoint).
+        attributes: attribute names (or indexes) of the classifier.
+        target: target label in [0, 1] (1: more of the attribute, 0: less).
+        order: 1 (first-order) or 2 (second-order) edit.
+        xi: the second-order finite-difference step.
+
+    Raises:
+        UsageError: an unknown attribute, a bad target or order, or a file that is not a latent classifier.
+    """
+    from gie_cli.editing.binding import provenance
+    from gie_cli.editing.fit import label_direction
+    from gie_cli.editing.label import load_latent_classifier
+    from gie_cli.weights import resolve_weights
+
+    if order not in (1, 2):
+        raise UsageError(f"--order must be 1 or 2, got {order}", param="order")
+    path = resolve_weights(classifier, method="label editing", what="a latent classifier")
+    clf = load_latent_classifier(path)
+    binding = dict(clf.generator)
+    if not binding.get("n_latent"):  # an official LCNet_40 file: no generator record; W+ rows of 512
+        binding = {"id": Path(path).name, "fingerprint": None, "style_dim": 512, "n_latent": clf.fmaps[0] // 512}
+    suffix = "" if target == 1.0 else "-to" + f"{target:g}".replace(".", "p")
+    out = []
+    for a in attributes:
+        try:
+            idx = clf.attribute_index(a)
+        except ValueError as e:
+            raise UsageError(f"{path}: {e}", param="attribute", value=a) from None
+        name = (clf.attributes[idx] if clf.attributes else f"attr{idx}").replace(" ", "_")
+        prov = provenance(f"label[order={order}]", source=str(path))
+        out.append(label_direction(f"{name}-label{order}{suffix}", clf, idx, binding, prov, target, order, xi))
+    return out
 
 
 @dataclass
