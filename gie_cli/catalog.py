@@ -59,6 +59,10 @@ TRAINERS: dict[str, Entry] = {
         "gie_cli.methods.style_transformer.editing_train:train_latent_classifier",
         "train a latent attribute classifier on labelled faces' W+ codes (label-based editing)",
     ),
+    "edit_transformer": Entry(
+        "gie_cli.methods.style_transformer.editing_train:train_edit_transformer",
+        "train a reference-based editing transformer on labelled faces' W+ codes (needs a latent classifier)",
+    ),
     "generator": Entry(
         "gie_cli.synth.train:train_world_generator",
         "fit a StyleGAN2 generator to the synthetic face world (regression)",

@@ -84,3 +84,65 @@ def test_label_edit_errors_name_the_fix(world, tmp_path):
     res = _invoke("edit", world["inv"], "--classifier", world["faces"] / "000000.png", "-a", "smile", "-o", tmp_path)
     assert res.exit_code != 0 and "000000.png" in res.output
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------------------------------- reference edits
+@pytest.fixture(scope="module")
+def editor(world):
+    runs = world["root"] / "editor_runs"
+    res = _invoke("train", "--method", "edit_transformer", "--data", world["faces"], "-w", "world.e4e", "-b", 64,
+                  "--steps", 150, "--run-dir", runs, "--set", f"classifier={world['classifier']}",
+                  "--set", "attributes=hair_lightness,smile,glasses", "--set", "holdout=0.2")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    run = runs / "00000-edit_transformer"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {"path": run / "edit_transformer.safetensors", "rows": rows}
+
+
+def test_the_editing_transformer_learns_to_take_the_reference_attribute(editor):
+    from gie_cli.editing.reference import load_edit_transformer
+
+    first, last = editor["rows"][0], editor["rows"][-1]
+    assert first["val_gap"] == pytest.approx(first["val_gap0"], abs=0.02)  # zero-initialised head: no edit at first
+    assert last["val_gap"] < 0.8 * last["val_gap0"], last  # held-out pairs: the classifier reads the reference's value
+    assert last["val_drift"] < 0.1, last  # while the other attributes stay
+    model = load_edit_transformer(editor["path"])
+    assert model.attributes == ["hair_lightness", "smile", "glasses"] and model.generator["fingerprint"]
+
+
+def test_gie_edit_with_a_reference_moves_the_attribute_toward_the_reference(world, editor, tmp_path):
+    from gie_cli.io.images import image_to_tensor, load_image
+    from gie_cli.synth.estimator import world_attributes
+
+    i = ATTRIBUTE_NAMES.index("hair_lightness")
+    faces = sorted(world["faces"].glob("00022*.png"))  # held-out faces
+    reads = world_attributes(torch.stack([image_to_tensor(load_image(p)) for p in faces]))[:, i]
+    sources = [image_to_tensor(load_image(world["faces"] / f"{s}.png")) for s in ("000230", "000231")]
+    src = float(world_attributes(torch.stack(sources))[:, i].mean())
+    ref = faces[int((reads - src).abs().argmax())]  # the reference whose hair differs most from the sources'
+    out = tmp_path / "edits"
+    res = _invoke("edit", world["inv"], "--reference", ref, "--editor", editor["path"], "-a", "hair_lightness",
+                  "-p", 0, "-p", 1, "-o", out, "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert all(r["status"] == "ok" for r in recs) and recs[0]["info"]["references"]["hair_lightness-ref"]["powers"]
+    target = float(world_attributes(image_to_tensor(load_image(ref))[None])[0, i])
+    for stem in ("000230", "000231"):
+        zero = image_to_tensor(load_image(out / f"{stem}.hair_lightness-ref+0.png"))
+        edited = image_to_tensor(load_image(out / f"{stem}.hair_lightness-ref+1.png"))
+        a0, a1 = world_attributes(torch.stack([zero, edited]))[:, i].tolist()
+        assert abs(a1 - target) < abs(a0 - target) - 0.05, (stem, a0, a1, target)
+
+
+def test_reference_edit_errors_name_the_fix(world, editor, tmp_path):
+    ref = world["faces"] / "000001.png"
+    res = _invoke("edit", world["inv"], "--reference", ref, "--editor", editor["path"], "-o", tmp_path / "o")
+    assert res.exit_code == 2 and "--attribute" in res.output
+    res = _invoke("edit", world["inv"], "--reference", ref, "--editor", editor["path"], "-a", "age", "-o", tmp_path)
+    assert res.exit_code == 2 and "cannot transfer 'age'" in res.output and "hair_lightness" in res.output
+    res = _invoke("edit", world["inv"], "--reference", tmp_path / "nope.png", "-a", "smile", "-o", tmp_path / "o")
+    assert res.exit_code == 2 and "nope.png" in res.output
+    res = _invoke("edit", world["inv"], "--reference", ref, "--editor", world["classifier"], "-a", "smile",
+                  "-o", tmp_path / "o")  # fmt: skip
+    assert res.exit_code != 0 and "not an editing transformer" in res.output
+    assert not (tmp_path / "o").exists()

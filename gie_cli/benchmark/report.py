@@ -46,6 +46,8 @@ _QUALITY = [
 _EDIT = [
     ("edit_attr", "attr change", "+.3f"),
     ("edit_others", "others |change|", ".3f"),
+    ("ref_gap", "|attr - ref| after", ".3f"),
+    ("ref_gap0", "|attr - ref| before", ".3f"),
     ("id_to_input", "ID to input", ".4f"),
     ("gt_mse", "GT MSE", ".5f"),
     ("gt_psnr", "GT PSNR dB", ".2f"),

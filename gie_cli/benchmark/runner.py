@@ -36,8 +36,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-METRIC_WEIGHT_KEYS = ("lpips-vgg", "lpips-alex", "identity", "fid", "attributes")
-"""Keys of the metric networks' weights (the CLI's ``--weights KEY=FILE`` keys that are not methods)."""
+METRIC_WEIGHT_KEYS = ("lpips-vgg", "lpips-alex", "identity", "fid", "attributes", "editor")
+"""Keys of the metric networks' weights (the CLI's ``--weights KEY=FILE`` keys that are not methods; ``editor`` is the
+editing transformer of reference edits)."""
 
 PROBE_SEED = 20261206
 """Seed of the perspective warps of the alignment probe (batch starting at image ``i`` uses ``PROBE_SEED + i``), so
@@ -50,15 +51,48 @@ PROBE_DISTORTION = 0.15
 # --------------------------------------------------------------------------------------------------- specs
 @dataclass(frozen=True)
 class EditSpec:
-    """One edit: a direction (by name or path) and a power."""
+    """One edit: a direction (by name or path) and a power; or, with ``reference``, a reference-based edit of the
+    attribute ``direction`` (Style Transformer's editing transformer: each image takes it from the previous image of
+    its batch)."""
 
     direction: str
     power: float
+    reference: bool = False
 
     @property
     def label(self) -> str:
-        """``name:+power`` (the key of the edit in the results)."""
+        """``name:+power`` (``attribute-ref:+power`` for reference edits; the key of the edit in the results)."""
+        if self.reference:
+            return f"{self.direction}-ref:{self.power:+g}"
         return f"{Path(self.direction).name.removesuffix('.direction.safetensors')}:{self.power:+g}"
+
+
+@dataclass
+class ReferenceTransfer:
+    """A reference edit prepared for a batch: image ``i`` takes ``editor``'s attribute ``index`` from image ``i - 1``
+    of its batch (``torch.roll`` by one), so no extra inversions are needed.
+
+    Attributes:
+        editor: the :class:`~gie_cli.editing.reference.EditTransformer`.
+        index: the attribute's index in the editor.
+        name: ``<attribute>-ref``.
+        path: the editor's file.
+    """
+
+    editor: Any
+    index: int
+    name: str
+    path: Path | None = None
+
+    def offset(self, wplus: Tensor, power: float) -> Tensor:
+        """``[B, n_latent, D]`` W+ offsets of the batch ``wplus``."""
+        w = wplus.float()
+        return self.editor.to(w.device).offset(w, w.roll(1, 0), self.index, power).to(wplus.dtype)
+
+
+def reference_params(params: Sequence) -> list:
+    """The reference of each item of a batch of world parameters (the previous item, as :class:`ReferenceTransfer`)."""
+    return [params[-1], *params[:-1]]
 
 
 @dataclass(frozen=True)
@@ -145,17 +179,33 @@ class PreparedEdit:
     attribute: str | None = None
 
 
-def load_directions(edits: Sequence[EditSpec]) -> dict[str, list | str]:
-    """Loads every same-named candidate file of each edit's direction once (``load_direction_candidates``).
+#: Key of the editing transformer in :func:`load_directions`' result.
+EDITOR = "@editor"
+
+
+def load_directions(edits: Sequence[EditSpec], editor: str | None = None) -> dict[str, Any]:
+    """Loads every same-named candidate file of each edit's direction once (``load_direction_candidates``), and the
+    editing transformer ``editor`` (file or registry name; None = the embedded default) when there are reference
+    edits.
 
     Returns:
-        Direction name -> candidate directions, or the reason it cannot be loaded.
+        Direction name -> candidate directions, or the reason it cannot be loaded; :data:`EDITOR` -> ``(editor,
+        path)`` or the reason.
     """
     from gie_cli.editing import load_direction_candidates
 
-    out: dict[str, list | str] = {}
+    out: dict[str, Any] = {}
+    if any(e.reference for e in edits):
+        from gie_cli.editing.reference import load_edit_transformer
+        from gie_cli.weights import resolve_weights
+
+        try:
+            path = resolve_weights(editor, method="edit_transformer", what="an editing transformer")
+            out[EDITOR] = (load_edit_transformer(path), path)
+        except GieError as err:
+            out[EDITOR] = str(err)
     for e in edits:
-        if e.direction in out:
+        if e.reference or e.direction in out:
             continue
         try:
             out[e.direction] = load_direction_candidates(e.direction)
@@ -171,6 +221,9 @@ def _prepare_edits(
 
     out = []
     for e in edits:
+        if e.reference:
+            out.append(_prepare_reference(e, directions.get(EDITOR), fingerprint))
+            continue
         cands = directions[e.direction]
         if isinstance(cands, str):
             out.append(PreparedEdit(e, reason=cands))
@@ -185,6 +238,24 @@ def _prepare_edits(
     return out
 
 
+def _prepare_reference(e: EditSpec, loaded: Any, fingerprint: str) -> PreparedEdit:
+    """A reference edit for one method: the editor must know the attribute and have been trained for its generator."""
+    from gie_cli.synth.params import ATTRIBUTE_NAMES
+
+    if not isinstance(loaded, tuple):
+        return PreparedEdit(e, reason=loaded or "no editing transformer")
+    editor, path = loaded
+    bound = (editor.generator or {}).get("fingerprint")
+    if bound and bound != fingerprint:
+        return PreparedEdit(e, reason=f"the editing transformer {path} was trained for another generator")
+    try:
+        idx = editor.attribute_index(e.direction)
+    except GieError as err:
+        return PreparedEdit(e, reason=str(err))
+    attr = e.direction if e.direction in ATTRIBUTE_NAMES else None
+    return PreparedEdit(e, ReferenceTransfer(editor, idx, f"{e.direction}-ref", Path(path)), None, attr)
+
+
 # --------------------------------------------------------------------------------------------------- running
 @dataclass
 class _Times:
@@ -197,7 +268,7 @@ class _Times:
 
 def _forward(method, x: Tensor, edits: Sequence[PreparedEdit], device: torch.device):
     """Invert, render and edit one batch; returns ``(recon, {label: edited}, seconds per stage)``."""
-    from gie_cli.editing import apply, render_edit
+    from gie_cli.editing import Edit, apply, render_edit
 
     secs: dict[str, float] = {}
     inv, recon, secs["encode"], secs["render"] = invert_and_render(method, x)
@@ -207,7 +278,10 @@ def _forward(method, x: Tensor, edits: Sequence[PreparedEdit], device: torch.dev
             continue
         t = time.perf_counter()
         with torch.no_grad():
-            e = apply(pe.direction, pe.spec.power, inv.wplus)
+            if isinstance(pe.direction, ReferenceTransfer):
+                e = Edit(pe.direction.offset(inv.wplus, pe.spec.power))
+            else:
+                e = apply(pe.direction, pe.spec.power, inv.wplus)
             edited[pe.spec.label] = render_edit(method, inv, e)
         synchronize(device)
         secs[pe.spec.label] = time.perf_counter() - t
@@ -284,6 +358,8 @@ def _measure(
 ) -> None:
     """Adds one batch's metric values to the accumulators (everything at the benchmark resolution) and, while
     ``sheet`` wants more, its first images."""
+    from gie_cli.synth.params import ATTRIBUTE_NAMES
+
     s = data.size
     x = data.images[i0:i1]
     rec = to_size(recon.detach().float(), s).clamp(-1, 1).cpu()
@@ -318,6 +394,11 @@ def _measure(
             if keep:
                 sheet.truth.setdefault(pe.spec.label, []).append(gt)
             ea.add({"edit_attr": change, "edit_others": others})
+            if pe.spec.reference:  # how far the edited attribute is from the reference's true value, after and before
+                k = list(ATTRIBUTE_NAMES).index(pe.attribute)
+                want = judge.truth(reference_params(params))[:, k]
+                ea.add({"ref_gap": (judge.attributes(img)[:, k] - want).abs(),
+                        "ref_gap0": (judge.attributes(rec)[:, k] - want).abs()})  # fmt: skip
             ea.add(suite.pairwise(img, gt, prefix="gt_"))
             ea.add_features("edited", suite.fid_features(img))
             ea.add_features("gt", suite.fid_features(gt))

@@ -47,7 +47,8 @@ _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]*$")
 
 # --------------------------------------------------------------------------------------------------- option parsers
 def parse_edits(spec: str | None) -> list[EditSpec]:
-    """``--edits "smile:3,age:-2"`` -> edit specs (a direction without ``:power`` is an error).
+    """``--edits "smile:3,age:-2,ref:hair_lightness:1"`` -> edit specs (a direction without ``:power`` is an error;
+    ``ref:`` marks a reference edit of an attribute).
 
     Raises:
         UsageError: A malformed entry.
@@ -66,7 +67,12 @@ def parse_edits(spec: str | None) -> list[EditSpec]:
             value = None
         if not sep or not name.strip() or value is None:
             raise UsageError(f"--edits entry {part!r} is not DIRECTION:POWER", hint="e.g. --edits smile:3,age:-2")
-        out.append(EditSpec(name.strip(), value))
+        name = name.strip()
+        ref = name.startswith("ref:")
+        name = name.removeprefix("ref:").strip()
+        if not name:
+            raise UsageError(f"--edits entry {part!r} names no attribute", hint="e.g. --edits ref:hair_lightness:1")
+        out.append(EditSpec(name, value, ref))
     labels = [e.label for e in out]
     if len(set(labels)) != len(labels):
         raise UsageError("--edits lists the same edit twice")
@@ -172,7 +178,12 @@ def benchmark(
     ] = None,
     edits: Annotated[
         str | None,
-        typer.Option("--edits", help="Edits DIRECTION:POWER, comma-separated (directions by name or path)."),
+        typer.Option(
+            "--edits",
+            help="Edits DIRECTION:POWER, comma-separated (directions by name or path); ref:ATTRIBUTE:POWER is a "
+            "reference edit (Style Transformer's editing transformer, --weights editor=FILE; each image takes the "
+            "attribute from the previous image of its batch).",
+        ),
     ] = None,
     weights: Annotated[
         list[str] | None,
@@ -272,7 +283,7 @@ def benchmark(
             bench.info["estimator_mae_on_inputs"] = round(
                 float(judge.attribute_error(bench.images, bench.params).mean()), 5
             )
-    directions = load_directions(edit_specs)
+    directions = load_directions(edit_specs, metric_weights.get("editor"))
 
     specs = [MethodSpec(name, kinds[name], method_weights.get(name), options[name]) for name in names]
     results = []
@@ -360,7 +371,7 @@ def _command_line(
     """The canonical command line that reproduces the run (every default spelled out)."""
     parts = ["gie", "benchmark", "--methods", methods, "--data", data, "--n", str(n)]
     if edits:
-        parts += ["--edits", ",".join(f"{e.direction}:{e.power:g}" for e in edits)]
+        parts += ["--edits", ",".join(f"{'ref:' * e.reference}{e.direction}:{e.power:g}" for e in edits)]
     for w in weights or []:
         parts += ["--weights", w]
     for s in settings or []:

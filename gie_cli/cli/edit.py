@@ -42,6 +42,7 @@ _EPILOG = examples(
     "gie edit inv/face.latent.safetensors -d my_dirs/beard.direction.safetensors -p 5 -o edits",
     "gie edit inv -d smile -o edits --paste-back      # also paste each edit into the original photo",
     "gie edit inv --classifier world.latent_classifier -a smile -a glasses -p 2 -o edits   # label-based, 2nd order",
+    "gie edit inv --reference ref.png -a hair_lightness -o edits     # take the reference face's hair lightness",
 )
 
 
@@ -107,6 +108,18 @@ def edit(
     order: Annotated[
         int, typer.Option("--order", min=1, max=2, help="Label edits: 1 first-order, 2 second-order (default).")
     ] = 2,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            help="Reference-based editing (Style Transformer): an aligned face whose --attribute each input takes "
+            "(inverted by each latent's own method); outputs NAME.<attribute>-ref<power>.",
+        ),
+    ] = None,
+    editor: Annotated[
+        str | None,
+        typer.Option("--editor", help="Editing transformer of --reference (file or registry name; default: embedded)"),
+    ] = None,
     weights: Annotated[
         str | None, weights_option("Method checkpoint, overriding the one recorded in the latent files.")
     ] = None,
@@ -148,12 +161,16 @@ def edit(
     from gie_cli.editing.session import EditPlan, label_directions
     from gie_cli.io.latents import LATENT_SUFFIX
 
-    if (classifier is None) != (not attribute):
-        raise UsageError(
-            "label edits need both --classifier and --attribute", param="classifier" if attribute else "attribute"
-        )
+    if attribute and classifier is None and reference is None:
+        raise UsageError("--attribute edits need --classifier (label-based) or --reference", param="attribute")
+    if (classifier is not None or reference is not None) and not attribute:
+        raise UsageError("--classifier and --reference edit the attributes named by --attribute", param="attribute")
+    powers = parse_powers(power or [])
     labels = label_directions(classifier, attribute or [], target, order) if classifier else []
-    plan = EditPlan.load(direction or [], parse_powers(power or []), labels)
+    references, edit_model = [], None
+    if reference is not None:
+        edit_model, references = _reference_edits(reference, editor, attribute or [], powers)
+    plan = EditPlan.load(direction or [], powers, labels, references)
     if paste_back:
         _paste_module()
     items = plan_items(
@@ -168,6 +185,7 @@ def edit(
     request = {  # what the outputs depend on besides the latent: a finished item is skipped only for the same
         "directions": [option_identity(d) for d in direction or []],
         "label": [option_identity(classifier), attribute or [], target, order] if classifier else None,
+        "reference": [option_identity(str(reference)), option_identity(editor), attribute] if reference else None,
         "edits": list(plan.keys()),
         "weights": option_identity(weights),
         "force": force,
@@ -187,10 +205,28 @@ def edit(
         from gie_cli.editing.session import EditSession
 
         dev = resolve_device(device)
-        session = EditSession(plan, dev, resolve_dtype(dtype, dev), weights, force, batch_size)
+        session = EditSession(plan, dev, resolve_dtype(dtype, dev), weights, force, batch_size, edit_model)
         return PerItem(lambda it, bs: _edit_one(session, it, grid, grid_size, paste_back, bs), batch_size)
 
     raise typer.Exit(job.run(work))
+
+
+def _reference_edits(reference: Path, editor: str | None, attributes: list[str], powers: list[float]):
+    """The editing transformer and one :class:`ReferenceEdit` per attribute (default power 1).
+
+    Raises:
+        UsageError: a reference image that does not exist, or an attribute the transformer was not trained for.
+    """
+    from gie_cli.editing.reference import load_edit_transformer
+    from gie_cli.editing.session import ReferenceEdit
+    from gie_cli.weights import resolve_weights
+
+    if not reference.is_file():
+        raise UsageError(f"reference image not found: {reference}", param="reference", value=reference)
+    model = load_edit_transformer(resolve_weights(editor, method="edit_transformer", what="an editing transformer"))
+    for a in attributes:
+        model.attribute_index(a)
+    return model, [ReferenceEdit(a, reference, powers or [1.0]) for a in attributes]
 
 
 def _outputs(out: Path, name: str, plan: EditPlan, ext: str, grid: bool, paste: bool) -> dict[str, Path]:

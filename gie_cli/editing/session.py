@@ -61,32 +61,63 @@ def edit_key(name: str, power: float) -> str:
 
 
 @dataclass
+class ReferenceEdit:
+    """A reference-based edit (Style Transformer): ``attribute`` taken from the face in ``image``.
+
+    Attributes:
+        attribute: the editing transformer's attribute.
+        image: the reference face (an aligned crop, inverted by each latent's own method).
+        powers: edit powers (1 = the transformer's edit, 0 = none).
+    """
+
+    attribute: str
+    image: Path
+    powers: list[float]
+
+    @property
+    def name(self) -> str:
+        """The name in output keys: ``<attribute>-ref``."""
+        return f"{self.attribute}-ref"
+
+
+@dataclass
 class EditPlan:
     """The directions to apply and their powers, with every same-named direction file for other generators.
 
     Attributes:
         entries: ``(direction, powers)`` per requested direction, in order (the search-path winner of each name).
         candidates: direction name -> the same-named directions on the search path (first = ``entries``' one).
+        references: reference-based edits, after the directions.
     """
 
     entries: list[tuple[Direction, list[float]]]
     candidates: dict[str, list[Direction]] = field(default_factory=dict)
+    references: list[ReferenceEdit] = field(default_factory=list)
 
     @classmethod
-    def load(cls, directions: Sequence[str], powers: Sequence[float] = (), extra: Sequence[Direction] = ()) -> EditPlan:
+    def load(
+        cls,
+        directions: Sequence[str],
+        powers: Sequence[float] = (),
+        extra: Sequence[Direction] = (),
+        references: Sequence[ReferenceEdit] = (),
+    ) -> EditPlan:
         """Load directions by name or path and pair each with ``powers`` (default: the ends of its recommended range).
 
         Args:
             directions: direction names or files.
             powers: the powers of every direction.
             extra: directions made for this run (label edits of ``--classifier``), after the named ones.
+            references: reference-based edits (their own powers).
 
         Raises:
-            UsageError: no direction, a direction not found, repeated names, or no powers for a direction.
+            UsageError: no edit, a direction not found, repeated names, or no powers for a direction.
         """
-        if not directions and not extra:
+        if not directions and not extra and not references:
             raise UsageError(
-                "no direction given", hint="see `gie directions list`, or edit with --classifier", param="direction"
+                "no direction given",
+                hint="see `gie directions list`, or edit with --classifier or --reference",
+                param="direction",
             )
         candidates = [load_direction_candidates(d) for d in directions] + [[d] for d in extra]
         names = [c[0].name for c in candidates]
@@ -111,14 +142,15 @@ class EditPlan:
                     hi,
                 )
             entries.append((d, ps))
-        return cls(entries, {c[0].name: c for c in candidates})
+        return cls(entries, {c[0].name: c for c in candidates}, list(references))
 
     def keys(self) -> list[str]:
         """Every edit's key (:func:`edit_key`), in plan order."""
-        return [edit_key(d.name, p) for d, ps in self.entries for p in ps]
+        keys = [edit_key(d.name, p) for d, ps in self.entries for p in ps]
+        return keys + [edit_key(r.name, p) for r in self.references for p in r.powers]
 
     def __len__(self) -> int:
-        return sum(len(ps) for _, ps in self.entries)
+        return sum(len(ps) for _, ps in self.entries) + sum(len(r.powers) for r in self.references)
 
 
 def label_directions(
@@ -197,6 +229,7 @@ class EditSession:
         weights: a checkpoint overriding the one each latent records.
         force: apply directions bound to another generator (same shapes) anyway, with a warning.
         batch_size: edits rendered per batch.
+        editor: the editing transformer of the plan's reference edits.
     """
 
     def __init__(
@@ -207,9 +240,14 @@ class EditSession:
         weights: str | None = None,
         force: bool = False,
         batch_size: int = 4,
+        editor: torch.nn.Module | None = None,
     ) -> None:
         self.plan, self.device, self.dtype = plan, device, dtype
         self.weights, self.force, self.batch_size = weights, force, batch_size
+        if plan.references and editor is None:
+            raise UsageError("reference edits need an editing transformer", param="editor")
+        self.editor = editor.to(device) if editor is not None else None
+        self._reference_codes: dict[tuple, torch.Tensor] = {}
         self._methods: dict[tuple, tuple[InversionMethod, str] | GieError] = {}  # key -> (method, fingerprint)
         self._checked: dict[tuple, GieError | None] = {}
         self._picked: set[tuple[str, str]] = set()
@@ -353,6 +391,10 @@ class EditSession:
                 row = [tensor_to_image(img) for img in self._render_powers(method, inv, d, ps, batch_size)]
                 images.update({edit_key(d.name, p): img for p, img in zip(ps, row, strict=True)})
                 rows.append(row)
+            for r in self.plan.references:
+                row = [tensor_to_image(img) for img in self._render_reference(method, key, fp, inv, r, batch_size)]
+                images.update({edit_key(r.name, p): img for p, img in zip(r.powers, row, strict=True)})
+                rows.append(row)
         t_render = time.perf_counter()
         info = {
             "method": meta.get("method"),
@@ -361,6 +403,11 @@ class EditSession:
                 d.name: {"space": d.space, "powers": ps, "generator": (d.generator or {}).get("id")} for d, ps in plan
             },
         }
+        if self.plan.references:
+            info["references"] = {
+                r.name: {"image": str(r.image), "attribute": r.attribute, "powers": r.powers}
+                for r in self.plan.references
+            }
         timings = {"load": (t_load - t0) * 1000, "render": (t_render - t_load) * 1000}
         return EditResult(latent, meta, images, rows, recon, info, timings)
 
@@ -387,6 +434,64 @@ class EditSession:
             for j, img in enumerate(images):
                 if nonfinite(img):
                     raise NonFiniteError(self._edit_nonfinite(method, inv, direction, powers[i + j]))
+            out.extend(images)
+        return out
+
+    def _reference_code(self, method: InversionMethod, key: tuple, fingerprint: str, image: Path) -> torch.Tensor:
+        """The W+ code ``[1, n_latent, D]`` of a reference face, inverted once per method; the editing transformer's
+        generator is checked against the method's.
+
+        Raises:
+            DirectionError: the editing transformer was trained for another generator (without ``force``).
+            GieError: the reference image cannot be read.
+        """
+        from gie_cli.editing.errors import DirectionError
+        from gie_cli.io.images import image_to_tensor, load_image
+
+        ck = (key, str(image))
+        if ck not in self._reference_codes:
+            bound = (self.editor.generator or {}).get("fingerprint")
+            if bound and bound != fingerprint:
+                made = self.editor.generator.get("id") or "another generator"
+                if not self.force:
+                    raise DirectionError(
+                        f"the editing transformer was trained for {made}, not this method's generator",
+                        hint="train one for it (gie train --method edit_transformer) or pass --force",
+                    )
+                log.warning("editing transformer trained for %s: applied to another generator (--force)", made)
+            x = image_to_tensor(load_image(image))[None].to(self.device, self.dtype)
+            with torch.no_grad():
+                self._reference_codes[ck] = method.invert(x).wplus.float()
+        return self._reference_codes[ck]
+
+    def _render_reference(
+        self,
+        method: InversionMethod,
+        key: tuple,
+        fingerprint: str,
+        inv: Inversion,
+        ref: ReferenceEdit,
+        batch_size: int | None = None,
+    ) -> list[torch.Tensor]:
+        """A reference edit at each of its powers on a one-item inversion (as :meth:`_render_powers`).
+
+        Raises:
+            NonFiniteError: an edited image holds NaN/Inf.
+        """
+        assert self.editor is not None
+        wr = self._reference_code(method, key, fingerprint, ref.image)
+        k = self.editor.attribute_index(ref.attribute)
+        ws = inv.wplus.float()
+        deltas = torch.cat([self.editor.offset(ws, wr, k, p) for p in ref.powers]).to(inv.wplus.dtype)
+        bs = max(1, batch_size or self.batch_size)
+        out: list[torch.Tensor] = []
+        for i in range(0, len(ref.powers), bs):
+            chunk = Edit(deltas[i : i + bs])
+            images = render_edit(method, Inversion.stack([inv] * len(chunk)), chunk).float().cpu()
+            for j, img in enumerate(images):
+                if nonfinite(img):
+                    what = f"the edit {edit_key(ref.name, ref.powers[i + j])}"
+                    raise NonFiniteError(f"{what} is not finite (NaN/Inf)", hint="use a smaller power")
             out.extend(images)
         return out
 

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 #: Faces inverted per batch when the training codes are made.
 INVERT_BATCH = 64
+#: The held-out metrics (``val_*``) are computed on the first step and every this many steps (the training loop logs
+#: every 10th); the steps between report the last values.
+VALIDATE_EVERY = 10
 
 
 @dataclass
@@ -194,6 +197,7 @@ class LatentClassifierTrainer(Trainer):
         self.classifier.to(self.device).train()
         self.opt = torch.optim.AdamW(self.classifier.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.batch_size, self.seed = batch_size, seed
+        self._val_metrics: dict[str, float] = {}
 
     def batches(self):
         for idx in index_batches(len(self.train_idx), min(self.batch_size, len(self.train_idx)), self.seed):
@@ -216,9 +220,9 @@ class LatentClassifierTrainer(Trainer):
         loss.backward()
         self.opt.step()
         metrics = {"bce": float(loss.detach())}
-        if len(self.val_idx):
-            metrics.update(self.evaluate(self.val_idx))
-        return metrics
+        if len(self.val_idx) and (step == 0 or step % VALIDATE_EVERY == VALIDATE_EVERY - 1):
+            self._val_metrics = self.evaluate(self.val_idx)
+        return metrics | self._val_metrics
 
     @torch.no_grad()
     def evaluate(self, idx: Tensor) -> dict[str, float]:
@@ -242,3 +246,151 @@ class LatentClassifierTrainer(Trainer):
 def train_latent_classifier(**kwargs) -> LatentClassifierTrainer:
     """The ``latent_classifier`` trainer (catalog entry)."""
     return LatentClassifierTrainer(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------------- editor
+@dataclass
+class EditTransformerTrainConfig:
+    """Settings of ``gie train --method edit_transformer`` (``--set key=value``).
+
+    Attributes:
+        classifier: the latent classifier (file or registry name) the losses read attributes with (required).
+        attributes: comma-separated attributes it learns to transfer (default: all of the classifier's).
+        encoders: more inversion checkpoints whose codes join ``-w``'s (as for ``latent_classifier``).
+        lr: Adam learning rate (the supplement's 1e-3).
+        attr_lambda: weight of the transfer loss ``BCE(C_k(w_e), sigmoid(C_k(w_r)))``.
+        keep_lambda: weight of the keep loss ``BCE(C_j(w_e), sigmoid(C_j(w_s)))`` over the other attributes ``j``.
+        latent_lambda: weight of ``|w_e - w_s|^2`` (mean over rows and width).
+        nhead, dim_feedforward: the decoder layer (0 = twice ``style_dim``).
+        holdout, limit: as for ``latent_classifier``.
+    """
+
+    classifier: str = ""
+    attributes: str = ""
+    encoders: str = ""
+    lr: float = 1e-3
+    attr_lambda: float = 1.0
+    keep_lambda: float = 1.0
+    latent_lambda: float = 0.1
+    nhead: int = 4
+    dim_feedforward: int = 0
+    holdout: float = 0.1
+    limit: int = 0
+
+
+class EditTransformerTrainer(Trainer):
+    """Trains :class:`~gie_cli.editing.reference.EditTransformer` on random (source, reference, attribute) triples of
+    labelled faces' codes, judged by a frozen latent classifier: the edited code takes the reference's value of the
+    attribute and keeps the source's others, close to the source."""
+
+    name = "edit_transformer"
+
+    def __init__(self, data: str, weights: str | None, device, batch_size: int, seed: int, **settings: str) -> None:
+        from gie_cli.editing.label import load_latent_classifier
+        from gie_cli.editing.reference import EditTransformer
+        from gie_cli.weights import resolve_weights
+
+        self.cfg = c = parse_settings(EditTransformerTrainConfig, settings, "edit_transformer training")
+        if not c.classifier:
+            raise UsageError(
+                "edit_transformer training needs --set classifier=FILE (a latent classifier for its losses)",
+                hint="train one with `gie train --method latent_classifier`, or use world.latent_classifier",
+            )
+        self.device = torch.device(device)
+        clf_path = resolve_weights(c.classifier, method="edit_transformer training", what="a latent classifier")
+        self.classifier = load_latent_classifier(clf_path).to(self.device)
+        names = [a.strip() for a in c.attributes.split(",") if a.strip()] or list(self.classifier.attributes or [])
+        if not names:
+            raise UsageError("the classifier names no attributes: pass --set attributes=0,1,...")
+        try:
+            self.attr_idx = torch.tensor([self.classifier.attribute_index(a) for a in names])
+        except ValueError as e:
+            raise UsageError(f"edit_transformer setting attributes: {e}") from None
+        self.data = invert_labelled_faces(data, _method_specs(c.encoders, weights), self.device, c.limit)
+        d = self.data
+        if d.codes.shape[1] * d.codes.shape[2] != self.classifier.fmaps[0]:
+            raise UsageError(f"{clf_path}: the classifier does not read these codes ({list(d.codes.shape[1:])})")
+        self.train_idx, self.val_idx = d.split(c.holdout)
+        torch.manual_seed(seed)
+        self.editor = EditTransformer(d.codes.shape[1], d.codes.shape[2], names, c.nhead, c.dim_feedforward)
+        self.editor.generator = d.generator
+        self.editor.to(self.device).train()
+        self.opt = torch.optim.Adam(self.editor.parameters(), lr=c.lr)
+        self.batch_size, self.seed = batch_size, seed
+        self._val_metrics: dict[str, float] = {}
+        self._val = self._triples(self.val_idx, torch.Generator().manual_seed(seed + 1), 512)
+
+    def _triples(self, pool: Tensor, gen: torch.Generator, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``n`` random (source, reference, attribute slot) triples from ``pool``."""
+        if len(pool) == 0:
+            return pool, pool, pool
+        src = pool[torch.randint(len(pool), (n,), generator=gen)]
+        ref = pool[torch.randint(len(pool), (n,), generator=gen)]
+        return src, ref, torch.randint(len(self.attr_idx), (n,), generator=gen)
+
+    def batches(self):
+        gen = torch.Generator().manual_seed(self.seed)
+        while True:
+            yield torch.stack(self._triples(self.train_idx, gen, self.batch_size))
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"editor": self.editor}
+
+    def optimizers(self) -> dict[str, Any]:
+        return {"editor": self.opt}
+
+    def options(self) -> dict:
+        d = self.data
+        return {"trainer": asdict(self.cfg), "methods": d.methods, "attributes": self.editor.attributes}
+
+    def losses(self, src: Tensor, ref: Tensor, slot: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """The weighted loss of a batch of triples (code indexes) and its terms; ``gap`` is the mean
+        ``|sigmoid C_k(w_e) - sigmoid C_k(w_r)|`` (``gap0``: the same for the unedited source)."""
+        c, d = self.cfg, self.data
+        ws, wr = d.codes[src].to(self.device), d.codes[ref].to(self.device)
+        k = self.attr_idx.to(self.device)[slot.to(self.device)]
+        we = self.editor(ws, wr, slot.to(self.device))
+        le, ls, lr = self.classifier(we), self.classifier(ws).detach(), self.classifier(wr).detach()
+        rows = torch.arange(len(k), device=self.device)
+        attr = F.binary_cross_entropy_with_logits(le[rows, k], torch.sigmoid(lr[rows, k]))
+        others = torch.ones_like(le, dtype=torch.bool)
+        others[rows, k] = False
+        keep = F.binary_cross_entropy_with_logits(le[others], torch.sigmoid(ls[others]))
+        lat = (we - ws).square().mean()
+        loss = c.attr_lambda * attr + c.keep_lambda * keep + c.latent_lambda * lat
+        pe, pr, ps = (torch.sigmoid(t[rows, k].detach()) for t in (le, lr, ls))
+        terms = {
+            "attr": float(attr.detach()),
+            "keep": float(keep.detach()),
+            "latent": float(lat.detach()),
+            "gap": float((pe - pr).abs().mean()),
+            "gap0": float((ps - pr).abs().mean()),
+            "drift": float((torch.sigmoid(le[others].detach()) - torch.sigmoid(ls[others])).abs().mean()),
+        }
+        return loss, terms
+
+    def train_step(self, batch: Tensor, step: int) -> dict[str, float]:
+        loss, metrics = self.losses(*batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        metrics["loss"] = float(loss.detach())
+        if len(self.val_idx) and (step == 0 or step % VALIDATE_EVERY == VALIDATE_EVERY - 1):
+            self.editor.eval()
+            with torch.no_grad():
+                _, val = self.losses(*self._val)
+            self.editor.train()
+            self._val_metrics = {f"val_{k}": v for k, v in val.items() if k in ("gap", "gap0", "drift")}
+        return metrics | self._val_metrics
+
+    def export(self, path) -> None:
+        from gie_cli.editing.reference import save_edit_transformer
+
+        self.editor.eval()
+        save_edit_transformer(self.editor, path, trained_on=self.data.methods, classifier=self.cfg.classifier)
+        self.editor.train()
+
+
+def train_edit_transformer(**kwargs) -> EditTransformerTrainer:
+    """The ``edit_transformer`` trainer (catalog entry)."""
+    return EditTransformerTrainer(**kwargs)
