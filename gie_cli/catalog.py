@@ -56,11 +56,11 @@ TRAINERS: dict[str, Entry] = {
         "train a Style Transformer encoder and its mapping MLP for a frozen synthesis network",
     ),
     "latent_classifier": Entry(
-        "gie_cli.methods.style_transformer.editing_train:train_latent_classifier",
+        "gie_cli.editing.train:train_latent_classifier",
         "train a latent attribute classifier on labelled faces' W+ codes (label-based editing)",
     ),
     "edit_transformer": Entry(
-        "gie_cli.methods.style_transformer.editing_train:train_edit_transformer",
+        "gie_cli.editing.train:train_edit_transformer",
         "train a reference-based editing transformer on labelled faces' W+ codes (needs a latent classifier)",
     ),
     "generator": Entry(
