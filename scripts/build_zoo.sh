@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Rebuilds gie's embedded demo zoo from scratch with gie's own commands:
-#   gie_cli/zoo/world-{generator,attributes,e4e,gradstyle,hfgi}.safetensors  (fp16, registry names world.*)
+#   gie_cli/zoo/world-{generator,attributes,e4e,gradstyle,hfgi,style-transformer,latent-classifier,
+#                      edit-transformer}.safetensors  (fp16, registry names world.*)
 #   directions/{yaw,smile,...}.direction.safetensors          (joint regression on the attribute estimator's readings)
 # Usage: scripts/build_zoo.sh   (env: WORK=build/zoo DEVICE=auto GEN_STEPS EST_STEPS E4E_STEPS GS_STEPS HFGI_STEPS
-#        N_FACES)
+#        ST_STEPS LC_STEPS ET_STEPS N_FACES)
 # On the 2-core CPU dev machine this takes about 2.5 hours with the defaults; a GPU takes minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,9 @@ EST_STEPS=${EST_STEPS:-3000}
 E4E_STEPS=${E4E_STEPS:-3000}
 GS_STEPS=${GS_STEPS:-1500}
 HFGI_STEPS=${HFGI_STEPS:-3000}
+ST_STEPS=${ST_STEPS:-3000}
+LC_STEPS=${LC_STEPS:-3000}
+ET_STEPS=${ET_STEPS:-3000}
 N_FACES=${N_FACES:-4096}
 DIRECTIONS=${DIRECTIONS:-"yaw smile mouth_open glasses age hair_length hair_lightness"}
 mkdir -p "$WORK"
@@ -39,6 +43,19 @@ gie synth -o "$WORK/faces_ood" --faces -n "$N_FACES" -s 64 --detail 1 --seed 1 -
 hf=$(train --method hfgi --data "$WORK/faces_ood" -w gie_cli/zoo/world-e4e.safetensors --steps "$HFGI_STEPS" -b 8 \
     --snapshot-every 500 --set aug_rate=0.5)
 python -m gie_cli.synth.zoo pack hfgi "$hf" >/dev/null
+# 4c. Style Transformer: encoder + mapping MLP on the packed generator, the backbone started from world.e4e's (the
+#     offline stand-in for the official ArcFace IR-SE50 start), e4e's lr; stored on world.generator's synthesis
+st=$(train --method style_transformer --data "$WORK/faces" -w "$gen" --set encoder=world \
+    --set body_from=gie_cli/zoo/world-e4e.safetensors --set lr=5e-4 --steps "$ST_STEPS" -b 16 --snapshot-every 500)
+python -m gie_cli.synth.zoo pack style_transformer "$st" >/dev/null  # (pack updates the registry hashes)
+# 4d. Style Transformer's editing models on the faces' e4e and Style Transformer codes: the latent classifier
+#     (label-based editing) and, judged by it, the reference-based editing transformer
+lc=$(train --method latent_classifier --data "$WORK/faces" -w world.e4e --set encoders=world.style_transformer \
+    --steps "$LC_STEPS" -b 256)
+python -m gie_cli.synth.zoo pack latent_classifier "$lc" >/dev/null
+et=$(train --method edit_transformer --data "$WORK/faces" -w world.e4e --set encoders=world.style_transformer \
+    --set classifier=world.latent_classifier --steps "$ET_STEPS" -b 64)
+python -m gie_cli.synth.zoo pack edit_transformer "$et" >/dev/null
 # 5. directions: a joint regression of sampled W codes on what the attribute estimator reads on their renders, so each
 #    direction moves its attribute with the others (as the estimator sees them) held fixed; power = attribute units
 python -m gie_cli.synth.zoo labels "$gen" -o "$WORK/world-labels.safetensors" -n 5000 --estimator "$est" >/dev/null

@@ -164,6 +164,11 @@ def test_train_cli_exports_a_checkpoint_the_method_loads_and_body_from_copies_th
     assert not torch.equal(body["z"], src["z"])  # only the backbone is copied
     with pytest.raises(UsageError, match="backbone does not match"):
         _trainer(world, body_from=str(world["weights"]))  # the tiny e4e's backbone has other widths
+    arcface = {k: v for k, v in src.items() if k.startswith(("input_layer.", "body."))}
+    arcface["output_layer.weight"] = torch.zeros(2)  # ArcFace's head is ignored
+    torch.save(arcface, tmp_path / "model_ir_se50.pth")  # the ArcFace layout: no encoder. prefix
+    body = _trainer(world, body_from=str(tmp_path / "model_ir_se50.pth")).method.encoder.state_dict()
+    assert all(torch.equal(body[k], v) for k, v in arcface.items() if not k.startswith("output_layer"))
 
 
 def test_stored_on_base_keeps_only_the_mapping_of_the_generator(world, tmp_path):

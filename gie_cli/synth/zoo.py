@@ -25,6 +25,8 @@ ZOO_FILES: dict[str, tuple[str, str]] = {
     "gradstyle": ("world-gradstyle.safetensors", "world.gradstyle"),
     "hfgi": ("world-hfgi.safetensors", "world.hfgi"),
     "style_transformer": ("world-style-transformer.safetensors", "world.style_transformer"),
+    "latent_classifier": ("world-latent-classifier.safetensors", "world.latent_classifier"),
+    "edit_transformer": ("world-edit-transformer.safetensors", "world.edit_transformer"),
 }
 #: kind -> (registry name of the zoo model it was trained on, the parts stored only there): a packed file keeps its
 #: own weights and refers to the base for the rest (``gie_cli.models.loading.save_on_base``), so no zoo model is

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gie_cli.errors import UsageError
-from gie_cli.io.checkpoint import get_prefixed
+from gie_cli.errors import CheckpointError, UsageError
+from gie_cli.io.checkpoint import read_checkpoint
 from gie_cli.methods.style_transformer.method import StyleTransformerMethod, load_style_transformer
 from gie_cli.methods.style_transformer.modules import StyleTransformerEncoder
 from gie_cli.models.encoders import ENCODER_CONFIGS
@@ -44,9 +44,9 @@ class StyleTransformerTrainConfig(ImageLossSettings):
         lr: learning rate of the encoder and the mapping MLP (the supplement's 1e-4).
         optimizer: ``ranger`` (RAdam + Lookahead, the supplement's) or ``adam``.
         train_mapping: also train the generator's mapping MLP (the supplement: yes; the synthesis stays frozen).
-        body_from: a pSp/e4e/Style Transformer checkpoint whose IR-SE ``input_layer``/``body`` initialise the
-            backbone (the official run starts from ArcFace's IR-SE50; offline, gie starts the world model from
-            ``world.e4e``'s body). Empty: a random backbone.
+        body_from: a pSp/e4e/Style Transformer checkpoint, or an ArcFace IR-SE50 (``arcface.ir_se50``, the
+            official run's start), whose IR-SE ``input_layer``/``body`` initialise the backbone (offline, gie starts
+            the world model from ``world.e4e``'s body). Empty: a random backbone.
         init: a Style Transformer checkpoint to fine-tune (then ``encoder``, ``body_from`` and ``-w`` are unused).
     """
 
@@ -106,9 +106,12 @@ def _load_body(encoder: StyleTransformerEncoder, spec: str) -> None:
     Raises:
         UsageError: the file has no encoder, or its backbone has other shapes.
     """
-    comp = load_components(resolve_weights(spec, method="style_transformer training", what="an IR-SE encoder"))
-    sd = comp.parts.get("encoder", {})
-    src = {f"{p}.{k}": v for p in ("input_layer", "body") for k, v in get_prefixed(sd, p).items()}
+    path = resolve_weights(spec, method="style_transformer training", what="an IR-SE encoder")
+    try:
+        sd = load_components(path).parts.get("encoder", {})
+    except CheckpointError:  # an ArcFace IR-SE50 (model_ir_se50.pth): a bare state dict with an output_layer
+        sd = read_checkpoint(path)
+    src = {k: v for k, v in sd.items() if k.startswith(("input_layer.", "body."))}
     own = {k: v for k, v in encoder.state_dict().items() if k.startswith(("input_layer.", "body."))}
     if not src or set(src) != set(own) or any(src[k].shape != own[k].shape for k in own):
         raise UsageError(
@@ -116,7 +119,7 @@ def _load_body(encoder: StyleTransformerEncoder, spec: str) -> None:
             hint="train with the preset that checkpoint was made with (--set encoder=...)",
         )
     encoder.load_state_dict(src, strict=False)
-    log.info("backbone initialised from %s (%d tensors)", comp.source, len(src))
+    log.info("backbone initialised from %s (%d tensors)", path, len(src))
 
 
 class StyleTransformerTrainer(Trainer):

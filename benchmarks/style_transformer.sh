@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 18: Style Transformer vs e4e vs pSp on 32 held-out synthetic-world faces, one `gie benchmark` run:
+# reconstruction, and edit fidelity against the renderer's ground truth for InterFaceGAN-style directions (the world's
+# regression directions), label-based edits of world.latent_classifier (first and second order) and reference-based
+# edits of world.edit_transformer. Writes benchmarks/results/style_transformer/ (benchmark.md/.json, contact sheet).
+# Usage: benchmarks/style_transformer.sh   (env: WORK=build/zoo OUT=benchmarks/results/style_transformer PSP_STEPS)
+# pSp is not in the zoo (11 MB): it is trained here once, like world.e4e (scripts/build_zoo.sh step 3), into $WORK.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${WORK:-build/zoo}
+OUT=${OUT:-benchmarks/results/style_transformer}
+PSP_STEPS=${PSP_STEPS:-3000}
+LABEL_POWER=${LABEL_POWER:-3}
+psp="$WORK/world-psp.safetensors"
+if [ ! -f "$psp" ]; then
+    [ -d "$WORK/faces" ] || gie synth -o "$WORK/faces" --faces -n 4096 -s 64 --detail 1 --seed 1 >/dev/null
+    run=$(gie train --method psp --data "$WORK/faces" -w world.generator --set encoder=world --set lr=5e-4 \
+        --steps "$PSP_STEPS" -b 16 --run-dir "$WORK/runs" --no-progress)
+    cp "$run" "$psp"
+fi
+# label directions of the embedded latent classifier, first and second order, on a folder of the direction path
+dirs="$WORK/label-directions"
+mkdir -p "$dirs"
+edits="smile:1,hair_lightness:1,glasses:1"
+for a in smile hair_lightness glasses; do
+    for o in 1 2; do
+        gie directions fit label -n "$a-label$o" -w world.generator --attribute "$a" --order "$o" \
+            --classifier gie_cli/zoo/world-latent-classifier.safetensors -o "$dirs" --overwrite >/dev/null
+        edits="$edits,$a-label$o:$LABEL_POWER"
+    done
+done
+edits="$edits,ref:smile:1,ref:hair_lightness:1,ref:glasses:1"
+GIE_DIRECTIONS_PATH="$dirs" gie benchmark --methods e4e,psp,style_transformer --weights psp="$psp" \
+    --data synthface --n 32 --edits "$edits" --metrics all -b 8 --size 64 --seed 20261121 --sheet 8 -o "$OUT"
