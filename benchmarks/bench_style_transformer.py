@@ -51,8 +51,13 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"{environment_line(device)} images={args.images}\n")
     names = ("e4e", "psp", "style_transformer")
-    print("| config | batch | " + " | ".join(f"{n} encode img/s" for n in names) + " | "
-          + " | ".join(f"{n} invert+render img/s" for n in names) + " | ST / e4e time per image (invert+render) |")
+    print(
+        "| config | batch | "
+        + " | ".join(f"{n} encode img/s" for n in names)
+        + " | "
+        + " | ".join(f"{n} invert+render img/s" for n in names)
+        + " | ST / e4e time per image (invert+render) |"
+    )
     print("|---|---|" + "---|" * (2 * len(names) + 1))  # fmt: skip
     for name in args.configs:
         ms = methods(name, device)

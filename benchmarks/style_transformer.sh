@@ -21,7 +21,7 @@ fi
 # label directions of the embedded latent classifier, first and second order, on a folder of the direction path
 dirs="$WORK/label-directions"
 mkdir -p "$dirs"
-edits="smile:1,hair_lightness:1,glasses:1"
+edits="smile:2,hair_lightness:1,glasses:2"
 for a in smile hair_lightness glasses; do
     for o in 1 2; do
         gie directions fit label -n "$a-label$o" -w world.generator --attribute "$a" --order "$o" \

@@ -15,9 +15,9 @@ EST_STEPS=${EST_STEPS:-3000}
 E4E_STEPS=${E4E_STEPS:-3000}
 GS_STEPS=${GS_STEPS:-1500}
 HFGI_STEPS=${HFGI_STEPS:-3000}
-ST_STEPS=${ST_STEPS:-3000}
+ST_STEPS=${ST_STEPS:-6000}
 LC_STEPS=${LC_STEPS:-3000}
-ET_STEPS=${ET_STEPS:-3000}
+ET_STEPS=${ET_STEPS:-10000}
 N_FACES=${N_FACES:-4096}
 DIRECTIONS=${DIRECTIONS:-"yaw smile mouth_open glasses age hair_length hair_lightness"}
 mkdir -p "$WORK"
@@ -51,7 +51,7 @@ python -m gie_cli.synth.zoo pack style_transformer "$st" >/dev/null  # (pack upd
 # 4d. Style Transformer's editing models on the faces' e4e and Style Transformer codes: the latent classifier
 #     (label-based editing) and, judged by it, the reference-based editing transformer
 lc=$(train --method latent_classifier --data "$WORK/faces" -w world.e4e --set encoders=world.style_transformer \
-    --steps "$LC_STEPS" -b 256)
+    --set hidden=128,64 --steps "$LC_STEPS" -b 256)
 python -m gie_cli.synth.zoo pack latent_classifier "$lc" >/dev/null
 et=$(train --method edit_transformer --data "$WORK/faces" -w world.e4e --set encoders=world.style_transformer \
     --set classifier=world.latent_classifier --steps "$ET_STEPS" -b 64)
