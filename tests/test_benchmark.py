@@ -202,6 +202,15 @@ def test_option_parsers():
     ]
     with pytest.raises(UsageError):
         parse_edits("smile:3,smile:3")
+    (ref,) = parse_edits("ref:hair_lightness:1")
+    assert (ref.direction, ref.power, ref.reference, ref.label) == (
+        "hair_lightness",
+        1.0,
+        True,
+        "hair_lightness-ref:+1",
+    )
+    with pytest.raises(UsageError, match="names no attribute"):
+        parse_edits("ref::1")
     assert split_weights(["e4e=a.pt", "identity=b.pth"], ["e4e"]) == ({"e4e": "a.pt"}, {"identity": "b.pth"})
     assert split_settings(["optim.steps=3", "optim.space=w"], ["e4e", "optim"]) == {
         "e4e": {},
@@ -332,3 +341,21 @@ def test_benchmark_contact_sheet_shows_inputs_reconstructions_edits_and_truth(wo
     for j in range(1, 6):
         x0 = pad + j * (cell + pad)
         assert sheet[head + pad : head + pad + cell, x0 : x0 + cell].std() > 5, j
+
+
+def test_reference_edits_move_each_face_toward_its_reference(tmp_path):
+    """Issue 18: ``ref:ATTR:POWER`` edits each face with the embedded editing transformer, the previous face of its
+    batch as reference; the estimator reads the edited faces closer to the references' true values. An attribute the
+    editor does not know is reported unavailable with the reason, not run."""
+    args = ["benchmark", "--methods", "style_transformer", "--data", "synthface", "--n", 8, "-b", 8,
+            "--edits", "ref:hair_lightness:1,ref:nose:1", "--metrics", "psnr", "-o", tmp_path / "out"]  # fmt: skip
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    edits = {e["edit"]: e for e in doc["results"][0]["edits"]}
+    m = edits["hair_lightness-ref:+1"]["metrics"]
+    assert edits["hair_lightness-ref:+1"]["attribute"] == "hair_lightness" and m["ref_gap"] < 0.7 * m["ref_gap0"], m
+    assert (
+        edits["nose-ref:+1"]["status"] == "unavailable" and "cannot transfer 'nose'" in edits["nose-ref:+1"]["reason"]
+    )
+    assert "ref:hair_lightness:1" in doc["command"]
