@@ -38,6 +38,10 @@ METHODS: dict[str, Entry] = {
         "gie_cli.methods.style_transformer.method:load_style_transformer",
         "Style Transformer (Hu et al. 2022): learned queries attend to an IR-SE pyramid",
     ),
+    "sfe": Entry(
+        "gie_cli.methods.sfe.method:load_sfe_method",
+        "StyleFeatureEditor (Bobkov et al. 2024): predicted 64 px feature + Feature Editor for edits",
+    ),
 }
 
 #: trainer name -> ``factory(data, weights, device, batch_size, seed, **settings) -> Trainer``

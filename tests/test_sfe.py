@@ -1,0 +1,124 @@
+"""StyleFeatureEditor as a gie method (Bobkov et al., CVPR 2024): the predicted feature replaces the generator's at
+the right point, edits go through the Feature Editor with the e4e codes' feature difference, and the official light
+checkpoints load strictly with the generator and e4e of their own files."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+from conftest import assert_parity, load_parity, make_tiny_e4e, slow
+from torch import nn
+
+from gie_cli.errors import CheckpointError, UsageError
+from gie_cli.methods import Inversion, create_method
+from gie_cli.methods.e4e import EncoderMethod
+from gie_cli.methods.sfe import ContentLayerDeepFast, Inverter
+from gie_cli.methods.sfe.method import E4E_KEY, FEATURE_KEY, SFEMethod, feature_layer_for
+
+
+def _tiny(editor: nn.Module | None = None) -> SFEMethod:
+    """SFE on the tiny e4e's 32 px generator: Inverter at 32 px, so the feature is the 8 px block's (layer 2)."""
+    e4e = make_tiny_e4e()
+    g = e4e.generator
+    torch.manual_seed(0)
+    c = g.layer_channels(2)
+    inv = Inverter(input_size=32, n_styles=g.n_latent, style_dim=g.style_dim, feature_channels=c,
+                   unit_counts=(1, 1, 1, 1), widths=(8, 16, 24, 32), fuser_length=2).eval()  # fmt: skip
+    editor = editor if editor is not None else ContentLayerDeepFast(2, 2 * c, c).eval()
+    return SFEMethod(g, e4e, inv, editor, e4e.latent_avg, "tiny").eval()
+
+
+class _Difference(nn.Module):
+    """A stand-in Feature Editor: ``cat(F, Δ) -> F - Δ``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1] // 2
+        return x[:, :c] - x[:, c:]
+
+
+def test_feature_layer_is_the_second_conv_of_the_feature_block():
+    g = make_tiny_e4e().generator  # 32 px: layers 1-2 at 8 px, 3-4 at 16 px, 5-6 at 32 px
+    assert feature_layer_for(g, 8) == 2 and feature_layer_for(g, 16) == 4
+    assert g.layer_resolution(feature_layer_for(g, 16)) == 16
+    with pytest.raises(ValueError, match="no 32 px block before its last"):
+        feature_layer_for(g, 32)
+
+
+@torch.no_grad()
+def test_the_generators_own_feature_in_place_of_f_k_redraws_g_of_w():
+    """The feature replaces the input of the next block only: with F_k = F_w the image is exactly G(w)."""
+    m = _tiny()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    inv = m.invert(x)
+    assert inv.extras[FEATURE_KEY].dtype == torch.float16 and inv.extras[FEATURE_KEY].shape == (2, 32, 8, 8)
+    torch.testing.assert_close(inv.extras[E4E_KEY], m._e4e().encode(x))
+    own = Inversion(inv.wplus, {**inv.extras, FEATURE_KEY: m.generator_feature(inv.wplus)})
+    torch.testing.assert_close(m.render(own), m.generator(inv.wplus, noise_mode="const"), rtol=0, atol=1e-6)
+    assert not torch.allclose(m.render(inv), m.generator(inv.wplus, noise_mode="const"), atol=1e-3)  # F_k is used
+
+
+@torch.no_grad()
+def test_edits_add_the_e4e_codes_feature_difference_through_the_feature_editor():
+    """With an editor that returns F - Δ, F_k = F_w(w) and e4e codes = w, an edit by d draws exactly G(w + d):
+    Δ = F(w_e4e) - F(w_e4e + d) is taken from the e4e codes with the official sign, and the edit renders w + d."""
+    m = _tiny(_Difference())
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    inv = m.invert(x)
+    w = inv.wplus
+    same = Inversion(w, {E4E_KEY: w.clone(), FEATURE_KEY: m.generator_feature(w)})
+    d = torch.randn(1, *w.shape[1:], generator=torch.Generator().manual_seed(3)) * 0.5
+    torch.testing.assert_close(m.render(same, d), m.generator(w + d, noise_mode="const"), rtol=0, atol=1e-5)
+    offsets = {3: torch.randn(1, m.generator.style_channels(3)) * 0.5}
+    want = m.generator(w, noise_mode="const", style_offsets=offsets)
+    torch.testing.assert_close(m.render(same, None, offsets), want, rtol=0, atol=1e-5)
+
+
+def test_an_inverter_only_model_inverts_and_refuses_edits_with_the_fix():
+    e4e = make_tiny_e4e()
+    m = _tiny()
+    bare = SFEMethod(m.generator, EncoderMethod(m.generator, e4e.encoder, e4e.latent_avg, "e4e", e4e.encoder_config),
+                     m.inverter, None, m.latent_avg)  # fmt: skip
+    with torch.no_grad():
+        inv = bare.invert(torch.zeros(1, 3, 32, 32))
+        bare.render(inv)
+        with pytest.raises(UsageError, match="no Feature Editor") as e:
+            bare.render(inv, torch.zeros_like(inv.wplus))
+    assert "sfe.editor_light" in str(e.value.hint)
+    with pytest.raises(UsageError, match="no SFE feature"):
+        m.render(Inversion(inv.wplus, {}))
+
+
+# --------------------------------------------------------------------------------------------------- official
+@slow  # 1024 px generator + IR-SE50 e4e + iresnet50 Inverter
+def test_official_light_checkpoints_from_the_fixtures_load_through_the_users_path(tmp_path):
+    enc_sd, enc_io, _ = load_parity("e4e_encoder_ir_se50")
+    dec_sd, _, _ = load_parity("stylegan2_g1024")
+    inv_sd, inv_io, _ = load_parity("sfe_inverter")
+    ed_sd, _, _ = load_parity("sfe_editor")
+    avg = torch.randn(512, generator=torch.Generator().manual_seed(3)) * 0.1
+    e4e_path = tmp_path / "e4e_ffhq_encode.pt"
+    sd = {f"encoder.{k}": v for k, v in enc_sd.items()} | {f"decoder.{k}": v for k, v in dec_sd.items()}
+    opts = {"encoder_type": "Encoder4Editing", "stylegan_size": 1024, "start_from_latent_avg": True}
+    torch.save({"state_dict": sd, "opts": opts, "latent_avg": avg.repeat(18, 1)}, e4e_path)
+    light = {f"inverter.{k}": v for k, v in inv_sd.items()} | {f"encoder.{k}": v for k, v in ed_sd.items()}
+    torch.save({"state_dict": light}, tmp_path / "sfe_editor_light.pt")
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in inv_sd.items()}}, tmp_path / "sfe_inverter_light.pt")
+    del sd, enc_sd, dec_sd, light
+    gc.collect()
+    m = create_method("sfe", str(tmp_path / "sfe_editor_light.pt"), generator=str(e4e_path), e4e=str(e4e_path))
+    assert m.feature_layer == 8 and m.generator.layer_resolution(8) == 64 and m.editor is not None
+    x = inv_io["img"]
+    with torch.no_grad():
+        codes, _ = m.inverter(x)
+        assert_parity(codes, inv_io["w_recon"], 1e-4 * float(inv_io["w_recon"].abs().max()))
+        inv = m.invert(x[:1])
+        torch.testing.assert_close(inv.wplus, codes[:1] + avg, rtol=0, atol=1e-5)
+        img = m.render(inv, torch.zeros_like(inv.wplus))
+    assert img.shape == (1, 3, 1024, 1024) and torch.isfinite(img).all()
+    bare = create_method("sfe", str(tmp_path / "sfe_inverter_light.pt"), generator=str(e4e_path), e4e=str(e4e_path))
+    assert bare.editor is None
+    torch.save({"state_dict": enc_io}, tmp_path / "not_sfe.pt")
+    with pytest.raises(CheckpointError, match="no SFE Inverter"):
+        create_method("sfe", str(tmp_path / "not_sfe.pt"), generator=str(e4e_path), e4e=str(e4e_path))
