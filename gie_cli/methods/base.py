@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gie_cli.errors import GieError
+from gie_cli.errors import CheckpointError, GieError
 from gie_cli.models.stylegan2 import Generator
 
 log = logging.getLogger(__name__)
@@ -237,3 +238,20 @@ def invert_and_render(method: InversionMethod, images: Tensor) -> tuple[Inversio
         rendered = method.render(inv)
     synchronize(dev)
     return inv, rendered, t1 - t0, time.perf_counter() - t1
+
+
+M = TypeVar("M", bound=InversionMethod)
+
+
+def built_from(path: str | Path, build: Callable[[], M]) -> M:
+    """``build()`` a method from the parts of the file ``path``, which it then records as ``weights_path``.
+
+    Raises:
+        CheckpointError: parts that do not fit each other (the constructor's ``ValueError``), naming the file.
+    """
+    try:
+        method = build()
+    except ValueError as e:
+        raise CheckpointError(path, str(e)) from None
+    method.weights_path = str(Path(path).resolve())
+    return method

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +12,7 @@ from torch import Tensor, nn
 
 from gie_cli.errors import CheckpointError, UsageError
 from gie_cli.io.checkpoint import load_state_dict_strict
-from gie_cli.methods.base import AlignmentProbe, Inversion
+from gie_cli.methods.base import AlignmentProbe, Inversion, built_from
 from gie_cli.methods.e4e import EncoderMethod
 from gie_cli.methods.hfgi.modules import CONDITION_LAYER, ResidualAligner, ResidualEncoder, condition_hook
 from gie_cli.methods.registry import bool_options, checks_options
@@ -281,8 +280,9 @@ def load_hfgi(weights: str | None, use_ada: bool = True) -> HFGIMethod:
     load_state_dict_strict(residue, comp.part("residue"), f"{comp.source} [residue.*]")
     avg = wplus_average(comp, generator)
     start = bool(comp.opts.get("start_from_latent_avg", True))
-    try:
-        method = HFGIMethod(
+    return built_from(
+        path,
+        lambda: HFGIMethod(
             generator,
             encoder,
             avg.float(),
@@ -293,11 +293,8 @@ def load_hfgi(weights: str | None, use_ada: bool = True) -> HFGIMethod:
             start,
             comp.weights_id,
             use_ada,
-        )
-    except ValueError as e:
-        raise CheckpointError(path, str(e)) from None
-    method.weights_path = str(Path(path).resolve())
-    return method
+        ),
+    )
 
 
 def hfgi_options(options: dict[str, object]) -> dict[str, bool]:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from gie_cli.errors import CheckpointError, UsageError
 from gie_cli.io.checkpoint import get_prefixed, load_state_dict_strict, read_checkpoint
-from gie_cli.methods.base import Inversion, InversionMethod
+from gie_cli.methods.base import Inversion, InversionMethod, built_from
 from gie_cli.methods.e4e import EncoderMethod
 from gie_cli.methods.e4e.method import load_encoder_method
 from gie_cli.methods.registry import checks_options
@@ -217,13 +217,9 @@ def load_sfe(weights: str | None, generator: str = "stylegan2.ffhq", e4e: str = 
     e4e_method = load_encoder_method("e4e", e4e)
     e4e_method = EncoderMethod(g, e4e_method.encoder, e4e_method.latent_avg, "e4e", e4e_method.encoder_config,
                                e4e_method.start_from_latent_avg)  # fmt: skip
-    try:
-        method = SFEMethod(g, e4e_method, inverter.eval(), editor.eval() if editor else None,
-                           wplus_average(gcomp, g), f"{Path(path).name}@{sha256_file(Path(path))[:12]}")  # fmt: skip
-    except ValueError as err:
-        raise CheckpointError(path, str(err)) from None
-    method.weights_path = str(Path(path).resolve())
-    return method
+    wid = f"{Path(path).name}@{sha256_file(Path(path))[:12]}"
+    ed = editor.eval() if editor else None
+    return built_from(path, lambda: SFEMethod(g, e4e_method, inverter.eval(), ed, wplus_average(gcomp, g), wid))
 
 
 def sfe_options(options: dict[str, object]) -> dict[str, str]:

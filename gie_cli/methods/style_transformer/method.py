@@ -3,12 +3,11 @@ method: its encoder with the queries made by the checkpoint's own (fine-tuned) m
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from torch import Tensor
 
 from gie_cli.errors import CheckpointError
 from gie_cli.io.checkpoint import load_state_dict_strict
+from gie_cli.methods.base import built_from
 from gie_cli.methods.e4e import EncoderMethod
 from gie_cli.methods.style_transformer.modules import StyleTransformerEncoder, config_from_state_dict
 from gie_cli.models.loading import build_generator, wplus_average
@@ -53,11 +52,9 @@ def load_style_transformer(weights: str | None, **_: object) -> StyleTransformer
     generator = build_generator(comp)
     avg = wplus_average(comp, generator)
     start = bool(comp.opts.get("start_from_latent_avg", True))
-    try:
-        method = StyleTransformerMethod(
+    return built_from(
+        path,
+        lambda: StyleTransformerMethod(
             generator, encoder.eval(), avg.float(), "style_transformer", cfg, start, comp.weights_id
-        )
-    except ValueError as e:
-        raise CheckpointError(path, str(e)) from None
-    method.weights_path = str(Path(path).resolve())
-    return method
+        ),
+    )
