@@ -117,6 +117,37 @@ def test_official_light_checkpoints_from_the_fixtures_load_through_the_users_pat
         torch.testing.assert_close(inv.wplus, codes[:1] + avg, rtol=0, atol=1e-5)
         img = m.render(inv, torch.zeros_like(inv.wplus))
     assert img.shape == (1, 3, 1024, 1024) and torch.isfinite(img).all()
+    # the user's path: gie invert writes W+, the e4e codes and F_k (fp16); gie edit rebuilds SFE from the record
+    from typer.testing import CliRunner
+
+    from gie_cli.cli import app
+    from gie_cli.editing import Direction, generator_binding
+    from gie_cli.io.images import image_to_tensor, load_image, tensor_to_image
+    from gie_cli.io.latents import load_latent
+
+    (tmp_path / "in").mkdir()
+    tensor_to_image(x[0].clamp(-1, 1)).save(tmp_path / "in" / "face.png")
+    vec = torch.randn(512, generator=torch.Generator().manual_seed(5))
+    Direction("up", "w", {"vector": vec / vec.norm()}, list(range(18)), power_range=(-3.0, 3.0),
+              generator=generator_binding(m.generator, "fixture")).save(tmp_path)  # fmt: skip
+    sets = ["--set", f"generator={e4e_path}", "--set", f"e4e={e4e_path}"]
+    cli = CliRunner()
+    res = cli.invoke(app, ["invert", str(tmp_path / "in"), "-m", "sfe", "-w", str(tmp_path / "sfe_editor_light.pt"),
+                           *sets, "--no-align", "-o", str(tmp_path / "inv")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    wplus, extras, _ = load_latent(tmp_path / "inv" / "face.latent.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "inv" / "face.latent.safetensors"), "pt") as f:
+        assert f.get_slice("extra.feature").get_dtype() == "F16"  # 4 MiB per face instead of 8
+    assert tuple(extras["feature"].shape[-3:]) == (512, 64, 64) and tuple(extras["wplus_e4e"].shape) == (1, 18, 512)
+    res = cli.invoke(app, ["edit", str(tmp_path / "inv"), "-d", str(tmp_path / "up.direction.safetensors"), "-p", "2",
+                           "-o", str(tmp_path / "ed")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with torch.no_grad():
+        want = m.render(Inversion(wplus, extras), 2 * (vec / vec.norm()).expand(1, 18, 512))
+    got = image_to_tensor(load_image(tmp_path / "ed" / "face.up+2.png"))
+    assert (got - want[0].clamp(-1, 1)).abs().mean() < 0.01  # the same edit, up to 8-bit rounding
     bare = create_method("sfe", str(tmp_path / "sfe_inverter_light.pt"), generator=str(e4e_path), e4e=str(e4e_path))
     assert bare.editor is None
     torch.save({"state_dict": enc_io}, tmp_path / "not_sfe.pt")
