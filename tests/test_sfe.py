@@ -48,8 +48,9 @@ def test_feature_layer_is_the_second_conv_of_the_feature_block():
 
 @torch.no_grad()
 def test_the_generators_own_feature_in_place_of_f_k_redraws_g_of_w():
-    """The feature replaces the input of the next block only: with F_k = F_w the image is exactly G(w)."""
-    m = _tiny()
+    """The feature replaces the input of the next block only: with F_k = F_w the image is exactly G(w) (the stand-in
+    editor returns F - Δ, and the reconstruction's Δ is 0)."""
+    m = _tiny(_Difference())
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     inv = m.invert(x)
     assert inv.extras[FEATURE_KEY].dtype == torch.float16 and inv.extras[FEATURE_KEY].shape == (2, 32, 8, 8)
@@ -57,6 +58,7 @@ def test_the_generators_own_feature_in_place_of_f_k_redraws_g_of_w():
     own = Inversion(inv.wplus, {**inv.extras, FEATURE_KEY: m.generator_feature(inv.wplus)})
     torch.testing.assert_close(m.render(own), m.generator(inv.wplus, noise_mode="const"), rtol=0, atol=1e-6)
     assert not torch.allclose(m.render(inv), m.generator(inv.wplus, noise_mode="const"), atol=1e-3)  # F_k is used
+    torch.testing.assert_close(m.render(inv, torch.zeros_like(inv.wplus)), m.render(inv))  # power 0 = reconstruction
 
 
 @torch.no_grad()

@@ -49,9 +49,10 @@ class SFEMethod(InversionMethod):
     """SFE's inversion and editing (``fse_full``).
 
     Inversion: ``w = Inverter(x) + latent_avg``; ``F_w`` is the generator's feature of ``w`` at :attr:`feature_layer`;
-    ``F_k = fuser(cat(predicted, F_w))`` replaces it (a ``next_input`` hook). Editing with a W+ offset ``delta``:
-    ``Δ = F(w_e4e) - F(w_e4e + delta)`` from the e4e codes, ``F_k' = editor(cat(F_k, Δ))``, drawn from
-    ``w + delta``. An edit of power 0 therefore goes through the Feature Editor; the reconstruction does not.
+    ``F_k = fuser(cat(predicted, F_w))``. Editing with a W+ offset ``delta``: ``Δ = F(w_e4e) - F(w_e4e + delta)``
+    from the e4e codes, ``F_k' = editor(cat(F_k, Δ))`` replaces the generator's feature (a ``next_input`` hook) in
+    the render of ``w + delta``. The reconstruction is the same path with ``Δ = 0`` (so it equals a power-0 edit);
+    without a Feature Editor (the inverter-only checkpoint) it draws ``F_k`` itself.
 
     Args:
         generator: the generator (FFHQ's for the official checkpoints).
@@ -142,17 +143,21 @@ class SFEMethod(InversionMethod):
         wplus = inv.wplus
         feat = feat.to(wplus.dtype)
         offsets = style_offsets or None
-        if delta is not None or offsets is not None:
-            if self.editor is None:
-                raise UsageError(
-                    "these SFE weights have no Feature Editor (sfe_inverter_light.pt): they invert but cannot edit",
-                    hint="edit with sfe.editor_light (--weights)",
-                )
-            d = torch.zeros_like(wplus) if delta is None else delta.to(wplus).expand_as(wplus)
-            e4e = w_e4e.to(wplus)
-            diff = self.generator_feature(e4e) - self.generator_feature(e4e + d, offsets)
+        edited = delta is not None or offsets is not None
+        if edited and self.editor is None:
+            raise UsageError(
+                "these SFE weights have no Feature Editor (sfe_inverter_light.pt): they invert but cannot edit",
+                hint="edit with sfe.editor_light (--weights)",
+            )
+        if self.editor is not None:
+            if edited:
+                d = torch.zeros_like(wplus) if delta is None else delta.to(wplus).expand_as(wplus)
+                e4e = w_e4e.to(wplus)
+                diff = self.generator_feature(e4e) - self.generator_feature(e4e + d, offsets)
+                wplus = wplus + d
+            else:
+                diff = torch.zeros_like(feat)  # the inversion path: Δ = 0
             feat = self.editor(torch.cat([feat, diff], dim=1))
-            wplus = wplus + d
         hook = Hook(self.feature_layer, lambda _x, _layer: feat, NEXT_INPUT)
         return self.generator(wplus, noise_mode="const", hooks=[hook], style_offsets=offsets)
 
