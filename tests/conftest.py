@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -157,14 +158,30 @@ def load_parity(name: str) -> tuple[dict, dict, dict]:
 _SLIM = json.loads((PARITY / "slim.json").read_text())
 
 
-def assert_parity_io(out: torch.Tensor, io: dict, name: str, rows: slice = slice(None), max_abs: float = 1e-4) -> float:
-    """Assert ``out`` reproduces the fixture output ``io[name][rows]``; for an output the slimmed fixture keeps only as
-    ``<name>_pool4`` / ``<name>_crop64`` (``slim.json``), the same reductions of ``out``. Returns the error."""
+def assert_parity_io(
+    out: torch.Tensor, io: dict, name: str, rows: slice = slice(None), max_abs: float = 1e-4, rel: bool = False
+) -> float:
+    """Assert ``out`` reproduces the fixture output ``io[name][rows]``; where the fixture keeps only summaries of it
+    (``<name>_pool<k>`` with ``<name>_crop64`` or ``<name>_ch0_8``: the shared fixtures' conventions, re-pooled by
+    ``slim.json``), the same reductions of ``out``. With ``rel``, ``max_abs`` is relative to each reference's largest
+    magnitude. Returns the largest error."""
+
+    def check(got: torch.Tensor, ref: torch.Tensor) -> float:
+        ref = ref[rows]
+        return assert_parity(got, ref, max_abs * float(ref.abs().max()) if rel else max_abs)
+
     if name in io:
-        return assert_parity(out, io[name][rows], max_abs)
-    h, w = out.shape[-2] // 2, out.shape[-1] // 2
-    pooled = assert_parity(torch.nn.functional.avg_pool2d(out, 4), io[f"{name}_pool4"][rows], max_abs)
-    return max(pooled, assert_parity(out[..., h - 32 : h + 32, w - 32 : w + 32], io[f"{name}_crop64"][rows], max_abs))
+        return check(out, io[name])
+    pools = [k for k in io if re.fullmatch(rf"{re.escape(name)}_pool\d+", k)]
+    assert len(pools) == 1, f"fixture has no single pooled summary of {name!r}: {sorted(io)}"
+    errors = [check(torch.nn.functional.avg_pool2d(out, int(pools[0].rpartition("_pool")[2])), io[pools[0]])]
+    if f"{name}_crop64" in io:
+        h, w = out.shape[-2] // 2, out.shape[-1] // 2
+        errors.append(check(out[..., h - 32 : h + 32, w - 32 : w + 32], io[f"{name}_crop64"]))
+    if f"{name}_ch0_8" in io:
+        errors.append(check(out[:, :8], io[f"{name}_ch0_8"]))
+    assert len(errors) > 1, f"fixture keeps no full-resolution part of {name!r}"
+    return max(errors)
 
 
 def manifest_keys(name: str) -> list[tuple[str, list[int]]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import assert_parity, assert_parity_io, load_parity, manifest_keys, slow
 
 from gie_cli.models import Discriminator, Generator, create_model
@@ -32,10 +31,6 @@ def test_generator_state_dict_layout(name):
     assert ours == manifest_keys(name)  # same keys, same shapes, same order (w_avg is not persistent)
 
 
-def _reduce_1024(img: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"pool4": F.avg_pool2d(img, 4), "crop64": img[..., 480:544, 480:544]}
-
-
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=slow) if size == 1024 else n for n, size in GEN_FIXTURES.items()]
 )  # 1024 px: 6-8 s each, slow; 64 and 256 px run by default
@@ -48,14 +43,8 @@ def test_generator_parity(name, fused, monkeypatch):
         assert_parity(w, io["w_of_z"])
         img_z = g(g.broadcast(w), noise_mode="const")
         img_wp = g(io["wplus"], noise_mode="const")
-    if name == "stylegan2_g1024":
-        for key, red in _reduce_1024(img_z).items():
-            assert_parity(red, io[f"img_from_z_{key}"])
-        for key, red in _reduce_1024(img_wp).items():
-            assert_parity(red, io[f"img_from_wplus_{key}"])
-    else:
-        assert_parity_io(img_z, io, "img_from_z")
-        assert_parity_io(img_wp, io, "img_from_wplus")
+    assert_parity_io(img_z, io, "img_from_z")
+    assert_parity_io(img_wp, io, "img_from_wplus")
 
 
 def test_discriminator_parity():
