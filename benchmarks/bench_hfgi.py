@@ -11,10 +11,8 @@ one warm-up batch, then ``--images`` images in batches.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from bench_invert import build, environment_line, throughput
+from bench_invert import bench_args, build, environment_line, throughput
 
 from gie_cli.methods import create_method
 from gie_cli.methods.e4e import EncoderMethod
@@ -36,13 +34,7 @@ def methods(name: str, device: torch.device) -> tuple[EncoderMethod, HFGIMethod]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", nargs="+", default=["world", "full"], choices=["world", "full"])
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--images", type=int, default=16)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
-    device = torch.device(args.device)
+    args, device = bench_args(__doc__, ["world", "full"])
     print(f"{environment_line(device)} images={args.images}\n")
     print("| config | batch | e4e invert+render img/s | HFGI invert+render img/s | HFGI / e4e time per image "
           "| e4e edit img/s | HFGI edit img/s | HFGI / e4e edit time |")  # fmt: skip

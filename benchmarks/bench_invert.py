@@ -60,14 +60,20 @@ def environment_line(device: torch.device) -> str:
     )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", nargs="+", default=["tiny", "full"], choices=list(CONFIGS))
+def bench_args(doc: str, configs: list[str]) -> tuple[argparse.Namespace, torch.device]:
+    """The throughput scripts' command line: ``--configs`` (of ``configs``), ``--batches``, ``--images``,
+    ``--device``; returns the parsed arguments and the device."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--configs", nargs="+", default=list(configs), choices=list(configs))
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    device = torch.device(args.device)
+    return args, torch.device(args.device)
+
+
+def main() -> None:
+    args, device = bench_args(__doc__, list(CONFIGS))
     print(environment_line(device))
     for name in args.configs:
         m = build(name, device)

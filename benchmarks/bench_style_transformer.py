@@ -13,10 +13,8 @@ depend on them): IR-SE50 encoders at 256 px, Style Transformer's three decoder l
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from bench_invert import build, environment_line, throughput
+from bench_invert import bench_args, build, environment_line, throughput
 
 from gie_cli.methods import create_method
 from gie_cli.methods.e4e import EncoderMethod
@@ -42,13 +40,7 @@ def methods(name: str, device: torch.device) -> dict[str, EncoderMethod]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", nargs="+", default=["world", "full"], choices=["world", "full"])
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--images", type=int, default=16)
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
-    device = torch.device(args.device)
+    args, device = bench_args(__doc__, ["world", "full"])
     print(f"{environment_line(device)} images={args.images}\n")
     names = ("e4e", "psp", "style_transformer")
     print(

@@ -145,33 +145,58 @@ def invert_labelled_faces(
     )  # fmt: skip
 
 
-# --------------------------------------------------------------------------------------------------- classifier
 @dataclass
-class LatentClassifierTrainConfig:
-    """Settings of ``gie train --method latent_classifier`` (``--set key=value``).
+class CodesSettings:
+    """The settings both editing trainers share (``--set key=value``).
 
     Attributes:
         encoders: more inversion checkpoints whose codes join ``-w``'s (comma-separated ``[method=]weights``), so the
-            classifier reads every method's W+ codes.
-        hidden: widths after the input layer (official ``LCNet_40``: ``2048,512``).
-        embed_dim: per-attribute embedding width (32).
-        activation: ``leakyrelu`` (official label editing) or ``relu``.
-        lr, weight_decay: AdamW settings.
-        holdout: fraction of the faces held out (validation metrics ``val_bce``, ``val_acc``).
+            model reads every method's W+ codes.
+        holdout: fraction of the faces held out (the ``val_*`` metrics).
         limit: use at most this many faces (0 = all).
     """
 
     encoders: str = ""
+    holdout: float = 0.1
+    limit: int = 0
+
+
+class CodesTrainer(Trainer):
+    """Base of the editing trainers: the labelled faces' codes, split into training and held-out faces, and when to
+    compute the held-out metrics."""
+
+    def load_codes(self, data: str, weights: str | None, device, cfg: CodesSettings) -> None:
+        """Invert the faces of ``data`` (:func:`invert_labelled_faces`) and hold out ``cfg.holdout`` of them."""
+        self.device = torch.device(device)
+        self.data = invert_labelled_faces(data, _method_specs(cfg.encoders, weights), self.device, cfg.limit)
+        self.train_idx, self.val_idx = self.data.split(cfg.holdout)
+        self._val_metrics: dict[str, float] = {}
+
+    def validation_due(self, step: int) -> bool:
+        """Whether ``step`` computes the held-out metrics (the first step and every :data:`VALIDATE_EVERY`-th)."""
+        return bool(len(self.val_idx)) and (step == 0 or step % VALIDATE_EVERY == VALIDATE_EVERY - 1)
+
+
+# --------------------------------------------------------------------------------------------------- classifier
+@dataclass
+class LatentClassifierTrainConfig(CodesSettings):
+    """Settings of ``gie train --method latent_classifier`` (``--set key=value``; with :class:`CodesSettings`' ).
+
+    Attributes:
+        hidden: widths after the input layer (official ``LCNet_40``: ``2048,512``).
+        embed_dim: per-attribute embedding width (32).
+        activation: ``leakyrelu`` (official label editing) or ``relu``.
+        lr, weight_decay: AdamW settings.
+    """
+
     hidden: str = "256,128"
     embed_dim: int = 32
     activation: str = "leakyrelu"
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    holdout: float = 0.1
-    limit: int = 0
 
 
-class LatentClassifierTrainer(Trainer):
+class LatentClassifierTrainer(CodesTrainer):
     """Fits a multi-attribute :class:`~gie_cli.editing.label.LatentClassifier` to the W+ codes of labelled faces
     (BCE with the soft [0, 1] labels); exports a classifier file for ``gie edit --classifier``."""
 
@@ -187,9 +212,7 @@ class LatentClassifierTrainer(Trainer):
             hidden = [int(h) for h in c.hidden.split(",") if h.strip()]
         except ValueError:
             raise UsageError(f"hidden={c.hidden!r} must be comma-separated widths, e.g. 256,128") from None
-        self.device = torch.device(device)
-        self.data = invert_labelled_faces(data, _method_specs(c.encoders, weights), self.device, c.limit)
-        self.train_idx, self.val_idx = self.data.split(c.holdout)
+        self.load_codes(data, weights, device, c)
         torch.manual_seed(seed)
         d = self.data
         fmaps = [d.codes.shape[1] * d.codes.shape[2], *hidden]
@@ -197,7 +220,6 @@ class LatentClassifierTrainer(Trainer):
         self.classifier.to(self.device).train()
         self.opt = torch.optim.AdamW(self.classifier.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.batch_size, self.seed = batch_size, seed
-        self._val_metrics: dict[str, float] = {}
 
     def batches(self):
         for idx in index_batches(len(self.train_idx), min(self.batch_size, len(self.train_idx)), self.seed):
@@ -220,7 +242,7 @@ class LatentClassifierTrainer(Trainer):
         loss.backward()
         self.opt.step()
         metrics = {"bce": float(loss.detach())}
-        if len(self.val_idx) and (step == 0 or step % VALIDATE_EVERY == VALIDATE_EVERY - 1):
+        if self.validation_due(step):
             self._val_metrics = self.evaluate(self.val_idx)
         return metrics | self._val_metrics
 
@@ -250,35 +272,30 @@ def train_latent_classifier(**kwargs) -> LatentClassifierTrainer:
 
 # --------------------------------------------------------------------------------------------------- editor
 @dataclass
-class EditTransformerTrainConfig:
-    """Settings of ``gie train --method edit_transformer`` (``--set key=value``).
+class EditTransformerTrainConfig(CodesSettings):
+    """Settings of ``gie train --method edit_transformer`` (``--set key=value``; with :class:`CodesSettings`').
 
     Attributes:
         classifier: the latent classifier (file or registry name) the losses read attributes with (required).
         attributes: comma-separated attributes it learns to transfer (default: all of the classifier's).
-        encoders: more inversion checkpoints whose codes join ``-w``'s (as for ``latent_classifier``).
         lr: Adam learning rate (the supplement's 1e-3).
         attr_lambda: weight of the transfer loss ``BCE(C_k(w_e), sigmoid(C_k(w_r)))``.
         keep_lambda: weight of the keep loss ``BCE(C_j(w_e), sigmoid(C_j(w_s)))`` over the other attributes ``j``.
         latent_lambda: weight of ``|w_e - w_s|^2`` (mean over rows and width).
         nhead, dim_feedforward: the decoder layer (0 = twice ``style_dim``).
-        holdout, limit: as for ``latent_classifier``.
     """
 
     classifier: str = ""
     attributes: str = ""
-    encoders: str = ""
     lr: float = 1e-3
     attr_lambda: float = 1.0
     keep_lambda: float = 1.0
     latent_lambda: float = 0.1
     nhead: int = 4
     dim_feedforward: int = 0
-    holdout: float = 0.1
-    limit: int = 0
 
 
-class EditTransformerTrainer(Trainer):
+class EditTransformerTrainer(CodesTrainer):
     """Trains :class:`~gie_cli.editing.reference.EditTransformer` on random (source, reference, attribute) triples of
     labelled faces' codes, judged by a frozen latent classifier: the edited code takes the reference's value of the
     attribute and keeps the source's others, close to the source."""
@@ -296,9 +313,8 @@ class EditTransformerTrainer(Trainer):
                 "edit_transformer training needs --set classifier=FILE (a latent classifier for its losses)",
                 hint="train one with `gie train --method latent_classifier`, or use world.latent_classifier",
             )
-        self.device = torch.device(device)
         clf_path = resolve_weights(c.classifier, method="edit_transformer training", what="a latent classifier")
-        self.classifier = load_latent_classifier(clf_path).to(self.device)
+        self.classifier = load_latent_classifier(clf_path).to(device)
         names = [a.strip() for a in c.attributes.split(",") if a.strip()] or list(self.classifier.attributes or [])
         if not names:
             raise UsageError("the classifier names no attributes: pass --set attributes=0,1,...")
@@ -306,18 +322,16 @@ class EditTransformerTrainer(Trainer):
             self.attr_idx = torch.tensor([self.classifier.attribute_index(a) for a in names])
         except ValueError as e:
             raise UsageError(f"edit_transformer setting attributes: {e}") from None
-        self.data = invert_labelled_faces(data, _method_specs(c.encoders, weights), self.device, c.limit)
+        self.load_codes(data, weights, device, c)
         d = self.data
         if d.codes.shape[1] * d.codes.shape[2] != self.classifier.fmaps[0]:
             raise UsageError(f"{clf_path}: the classifier does not read these codes ({list(d.codes.shape[1:])})")
-        self.train_idx, self.val_idx = d.split(c.holdout)
         torch.manual_seed(seed)
         self.editor = EditTransformer(d.codes.shape[1], d.codes.shape[2], names, c.nhead, c.dim_feedforward)
         self.editor.generator = d.generator
         self.editor.to(self.device).train()
         self.opt = torch.optim.Adam(self.editor.parameters(), lr=c.lr)
         self.batch_size, self.seed = batch_size, seed
-        self._val_metrics: dict[str, float] = {}
         self._val = self._triples(self.val_idx, torch.Generator().manual_seed(seed + 1), 512)
 
     def _triples(self, pool: Tensor, gen: torch.Generator, n: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -375,7 +389,7 @@ class EditTransformerTrainer(Trainer):
         loss.backward()
         self.opt.step()
         metrics["loss"] = float(loss.detach())
-        if len(self.val_idx) and (step == 0 or step % VALIDATE_EVERY == VALIDATE_EVERY - 1):
+        if self.validation_due(step):
             self.editor.eval()
             with torch.no_grad():
                 _, val = self.losses(*self._val)

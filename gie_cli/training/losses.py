@@ -184,6 +184,14 @@ class ImageLosses:
         )
         return create_model("stylegan2-discriminator", size=size, channels=channels)
 
+    def modules(self) -> dict[str, nn.Module]:
+        """The trained loss networks, for a trainer's snapshots: ``{"discriminator": D}`` or nothing."""
+        return {"discriminator": self.disc} if self.disc is not None else {}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Their optimizers, keyed as :meth:`modules`."""
+        return {"discriminator": self.d_opt} if self.d_opt is not None else {}
+
     def describe(self) -> dict:
         """What the run uses, for ``options.json``."""
         return {"perceptual_loss": self.perceptual_kind, "id_loss": self.id_net is not None}

@@ -174,16 +174,10 @@ class GradStyleTrainer(Trainer):
         return endless(self.data, self.batch_size, self.seed)
 
     def modules(self) -> dict[str, nn.Module]:
-        mods: dict[str, nn.Module] = {"gradstyle": self.net}
-        if self.losses.disc is not None:
-            mods["discriminator"] = self.losses.disc
-        return mods
+        return {"gradstyle": self.net, **self.losses.modules()}
 
     def optimizers(self) -> dict[str, Any]:
-        opts: dict[str, Any] = {"gradstyle": self.opt}
-        if self.losses.d_opt is not None:
-            opts["discriminator"] = self.losses.d_opt
-        return opts
+        return {"gradstyle": self.opt, **self.losses.optimizers()}
 
     def options(self) -> dict:
         return {

@@ -174,16 +174,10 @@ class HFGITrainer(Trainer):
         return endless(self.data, self.batch_size, self.seed)
 
     def modules(self) -> dict[str, nn.Module]:
-        mods: dict[str, nn.Module] = {"grid_align": self.method.grid_align, "residue": self.method.residue}
-        if self.losses.disc is not None:
-            mods["discriminator"] = self.losses.disc
-        return mods
+        return {"grid_align": self.method.grid_align, "residue": self.method.residue, **self.losses.modules()}
 
     def optimizers(self) -> dict[str, Any]:
-        opts: dict[str, Any] = {"hfgi": self.opt}
-        if self.losses.d_opt is not None:
-            opts["discriminator"] = self.losses.d_opt
-        return opts
+        return {"hfgi": self.opt, **self.losses.optimizers()}
 
     def options(self) -> dict:
         return {

@@ -155,16 +155,10 @@ class StyleTransformerTrainer(Trainer):
         return endless(self.data, self.batch_size, self.seed)
 
     def modules(self) -> dict[str, nn.Module]:
-        mods: dict[str, nn.Module] = {"encoder": self.encoder, "mapping": self.generator.style}
-        if self.losses.disc is not None:
-            mods["discriminator"] = self.losses.disc
-        return mods
+        return {"encoder": self.encoder, "mapping": self.generator.style, **self.losses.modules()}
 
     def optimizers(self) -> dict[str, Any]:
-        opts: dict[str, Any] = {"encoder": self.opt}
-        if self.losses.d_opt is not None:
-            opts["discriminator"] = self.losses.d_opt
-        return opts
+        return {"encoder": self.opt, **self.losses.optimizers()}
 
     def options(self) -> dict:
         return {
