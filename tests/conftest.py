@@ -148,13 +148,25 @@ def load_parity(name: str) -> tuple[dict, dict, dict]:
     folder = PARITY / name
     sd = _fixture_weights().make_state_dict(folder)
     io = torch.load(folder / "io.pt", weights_only=True)
+    own = {len(t) for t in io.values() if t.ndim}  # the batch the fixture keeps (slim.json first_item: 1)
     for key, other in _SLIM["same_as"].get(name, {}).items():  # entries dropped as copies of another fixture's
         io[key] = torch.load(PARITY / other / "io.pt", weights_only=True)[key]
+        assert not own or len(io[key]) in own, (
+            f"{name}[{key!r}] refilled from {other} has batch {len(io[key])}, not {own}"
+        )
     cfg = json.loads((folder / "manifest.json").read_text())["config"]
     return sd, io, cfg
 
 
-#: how the copies in tests/fixtures/parity were slimmed (``slim.py``): dropped duplicates, summarized outputs
+def first_items(t: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` items of ``t``: a generated input (``make_tensor`` at the manifest's batch 2) cut to the items
+    the fixture's ``io.pt`` keeps (slim.json ``first_item`` keeps 1)."""
+    assert 0 < n <= len(t), (n, tuple(t.shape))
+    return t[:n]
+
+
+#: how the copies in tests/fixtures/parity were slimmed (``slim.py``): dropped duplicates, summarized outputs, first
+#: items of per-item modules
 _SLIM = json.loads((PARITY / "slim.json").read_text())
 
 

@@ -22,12 +22,12 @@ from gie_cli.models.encoders import (
 )
 
 FIXTURES = {"e4e": "e4e_encoder_ir_se50", "psp": "psp_encoder_ir_se50"}
-PYRAMID_256 = {
-    "c1": (2, 128, 64, 64),
-    "c2": (2, 256, 32, 32),
-    "c3": (2, 512, 16, 16),
-    "p2": (2, 512, 32, 32),
-    "p1": (2, 512, 64, 64),
+PYRAMID_256 = {  # per item
+    "c1": (128, 64, 64),
+    "c2": (256, 32, 32),
+    "c3": (512, 16, 16),
+    "p2": (512, 32, 32),
+    "p1": (512, 64, 64),
 }
 
 
@@ -69,11 +69,12 @@ def test_official_parity_codes_and_pyramid(official):
     with torch.no_grad():
         codes, feats = enc(io["img"], return_features=True)
     ref = io["codes"]
-    assert codes.shape == ref.shape == (2, 18, 512)
+    n = len(io["img"])  # the fixture keeps 1 item (slim.json first_item)
+    assert codes.shape == ref.shape == (n, 18, 512)
     torch.testing.assert_close(codes, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
     err = assert_parity(codes, ref, max_abs=1e-4)
     print(f"\n{FIXTURES[name]}: max abs error {err:.3g} (|ref| max {ref.abs().max().item():.3g})")
-    assert {k: tuple(v.shape) for k, v in feats.items()} == PYRAMID_256
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {k: (n, *s) for k, s in PYRAMID_256.items()}
     # the plain forward gives the same codes as the return_features path
     with torch.no_grad():
         assert torch.equal(enc(io["img"]), codes)
