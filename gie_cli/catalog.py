@@ -59,6 +59,10 @@ TRAINERS: dict[str, Entry] = {
         "gie_cli.methods.style_transformer.train:train_style_transformer",
         "train a Style Transformer encoder and its mapping MLP for a frozen synthesis network",
     ),
+    "sfe": Entry(
+        "gie_cli.methods.sfe.train:train_sfe",
+        "train SFE's Inverter (--set phase=1, on a frozen e4e -w) or Feature Editor (phase=2, on the phase-1 result)",
+    ),
     "latent_classifier": Entry(
         "gie_cli.editing.train:train_latent_classifier",
         "train a latent attribute classifier on labelled faces' W+ codes (label-based editing)",

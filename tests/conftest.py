@@ -237,6 +237,22 @@ def make_tiny_e4e(kind: str = "e4e"):
     return EncoderMethod(g, enc, g.broadcast(g.w_avg[None])[0].clone(), kind, cfg, True, "tiny").eval()
 
 
+def make_tiny_sfe(editor=None):
+    """SFE on :func:`make_tiny_e4e`'s 32 px generator: Inverter at 32 px, so the feature is the 8 px block's (layer 2);
+    a random Feature Editor unless ``editor`` is given."""
+    from gie_cli.methods.sfe import ContentLayerDeepFast, Inverter
+    from gie_cli.methods.sfe.method import SFEMethod
+
+    e4e = make_tiny_e4e()
+    g = e4e.generator
+    torch.manual_seed(0)
+    c = g.layer_channels(2)
+    inv = Inverter(input_size=32, n_styles=g.n_latent, style_dim=g.style_dim, feature_channels=c,
+                   unit_counts=(1, 1, 1, 1), widths=(8, 16, 24, 32), fuser_length=2).eval()  # fmt: skip
+    editor = editor if editor is not None else ContentLayerDeepFast(2, 2 * c, c).eval()
+    return SFEMethod(g, e4e, inv, editor, e4e.latent_avg, "tiny").eval()
+
+
 def make_tiny_e4e_world(root: Path) -> dict:
     """:func:`make_tiny_e4e` saved as ``root/e4e.safetensors`` and 8 images its generator drew (truncation 0.7) in
     ``root/data``: ``{"root", "weights", "data", "e4e", "images" [8, 3, 32, 32]}``, for the refinement trainers."""

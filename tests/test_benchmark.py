@@ -359,3 +359,38 @@ def test_reference_edits_move_each_face_toward_its_reference(tmp_path):
         edits["nose-ref:+1"]["status"] == "unavailable" and "cannot transfer 'nose'" in edits["nose-ref:+1"]["reason"]
     )
     assert "ref:hair_lightness:1" in doc["command"]
+
+
+def test_masked_sfe_edits_keep_the_background_and_report_the_face_split(files, isolated, tmp_path):
+    """Issue 19: ``LABEL.edit_mask=truth|landmarks`` masks SFE's edits with the world's face region (or its landmark
+    hull); every edit reports its change inside and outside the true face. With the Feature Editor at ``F_k - Δ``, the
+    mask removes the feature's edit outside the face, so the masked edit changes the background less. A method
+    without masked editing is failed with the reason."""
+    from conftest import make_tiny_sfe
+
+    from gie_cli.methods.sfe import ContentLayerDeepFast
+    from gie_cli.methods.sfe.train import zero_init_feature_net
+
+    editor = ContentLayerDeepFast(2, 64, 32)
+    zero_init_feature_net(editor, (1.0, -1.0))
+    sfe = tmp_path / "sfe.safetensors"
+    make_tiny_sfe(editor.eval()).save(sfe)
+    out = tmp_path / "out"
+    args = [
+        "benchmark", "--methods", "sfe,sfe+mask=sfe,sfe+lm=sfe,e4e", "--data", "synthface", "--n", 4, "--seed", SEED,
+        "--size", 32, "--edits", "smile:3", "--metrics", "mse", "--weights", f"attributes={files['est']}",
+        "--weights", f"e4e={files['e4e']}", "--set", "e4e.edit_mask=truth", "-b", 4, "-o", out,
+        *[a for label in ("sfe", "sfe+mask", "sfe+lm") for a in ("--weights", f"{label}={sfe}")],
+        "--set", "sfe+mask.edit_mask=truth", "--set", "sfe+lm.edit_mask=landmarks",
+    ]  # fmt: skip
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == 1, res.output  # the e4e row failed
+    rows = {r["method"]: r for r in json.loads((out / "benchmark.json").read_text())["results"]}
+    assert rows["e4e"]["status"] == "failed" and "no masked editing" in rows["e4e"]["reason"]
+    assert [rows[k]["edit_mask"] for k in ("sfe", "sfe+mask", "sfe+lm")] == ["none", "truth", "landmarks"]
+    plain, masked, lm = (rows[k]["edits"][0]["metrics"] for k in ("sfe", "sfe+mask", "sfe+lm"))
+    assert rows["sfe"]["metrics"]["mse"] == rows["sfe+mask"]["metrics"]["mse"]  # the reconstruction is never masked
+    for m in (plain, masked, lm):
+        assert {"edit_change_face", "edit_change_bg", "gt_mse_face", "gt_mse_bg"} <= set(m)
+    assert masked["edit_change_bg"] < 0.9 * plain["edit_change_bg"], (masked, plain)
+    assert lm["edit_change_bg"] < 0.9 * plain["edit_change_bg"], (lm, plain)

@@ -5,29 +5,22 @@ checkpoints load strictly with the generator and e4e of their own files."""
 from __future__ import annotations
 
 import gc
+import json
 
 import pytest
 import torch
-from conftest import assert_parity, load_parity, make_tiny_e4e, slow
+from conftest import assert_parity, load_parity, make_tiny_e4e, make_tiny_sfe, slow
 from torch import nn
 
 from gie_cli.errors import CheckpointError, UsageError
-from gie_cli.methods import Inversion, create_method
+from gie_cli.methods import EDIT_MASK_KEY, Inversion, create_method
 from gie_cli.methods.e4e import EncoderMethod
-from gie_cli.methods.sfe import ContentLayerDeepFast, Inverter
-from gie_cli.methods.sfe.method import E4E_KEY, FEATURE_KEY, SFEMethod, feature_layer_for
+from gie_cli.methods.sfe.method import E4E_KEY, FEATURE_KEY, SFEMethod, feature_layer_for, feature_mask
+from gie_cli.models.stylegan2 import NEXT_INPUT, Hook
 
 
 def _tiny(editor: nn.Module | None = None) -> SFEMethod:
-    """SFE on the tiny e4e's 32 px generator: Inverter at 32 px, so the feature is the 8 px block's (layer 2)."""
-    e4e = make_tiny_e4e()
-    g = e4e.generator
-    torch.manual_seed(0)
-    c = g.layer_channels(2)
-    inv = Inverter(input_size=32, n_styles=g.n_latent, style_dim=g.style_dim, feature_channels=c,
-                   unit_counts=(1, 1, 1, 1), widths=(8, 16, 24, 32), fuser_length=2).eval()  # fmt: skip
-    editor = editor if editor is not None else ContentLayerDeepFast(2, 2 * c, c).eval()
-    return SFEMethod(g, e4e, inv, editor, e4e.latent_avg, "tiny").eval()
+    return make_tiny_sfe(editor)
 
 
 class _Difference(nn.Module):
@@ -155,3 +148,91 @@ def test_official_light_checkpoints_from_the_fixtures_load_through_the_users_pat
     torch.save({"state_dict": enc_io}, tmp_path / "not_sfe.pt")
     with pytest.raises(CheckpointError, match="no SFE Inverter"):
         create_method("sfe", str(tmp_path / "not_sfe.pt"), generator=str(e4e_path), e4e=str(e4e_path))
+
+
+# --------------------------------------------------------------------------------------------------- masked editing
+@torch.no_grad()
+def test_the_mask_zeroes_the_feature_difference_outside_the_face():
+    """Supplement §9: the mask, scaled to the feature's size, multiplies Δ; with the stand-in editor F - Δ the fed
+    feature is F_w(w) - m·(F_w(w) - F_w(w + d)): all of the edit inside the mask, none of it outside."""
+    m = _tiny(_Difference())
+    w = m.invert(torch.rand(2, 3, 32, 32) * 2 - 1).wplus
+    same = {E4E_KEY: w.clone(), FEATURE_KEY: m.generator_feature(w)}
+    d = torch.randn(1, *w.shape[1:], generator=torch.Generator().manual_seed(3)) * 0.5
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, :, :16] = 1.0  # the left half of the image: the left half of the 8 px feature
+    f0, f1 = m.generator_feature(w), m.generator_feature(w + d)
+    m8 = torch.zeros(1, 1, 8, 8)
+    m8[..., :4] = 1.0
+    fed = f0 - m8 * (f0 - f1)
+    want = m.generator(w + d, noise_mode="const", hooks=[Hook(m.feature_layer, lambda _x, _l: fed, NEXT_INPUT)])
+    got = m.render(Inversion(w, {**same, EDIT_MASK_KEY: mask}), d)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    ones = Inversion(w, {**same, EDIT_MASK_KEY: torch.ones(1, 1, 32, 32)})
+    torch.testing.assert_close(m.render(ones, d), m.render(Inversion(w, same), d), rtol=0, atol=0)  # all face: unmasked
+    torch.testing.assert_close(m.render(ones), m.render(Inversion(w, same)), rtol=0, atol=0)  # never the reconstruction
+
+
+def test_feature_mask_area_averages_to_the_feature_size():
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., :32, :] = 1.0
+    small = feature_mask(mask, 8)
+    assert small.shape == (1, 1, 8, 8) and torch.equal(small[..., :4, :], torch.ones(1, 1, 4, 8))
+    assert torch.equal(small[..., 4:, :], torch.zeros(1, 1, 4, 8))
+    assert feature_mask(mask[:, 0], 8).shape == (1, 1, 8, 8)  # [B, H, W] too
+
+
+def test_gie_edit_mask_from_files_folders_and_landmarks(tmp_path):
+    """`gie edit --mask`: a white mask is the unmasked edit, a black one keeps the feature unedited; a folder gives each
+    latent its NAME.mask.png; landmarks need an alignment record; methods without masked editing are refused."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from gie_cli.cli import app
+    from gie_cli.editing import Direction, generator_binding
+    from gie_cli.io.images import image_to_tensor, load_image, tensor_to_image
+
+    m = _tiny()
+    m.save(tmp_path / "sfe.safetensors")
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1
+        tensor_to_image(x).save(tmp_path / "in" / f"f{i}.png")
+    g = m.generator
+    vec = torch.randn(g.style_dim, generator=torch.Generator().manual_seed(5))
+    Direction("up", "w", {"vector": vec / vec.norm()}, list(range(g.n_latent)), power_range=(-3.0, 3.0),
+              generator=generator_binding(g, "tiny")).save(tmp_path)  # fmt: skip
+    cli = CliRunner()
+
+    def run(*args: str):
+        return cli.invoke(app, [str(a) for a in args])
+
+    res = run("invert", tmp_path / "in", "-m", "sfe", "-w", tmp_path / "sfe.safetensors", "--no-align", "-o",
+              tmp_path / "inv")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    Image.new("L", (32, 32), 255).save(tmp_path / "white.png")
+    (tmp_path / "masks").mkdir()
+    for i in range(2):
+        Image.new("L", (32, 32), 0).save(tmp_path / "masks" / f"f{i}.mask.png")
+    edit = ["edit", tmp_path / "inv", "-d", tmp_path / "up.direction.safetensors", "-p", "3"]
+    outs = {}
+    for name, extra in (("plain", []), ("white", ["--mask", tmp_path / "white.png"]),
+                        ("black", ["--mask", tmp_path / "masks"])):  # fmt: skip
+        res = run(*edit, *extra, "-o", tmp_path / name)
+        assert res.exit_code == 0, res.output
+        outs[name] = image_to_tensor(load_image(tmp_path / name / "f0.up+3.png"))
+    assert torch.equal(outs["white"], outs["plain"])
+    assert not torch.equal(outs["black"], outs["plain"])
+    record = json.loads((tmp_path / "black" / "manifest.jsonl").read_text().splitlines()[0])
+    assert record["info"]["mask"] == str(tmp_path / "masks" / "f0.mask.png")
+    res = run(*edit, "--mask", "landmarks", "-o", tmp_path / "lm")
+    assert res.exit_code == 1 and "no alignment record" in res.output
+    res = run(*edit, "--mask", tmp_path / "nothing.png", "-o", tmp_path / "x")
+    assert res.exit_code == 2 and "no such file" in res.output
+    m._e4e().save(tmp_path / "e4e.safetensors")
+    res = run("invert", tmp_path / "in", "-m", "e4e", "-w", tmp_path / "e4e.safetensors", "--no-align", "-o",
+              tmp_path / "inv_e4e")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = run("edit", tmp_path / "inv_e4e", "-d", tmp_path / "up.direction.safetensors", "-p", "3", "--mask",
+              tmp_path / "white.png", "-o", tmp_path / "e4e_ed")  # fmt: skip
+    assert res.exit_code == 1 and "no masked editing" in res.output

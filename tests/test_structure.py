@@ -46,6 +46,9 @@ def test_layering_check_catches_cycles_upward_imports_training_and_private_names
             "methods/a/__init__.py": "",
             "methods/a/method.py": "from gie_cli.methods.a.train import T\nfrom gie_cli.io.x import _hidden\n",
             "methods/a/train.py": "from gie_cli.methods.a.method import M\n",
+            "methods/a/util.py": "from gie_cli.editing import lib\n",  # only a method's train module sits that high
+            "editing/__init__.py": "",
+            "editing/lib.py": "",
             "io/__init__.py": "",
             "io/x.py": "_hidden = 1\n",
         },
@@ -56,6 +59,7 @@ def test_layering_check_catches_cycles_upward_imports_training_and_private_names
     assert "gie_cli.training.loop (line 1) imports gie_cli.methods.a: upward import (training -> methods)" in text
     assert "gie_cli.methods.a.method (line 1) imports gie_cli.methods.a.train: inference code imports training" in text
     assert "gie_cli.methods.a.method (line 2) imports gie_cli.io.x: private name(s) _hidden from another module" in text
+    assert "gie_cli.methods.a.util (line 1) imports gie_cli.editing.lib: upward import (methods -> editing)" in text
     cycles = [v for v in found if v.startswith("import cycle")]
     assert any("gie_cli.models.net" in c and "gie_cli.weights.store" in c for c in cycles), cycles
     assert any("gie_cli.methods.a.method" in c and "gie_cli.methods.a.train" in c for c in cycles), cycles
@@ -73,6 +77,11 @@ def test_layering_check_passes_a_clean_package(tmp_path):
             "cli/__init__.py": "from gie_cli.models import *\nfrom gie_cli.training import loop\n",
             "training/__init__.py": "",
             "training/loop.py": "from gie_cli.models import *\n",
+            "methods/__init__.py": "",
+            "methods/a/__init__.py": "",
+            "methods/a/train.py": "from gie_cli.editing import lib\n",  # a trainer may use edit directions
+            "editing/__init__.py": "",
+            "editing/lib.py": "from gie_cli.models import *\n",
         },
     )
     assert layering.check(pkg).violations == []

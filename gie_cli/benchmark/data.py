@@ -46,6 +46,8 @@ class BenchData:
         source: ``"synthface"`` or the folder path.
         params: The world's ``FaceParams`` per image (synthface only), else None.
         ood_masks: ``[N, S, S]`` bool union of each image's out-of-domain object masks (synthface only), else None.
+        face_masks: ``[N, S, S]`` bool true face regions (visible facial skin and features; synthface only), else None.
+        landmarks: ``[N, 68, 2]`` iBUG landmarks in pixels of the ``S`` px images (synthface only), else None.
         info: Facts recorded with the results (seed, resolution, OOD count, ...).
     """
 
@@ -54,6 +56,8 @@ class BenchData:
     source: str
     params: list | None = None
     ood_masks: Tensor | None = None
+    face_masks: Tensor | None = None
+    landmarks: Tensor | None = None
     info: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -112,13 +116,15 @@ def synthface_data(
             value=seed,
         )
     rng = np.random.default_rng(seed)
-    images, params, masks = [], [], []
+    images, params, masks, faces, landmarks = [], [], [], [], []
     for _ in range(n):
         p = sample_params(rng, ood_prob, detail_strength=detail_strength)
         r = render(p, size)
         images.append(r.to_tensor())
         params.append(p)
         masks.append(torch.from_numpy(r.masks["ood"].copy()))
+        faces.append(torch.from_numpy(r.masks["face"].copy()))
+        landmarks.append(torch.from_numpy(np.asarray(r.landmarks68, np.float32).copy()))
     ood = torch.stack(masks)
     n_ood = int(ood.flatten(1).any(dim=1).sum())
     info = {
@@ -131,7 +137,9 @@ def synthface_data(
         "images_with_ood": n_ood,
         "ood_pixel_fraction": float(ood.float().mean()),
     }
-    return BenchData(torch.stack(images), [f"synth-{i:05d}" for i in range(n)], "synthface", params, ood, info)
+    names = [f"synth-{i:05d}" for i in range(n)]
+    return BenchData(torch.stack(images), names, "synthface", params, ood, torch.stack(faces), torch.stack(landmarks),
+                     info)  # fmt: skip
 
 
 def folder_data(folder: str | Path, n: int | None = None, size: int = 256, recursive: bool = False) -> BenchData:

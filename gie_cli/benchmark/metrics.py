@@ -42,6 +42,11 @@ DEFINITIONS: dict[str, str] = {
     "edit_attr": "estimator change of the direction's attribute (named like the direction) from the unedited "
     "reconstruction to the edited image, on the [-1, 1] scale (synthface only)",
     "edit_others": "mean |estimator change| of the other 19 attributes (entanglement; synthface only)",
+    "edit_change_face": "MSE ([0, 1] images) between the edited image and the unedited reconstruction inside the "
+    "true face region (synthface only): how much the edit changed the face",
+    "edit_change_bg": "the same outside the face region (hair, background, ...): what a masked edit should keep",
+    "gt_mse_face": f"MSE between the edited image and {_GT} inside the true face region",
+    "gt_mse_bg": f"MSE between the edited image and {_GT} outside the true face region",
     "id_to_input": "identity similarity between the edited image and the input (editing identity preservation)",
     "gt_mse": f"MSE between the edited image and {_GT}: the source face re-rendered (same details, objects and "
     "background) with the attribute moved by edit_attr per image",

@@ -18,8 +18,8 @@ from torch import Tensor
 from gie_cli.benchmark.data import BenchData
 from gie_cli.benchmark.metrics import Accumulator, MetricSuite, to_size
 from gie_cli.benchmark.world import WorldJudge, target_attribute
-from gie_cli.errors import GieError
-from gie_cli.methods import invert_and_render, synchronize
+from gie_cli.errors import GieError, UsageError
+from gie_cli.methods import EDIT_MASK_KEY, invert_and_render, synchronize
 from gie_cli.metrics.regions import masked_mse
 
 __all__ = [
@@ -36,6 +36,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: A per-label benchmark setting (``--set LABEL.edit_mask=truth``) for methods with masked editing (SFE): the edits'
+#: mask is the world's true face region (``truth``), the hull of its landmarks (``landmarks``) or none.
+EDIT_MASK_SETTING = "edit_mask"
+EDIT_MASK_KINDS = ("none", "truth", "landmarks")
 METRIC_WEIGHT_KEYS = ("lpips-vgg", "lpips-alex", "identity", "fid", "attributes", "editor")
 """Keys of the metric networks' weights (the CLI's ``--weights KEY=FILE`` keys that are not methods; ``editor`` is the
 editing transformer of reference edits)."""
@@ -266,12 +270,15 @@ class _Times:
     batches: int = 0
 
 
-def _forward(method, x: Tensor, edits: Sequence[PreparedEdit], device: torch.device):
-    """Invert, render and edit one batch; returns ``(recon, {label: edited}, seconds per stage)``."""
+def _forward(method, x: Tensor, edits: Sequence[PreparedEdit], device: torch.device, mask: Tensor | None = None):
+    """Invert, render and edit one batch (the edits masked by ``mask [B, 1, S, S]`` where given); returns
+    ``(recon, {label: edited}, seconds per stage)``."""
     from gie_cli.editing import Edit, apply, render_edit
 
     secs: dict[str, float] = {}
     inv, recon, secs["encode"], secs["render"] = invert_and_render(method, x)
+    if mask is not None:
+        inv.extras[EDIT_MASK_KEY] = mask.to(x.device, x.dtype)
     edited: dict[str, Tensor] = {}
     for pe in edits:
         if pe.direction is None:
@@ -286,6 +293,30 @@ def _forward(method, x: Tensor, edits: Sequence[PreparedEdit], device: torch.dev
         synchronize(device)
         secs[pe.spec.label] = time.perf_counter() - t
     return recon, edited, secs
+
+
+def edit_masks(kind: str, method, data: BenchData) -> Tensor | None:
+    """The per-image edit masks ``[N, 1, S, S]`` (float, 1 = face) of the ``edit_mask`` setting: ``none``, ``truth``
+    (the world's face masks) or ``landmarks`` (:func:`~gie_cli.alignment.face_mask.face_mask_from_landmarks` of the
+    world's landmarks, what ``gie edit --mask landmarks`` derives from an alignment record).
+
+    Raises:
+        UsageError: an unknown kind, a method without masked editing, or data without ground truth.
+    """
+    if kind == "none":
+        return None
+    if kind not in EDIT_MASK_KINDS:
+        raise UsageError(f"{EDIT_MASK_SETTING}={kind!r}", hint=" or ".join(EDIT_MASK_KINDS))
+    if not method.accepts_edit_mask:
+        raise UsageError(f"{EDIT_MASK_SETTING}={kind}: {method.name} has no masked editing", hint="sfe has")
+    if data.face_masks is None or data.landmarks is None:
+        raise UsageError(f"{EDIT_MASK_SETTING}={kind} needs the world's faces", hint="--data synthface")
+    if kind == "truth":
+        return data.face_masks[:, None].float()
+    from gie_cli.alignment.face_mask import face_mask_from_landmarks
+
+    lm = [face_mask_from_landmarks(p.numpy(), data.size) for p in data.landmarks]
+    return torch.stack([torch.as_tensor(m, dtype=torch.float32) for m in lm])[:, None]
 
 
 def probe_warps(batch: int, i0: int) -> tuple[Tensor, Tensor]:
@@ -394,6 +425,11 @@ def _measure(
             if keep:
                 sheet.truth.setdefault(pe.spec.label, []).append(gt)
             ea.add({"edit_attr": change, "edit_others": others})
+            if data.face_masks is not None:  # where the edit changed the image, and how far from the truth it is there
+                face = data.face_masks[i0:i1]
+                c_in, c_out = masked_mse((img + 1) / 2, (rec + 1) / 2, face)
+                g_in, g_out = masked_mse((img + 1) / 2, (gt + 1) / 2, face)
+                ea.add({"edit_change_face": c_in, "edit_change_bg": c_out, "gt_mse_face": g_in, "gt_mse_bg": g_out})
             if pe.spec.reference:  # how far the edited attribute is from the reference's true value, after and before
                 k = list(ATTRIBUTE_NAMES).index(pe.attribute)
                 want = judge.truth(reference_params(params))[:, k]
@@ -444,6 +480,7 @@ def run_method(
     from gie_cli.methods import create_method
 
     name, kind, weights, options = spec.label, spec.method, spec.weights, dict(spec.settings)
+    edit_mask = str(options.pop(EDIT_MASK_SETTING, "none"))
     mem = PeakMemory(device)
     mem.reset()
     row: dict[str, Any] = {
@@ -453,6 +490,7 @@ def run_method(
         "reason": None,
         "weights": weights or "(embedded default)",
         "options": dict(options),
+        "edit_mask": edit_mask,
         "batch_size": batch_size,
         "n_images": len(data),
     }
@@ -462,6 +500,13 @@ def run_method(
         fingerprint = generator_fingerprint(method.generator)  # in float32, before any cast (as `gie edit`)
         if dtype != torch.float32:
             method = method.to(dtype)
+    except GieError as e:
+        row.update(status="failed", reason=str(e))
+        log.error("%s: %s", name, e)
+        return row
+    masks = None
+    try:
+        masks = edit_masks(edit_mask, method, data)
     except GieError as e:
         row.update(status="failed", reason=str(e))
         log.error("%s: %s", name, e)
@@ -489,7 +534,7 @@ def run_method(
     try:
         for k, ((i0, i1), measure, timed) in enumerate(schedule):
             x = data.images[i0:i1].to(device, dtype)
-            recon, edited, secs = _forward(method, x, prepared, device)
+            recon, edited, secs = _forward(method, x, prepared, device, None if masks is None else masks[i0:i1])
             if timed:
                 times.encode += secs["encode"]
                 times.render += secs["render"]

@@ -120,6 +120,15 @@ def edit(
         str | None,
         typer.Option("--editor", help="Editing transformer of --reference (file or registry name; default: embedded)"),
     ] = None,
+    mask: Annotated[
+        str | None,
+        typer.Option(
+            "--mask",
+            help="Masked editing (SFE, supplement §9): edits change only the face region's features. 'landmarks' = "
+            "the face's hull from each latent's alignment record (NAME.align.json of gie align); or a mask image "
+            "(white = face) for every input; or a folder of NAME.mask.png.",
+        ),
+    ] = None,
     weights: Annotated[
         str | None, weights_option("Method checkpoint, overriding the one recorded in the latent files.")
     ] = None,
@@ -165,6 +174,11 @@ def edit(
         raise UsageError("--attribute edits need --classifier (label-based) or --reference", param="attribute")
     if (classifier is not None or reference is not None) and not attribute:
         raise UsageError("--classifier and --reference edit the attributes named by --attribute", param="attribute")
+    if mask and mask != "landmarks" and not Path(mask).exists():
+        raise UsageError(
+            f"--mask {mask}: no such file or folder", hint="landmarks, a mask image, or a folder of NAME.mask.png",
+            param="mask", value=mask,
+        )  # fmt: skip
     powers = parse_powers(power or [])
     labels = label_directions(classifier, attribute or [], target, order) if classifier else []
     references, edit_model = [], None
@@ -188,6 +202,7 @@ def edit(
         "reference": [option_identity(str(reference)), option_identity(editor), attribute] if reference else None,
         "edits": list(plan.keys()),
         "weights": option_identity(weights),
+        "mask": option_identity(mask),
         "force": force,
         "grid": grid,
         "grid_size": grid_size,
@@ -205,7 +220,7 @@ def edit(
         from gie_cli.editing.session import EditSession
 
         dev = resolve_device(device)
-        session = EditSession(plan, dev, resolve_dtype(dtype, dev), weights, force, batch_size, edit_model)
+        session = EditSession(plan, dev, resolve_dtype(dtype, dev), weights, force, batch_size, edit_model, mask)
         return PerItem(lambda it, bs: _edit_one(session, it, grid, grid_size, paste_back, bs), batch_size)
 
     raise typer.Exit(job.run(work))

@@ -17,6 +17,7 @@ from gie_cli.editing.edit import Edit, render_edit
 from gie_cli.editing.library import load_direction_candidates
 from gie_cli.errors import GieError, UsageError
 from gie_cli.methods import (
+    EDIT_MASK_KEY,
     Inversion,
     InversionMethod,
     NonFiniteError,
@@ -230,6 +231,8 @@ class EditSession:
         force: apply directions bound to another generator (same shapes) anyway, with a warning.
         batch_size: edits rendered per batch.
         editor: the editing transformer of the plan's reference edits.
+        mask: masked editing (methods with ``accepts_edit_mask``, SFE): ``landmarks`` (from each latent's alignment
+            record), a mask image for every latent, or a folder of ``NAME.mask.png``; None = no mask.
     """
 
     def __init__(
@@ -241,8 +244,10 @@ class EditSession:
         force: bool = False,
         batch_size: int = 4,
         editor: torch.nn.Module | None = None,
+        mask: str | None = None,
     ) -> None:
         self.plan, self.device, self.dtype = plan, device, dtype
+        self.mask = mask
         self.weights, self.force, self.batch_size = weights, force, batch_size
         if plan.references and editor is None:
             raise UsageError("reference edits need an editing transformer", param="editor")
@@ -376,6 +381,9 @@ class EditSession:
         plan = self.plan_for(fp)
         for d, _ in plan:
             self.check(d, method, key, fp)
+        mask_info = None
+        if self.mask:
+            extras[EDIT_MASK_KEY], mask_info = self.edit_mask(method, latent, meta)
         t_load = time.perf_counter()
         inv = Inversion(wplus, extras).to(self.device, self.dtype)
         images: dict[str, Image] = {}
@@ -403,6 +411,8 @@ class EditSession:
                 d.name: {"space": d.space, "powers": ps, "generator": (d.generator or {}).get("id")} for d, ps in plan
             },
         }
+        if mask_info is not None:
+            info["mask"] = mask_info
         if self.plan.references:
             info["references"] = {
                 r.name: {"image": str(r.image), "attribute": r.attribute, "powers": r.powers}
@@ -410,6 +420,41 @@ class EditSession:
             }
         timings = {"load": (t_load - t0) * 1000, "render": (t_render - t_load) * 1000}
         return EditResult(latent, meta, images, rows, recon, info, timings)
+
+    def edit_mask(self, method: InversionMethod, latent: Path, meta: dict[str, Any]) -> tuple[torch.Tensor, str]:
+        """The edit mask ``[1, 1, S, S]`` of one latent (S = the generator's size) and where it came from.
+
+        Raises:
+            UsageError: the method has no masked editing, or the mask is missing or unreadable (naming the fix).
+        """
+        from gie_cli.alignment.face_mask import face_mask_from_align_record, load_mask_file
+        from gie_cli.alignment.sidecar import read_align_meta
+        from gie_cli.io.latents import LATENT_SUFFIX
+
+        if not method.accepts_edit_mask:
+            raise UsageError(
+                f"--mask: {latent.name} was inverted with {method.name}, which has no masked editing",
+                hint="masked editing is SFE's (invert with --method sfe), or drop --mask",
+            )
+        size = method.generator.size
+        if self.mask == "landmarks":
+            record = find_align_record(latent, meta)
+            if record is None:
+                raise UsageError(
+                    f"--mask landmarks: no alignment record for {latent.name}",
+                    hint="invert photos aligned by gie (NAME.align.json), or pass a mask image/folder",
+                )
+            rec = record if isinstance(record, dict) else read_align_meta(record)
+            m, source = (
+                face_mask_from_align_record(rec, size),
+                f"landmarks ({record if isinstance(record, Path) else 'latent meta'})",
+            )
+        else:
+            path = Path(self.mask)
+            if path.is_dir():
+                path = path / f"{latent.name.removesuffix(LATENT_SUFFIX)}.mask.png"
+            m, source = load_mask_file(path, size), str(path)
+        return torch.as_tensor(m, dtype=torch.float32)[None, None], source
 
     def _render_powers(
         self,

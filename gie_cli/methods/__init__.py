@@ -4,6 +4,7 @@ Built-in methods are listed in :mod:`gie_cli.catalog`; this package never import
 """
 
 from gie_cli.methods.base import (
+    EDIT_MASK_KEY,
     AlignmentProbe,
     Inversion,
     InversionMethod,
@@ -25,6 +26,7 @@ from gie_cli.methods.registry import (
 )
 
 __all__ = [
+    "EDIT_MASK_KEY",
     "AlignmentProbe",
     "Inversion",
     "InversionMethod",

@@ -19,6 +19,10 @@ from gie_cli.models.stylegan2 import Generator
 
 log = logging.getLogger(__name__)
 
+#: An :attr:`Inversion.extras` entry set at edit time (never saved): ``[B|1, 1, H, W]`` in [0, 1], 1 where an edit may
+#: change the image (the face). Only methods with ``accepts_edit_mask`` (SFE's masked editing) read it.
+EDIT_MASK_KEY = "edit_mask"
+
 
 @dataclass
 class Inversion:
@@ -89,6 +93,8 @@ class InversionMethod(nn.Module, ABC):
     name: ClassVar[str] = ""
     #: whether :meth:`invert` needs gradients (optimization methods) or runs under ``torch.no_grad``.
     needs_grad: ClassVar[bool] = False
+    #: whether :meth:`render` honours an ``edit_mask`` extra (:data:`EDIT_MASK_KEY`).
+    accepts_edit_mask: ClassVar[bool] = False
 
     def __init__(self, generator: Generator, weights_id: str = "") -> None:
         super().__init__()

@@ -197,7 +197,9 @@ class ImageLosses:
         return {"perceptual_loss": self.perceptual_kind, "id_loss": self.id_net is not None}
 
     # ----------------------------------------------------------------------------------------------- losses
-    def __call__(self, img: Tensor, small: Tensor, target: Tensor, metrics: dict[str, float], tag: str) -> Tensor:
+    def __call__(
+        self, img: Tensor, small: Tensor, target: Tensor, metrics: dict[str, float], tag: str, adversarial: bool = True
+    ) -> Tensor:
         """The weighted sum for one generated batch.
 
         Args:
@@ -206,6 +208,7 @@ class ImageLosses:
             target: the real images at the loss resolution, ``[B, 3, s, s]``.
             metrics: receives each term as ``<term>_<tag>``.
             tag: suffix of the metric names (e.g. ``"rec"``).
+            adversarial: include the adversarial term (False: e.g. before a trainer's ``adv_start`` step).
         """
         w = self.w
         l2 = (small - target).square().mean()
@@ -228,7 +231,7 @@ class ImageLosses:
             ident = (1 - identity_similarity(self.id_net, small, target)).mean()
             loss = loss + w.identity * ident
             metrics[f"id_{tag}"] = float(ident.detach())
-        if self.disc is not None:
+        if self.disc is not None and adversarial:
             adv = F.softplus(-self.disc(img)).mean()
             loss = loss + w.adversarial * adv
             metrics[f"adv_{tag}"] = float(adv.detach())

@@ -72,6 +72,8 @@ class FSLikeBackbone(nn.Module):
         unit_counts: blocks per stage (iresnet50: 3, 4, 14, 3).
         widths: stage widths (64, 128, 256, 512).
         input_nc: image channels.
+        pool_size: side of the average pool each stage is reduced to before the heads (official 3; gie's small
+            world model uses 1, as the heads' ``pool_size² · Σ widths · style_dim`` weights dominate its size).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class FSLikeBackbone(nn.Module):
         unit_counts: Sequence[int] = IRESNET50_UNITS,
         widths: Sequence[int] = IRESNET_WIDTHS,
         input_nc: int = 3,
+        pool_size: int = 3,
     ) -> None:
         super().__init__()
         if len(unit_counts) != 4 or len(widths) != 4:
@@ -98,8 +101,13 @@ class FSLikeBackbone(nn.Module):
             nn.BatchNorm2d(w[2]), conv3x3(w[2], fc), nn.BatchNorm2d(fc), nn.PReLU(fc), conv3x3(fc, fc),
             nn.BatchNorm2d(fc),
         )  # fmt: skip
-        self.avg_pool = nn.AdaptiveAvgPool2d(3)
-        self.styles = nn.ModuleList(nn.Linear(9 * sum(w), style_dim) for _ in range(n_styles))
+        self.config = {
+            "n_styles": self.n_styles, "style_dim": self.style_dim, "feature_channels": fc,
+            "unit_counts": [int(u) for u in unit_counts], "widths": w, "input_nc": int(input_nc),
+            "pool_size": int(pool_size),
+        }  # fmt: skip
+        self.avg_pool = nn.AdaptiveAvgPool2d(int(pool_size))
+        self.styles = nn.ModuleList(nn.Linear(int(pool_size) ** 2 * sum(w), style_dim) for _ in range(n_styles))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x [B, input_nc, S, S]`` -> ``(codes [B, n_styles, style_dim], feature [B, C_feat, S/4, S/4])``."""
@@ -167,6 +175,7 @@ class Inverter(nn.Module):
         fc = self.fs_backbone.feature_channels
         self.fuser = ContentLayerDeepFast(fuser_length, 2 * fc, fc)
         self.input_size = int(input_size)
+        self.config = {**self.fs_backbone.config, "fuser_length": int(fuser_length), "input_size": self.input_size}
 
     def prepare(self, images: Tensor) -> Tensor:
         """Images at the Inverter's input size (bilinear, ``align_corners=False``, as the official transform)."""
