@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Rebuilds gie's embedded demo zoo from scratch with gie's own commands:
 #   gie_cli/zoo/world-{generator,attributes,e4e,gradstyle,hfgi,style-transformer,latent-classifier,
-#                      edit-transformer}.safetensors  (fp16, registry names world.*)
+#                      edit-transformer,sfe}.safetensors  (fp16, registry names world.*)
 #   directions/{yaw,smile,...}.direction.safetensors          (joint regression on the attribute estimator's readings)
 # Usage: scripts/build_zoo.sh   (env: WORK=build/zoo DEVICE=auto GEN_STEPS EST_STEPS E4E_STEPS GS_STEPS HFGI_STEPS
-#        ST_STEPS LC_STEPS ET_STEPS N_FACES)
+#        ST_STEPS LC_STEPS ET_STEPS SFE1_STEPS SFE2_STEPS N_FACES)
 # On the 2-core CPU dev machine this takes about 2.5 hours with the defaults; a GPU takes minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,8 @@ HFGI_STEPS=${HFGI_STEPS:-3000}
 ST_STEPS=${ST_STEPS:-6000}
 LC_STEPS=${LC_STEPS:-3000}
 ET_STEPS=${ET_STEPS:-10000}
+SFE1_STEPS=${SFE1_STEPS:-3000}
+SFE2_STEPS=${SFE2_STEPS:-1000}
 N_FACES=${N_FACES:-4096}
 DIRECTIONS=${DIRECTIONS:-"yaw smile mouth_open glasses age hair_length hair_lightness"}
 mkdir -p "$WORK"
@@ -62,4 +64,12 @@ python -m gie_cli.synth.zoo labels "$gen" -o "$WORK/world-labels.safetensors" -n
 args=(); for a in $DIRECTIONS; do args+=(-a "$a"); done
 gie directions fit regression -w "$gen" --labels "$WORK/world-labels.safetensors" "${args[@]}" --power-range=-2,2 \
     -o directions --overwrite
+# 6. StyleFeatureEditor on the packed e4e (stored on world.e4e): phase 1 the Inverter (the 32 px feature;
+#    adversarial from 11/30 of the steps, about the supplement's 14k of 37.5k), phase 2 the Feature Editor on edit
+#    pairs of the world's directions (step 5) at their range's ends and halves
+s1=$(train --method sfe --data "$WORK/faces" -w gie_cli/zoo/world-e4e.safetensors --set lr=5e-4 --set reg_lambda=0.5 \
+    --set adv_start=$((SFE1_STEPS * 11 / 30)) --steps "$SFE1_STEPS" -b 8 --snapshot-every 500)
+s2=$(train --method sfe --data "$WORK/faces" -w "$s1" --set phase=2 --set lr=5e-4 --steps "$SFE2_STEPS" -b 8 \
+    --snapshot-every 250)
+python -m gie_cli.synth.zoo pack sfe "$s2" >/dev/null
 echo "zoo rebuilt: gie_cli/zoo/ and directions/ (run the tests, then commit)" >&2

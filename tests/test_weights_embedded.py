@@ -168,6 +168,7 @@ def test_the_shipped_registry_declares_the_demo_zoo():
         "style_transformer": "world.style_transformer",
         "latent_classifier": "world.latent_classifier",
         "edit_transformer": "world.edit_transformer",
+        "sfe": "world.sfe",
     }
     pairs = [("world.generator", "stylegan2"), ("world.e4e", "e4e"), ("world.attributes", "attributes")]
     for name, method in [*pairs, ("world.gradstyle", "gradstyle"), ("world.hfgi", "hfgi")]:
@@ -177,6 +178,7 @@ def test_the_shipped_registry_declares_the_demo_zoo():
     assert reg.get("world.e4e").real == "e4e.ffhq" and reg.get("world.generator").real == "stylegan2.ffhq"
     assert reg.get("world.hfgi").real == "hfgi.ffhq"
     assert reg.get("world.style_transformer").real == "style_transformer.ffhq"
+    assert reg.get("world.sfe").real == "sfe.editor_light"
     assert reg.get("world.attributes").real == "" and reg.get("world.gradstyle").real == ""  # no official GradStyle
     assert embedded_notice(reg.get("world.e4e")) == (
         "using the embedded demo model world.e4e (64 px synthetic faces, not for real photos; "

@@ -27,6 +27,7 @@ ZOO_FILES: dict[str, tuple[str, str]] = {
     "style_transformer": ("world-style-transformer.safetensors", "world.style_transformer"),
     "latent_classifier": ("world-latent-classifier.safetensors", "world.latent_classifier"),
     "edit_transformer": ("world-edit-transformer.safetensors", "world.edit_transformer"),
+    "sfe": ("world-sfe.safetensors", "world.sfe"),
 }
 #: kind -> (registry name of the zoo model it was trained on, the parts stored only there): a packed file keeps its
 #: own weights and refers to the base for the rest (``gie_cli.models.loading.save_on_base``), so no zoo model is
@@ -35,6 +36,7 @@ ZOO_BASES: dict[str, tuple[str, list[str]]] = {
     "e4e": ("world.generator", ["decoder"]),
     "gradstyle": ("world.e4e", ["encoder", "decoder", "latent_avg"]),
     "hfgi": ("world.e4e", ["encoder", "decoder", "latent_avg"]),
+    "sfe": ("world.e4e", ["encoder", "decoder", "latent_avg"]),  # its Inverter and Feature Editor are its own
     # the synthesis network only: Style Transformer fine-tunes the mapping MLP (decoder.style.*), which it keeps
     "style_transformer": (
         "world.generator",

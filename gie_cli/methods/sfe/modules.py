@@ -73,7 +73,7 @@ class FSLikeBackbone(nn.Module):
         widths: stage widths (64, 128, 256, 512).
         input_nc: image channels.
         pool_size: side of the average pool each stage is reduced to before the heads (official 3; gie's small
-            world model uses 1, as the heads' ``pool_size² · Σ widths · style_dim`` weights dominate its size).
+            world model uses 2, as the heads' ``pool_size² · Σ widths · style_dim`` weights dominate its size).
     """
 
     def __init__(

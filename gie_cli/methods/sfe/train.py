@@ -24,12 +24,12 @@ from gie_cli.training.optim import Lookahead
 
 log = logging.getLogger(__name__)
 
-#: Inverter / Feature Editor sizes: the official model, gie's small world model (about 1 M parameters, 2 MB in
-#: float16: its style heads read a 1x1 pool, see :class:`~gie_cli.methods.sfe.modules.FSLikeBackbone`), and tests'.
+#: Inverter / Feature Editor sizes: the official model, gie's small world model (1.2 M parameters, 2.4 MB in
+#: float16: its style heads read a 2x2 pool, see :class:`~gie_cli.methods.sfe.modules.FSLikeBackbone`), and tests'.
 SFE_PRESETS: dict[str, dict[str, Any]] = {
     "official": {"unit_counts": (3, 4, 14, 3), "widths": (64, 128, 256, 512), "pool_size": 3, "fuser_length": 6,
                  "editor_length": 6},
-    "world": {"unit_counts": (1, 1, 2, 1), "widths": (16, 32, 48, 96), "pool_size": 1, "fuser_length": 2,
+    "world": {"unit_counts": (1, 1, 2, 1), "widths": (16, 24, 32, 48), "pool_size": 2, "fuser_length": 2,
               "editor_length": 2},
     "tiny": {"unit_counts": (1, 1, 1, 1), "widths": (8, 8, 16, 16), "pool_size": 1, "fuser_length": 2,
              "editor_length": 2},
@@ -56,7 +56,9 @@ class SFETrainConfig(ImageLossSettings):
         lr: learning rate of the trained part (the supplement's 2e-4).
         optimizer: ``ranger`` (RAdam + Lookahead, the supplement's) or ``adam``.
         reg_lambda: phase 1: weight of the ``F_k`` regularisation ``mean((F_k - F_w)^2)`` (the supplement names the
-            term and its weight 0.01, not its form; gie keeps ``F_k`` near the generator's own feature of ``w``).
+            term and its weight 0.01, not its form; gie keeps ``F_k`` near the generator's own feature of ``w``). On
+            the world, 0.01 let ``F_k`` drift to twice ``F_w``'s size, and edits (``F_k - Δ``) no longer moved their
+            attribute (smile: -0.01 against e4e's +0.11); ``scripts/build_zoo.sh`` trains ``world.sfe`` at 0.5.
         adv_start: step from which the adversarial term and the discriminator train (phase 1: the supplement's 14000
             of 37500; phase 2 uses it from the start).
         directions: phase 2: comma-separated directions of the fixed training set ``D``; empty = every direction on
