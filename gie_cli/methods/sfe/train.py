@@ -57,8 +57,8 @@ class SFETrainConfig(ImageLossSettings):
         optimizer: ``ranger`` (RAdam + Lookahead, the supplement's) or ``adam``.
         reg_lambda: phase 1: weight of the ``F_k`` regularisation ``mean((F_k - F_w)^2)`` (the supplement names the
             term and its weight 0.01, not its form; gie keeps ``F_k`` near the generator's own feature of ``w``). On
-            the world, 0.01 let ``F_k`` drift to twice ``F_w``'s size, and edits (``F_k - Δ``) no longer moved their
-            attribute (smile: -0.01 against e4e's +0.11); ``scripts/build_zoo.sh`` trains ``world.sfe`` at 0.5.
+            the world, 0.01 let ``F_k`` drift far from ``F_w`` (a mean distance about twice ``F_w``'s own size), and
+            edits, which add ``Δ`` to ``F_k``, barely moved smile; ``scripts/build_zoo.sh`` trains ``world.sfe`` at 0.5.
         adv_start: step from which the adversarial term and the discriminator train (phase 1: the supplement's 14000
             of 37500; phase 2 uses it from the start).
         directions: phase 2: comma-separated directions of the fixed training set ``D``; empty = every direction on
