@@ -1,5 +1,6 @@
 """Optimizer wrappers shared by gie's trainers: Lookahead (Zhang et al., "Lookahead Optimizer: k steps forward, 1
-step back", NeurIPS 2019), which HFGI and GradStyle train with around Adam."""
+step back", NeurIPS 2019), which HFGI and GradStyle train with around Adam, and Ranger (RAdam + Lookahead), Style
+Transformer's and SFE's."""
 
 from __future__ import annotations
 
@@ -65,3 +66,22 @@ class Lookahead:
         for slow, saved in zip(self.slow, state["slow"], strict=True):
             slow.copy_(saved)
         self.steps = int(state["steps"])
+
+
+#: ``optimizer`` settings of the trainers that take :func:`ranger_or_adam`.
+OPTIMIZERS = ("ranger", "adam")
+
+
+def ranger_or_adam(params: Any, lr: float, kind: str, owner: str) -> Any:
+    """``ranger`` (``torch.optim.RAdam`` + :class:`Lookahead`) or plain ``adam`` over ``params`` at ``lr``.
+
+    Raises:
+        UsageError: another ``kind`` (the message names the ``owner``'s setting).
+    """
+    from gie_cli.errors import UsageError
+
+    if kind not in OPTIMIZERS:
+        raise UsageError(f"{owner} setting optimizer={kind!r}", hint=" or ".join(OPTIMIZERS))
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return Lookahead(torch.optim.RAdam(params, lr=lr))

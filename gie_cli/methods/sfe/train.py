@@ -20,7 +20,7 @@ from gie_cli.settings import parse_settings
 from gie_cli.training import Trainer
 from gie_cli.training.data import ImageFolder, endless
 from gie_cli.training.losses import ImageLosses, ImageLossSettings, resize_to
-from gie_cli.training.optim import Lookahead
+from gie_cli.training.optim import ranger_or_adam
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ SFE_PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 #: The official replaced feature (the 64x64 block of the 1024 px generator).
 OFFICIAL_FEATURE_RESOLUTION = 64
-OPTIMIZERS = ("ranger", "adam")
 
 
 @dataclass
@@ -139,8 +138,6 @@ class SFETrainer(Trainer):
         self.cfg = c = parse_settings(SFETrainConfig, settings, "sfe training")
         if c.phase not in (1, 2):
             raise UsageError(f"sfe setting phase={c.phase}", hint="1 (the Inverter) or 2 (the Feature Editor)")
-        if c.optimizer not in OPTIMIZERS:
-            raise UsageError(f"sfe setting optimizer={c.optimizer!r}", hint=" or ".join(OPTIMIZERS))
         self.device = torch.device(device)
         method = self._method(weights, c)
         self.method: SFEMethod = method.to(self.device)
@@ -153,10 +150,7 @@ class SFETrainer(Trainer):
             assert self.method.editor is not None
             self.trained = self.method.editor
         self.trained.train().requires_grad_(True)
-        inner = torch.optim.RAdam if c.optimizer == "ranger" else torch.optim.Adam
-        self.opt: Any = inner(self.trained.parameters(), lr=c.lr)
-        if c.optimizer == "ranger":
-            self.opt = Lookahead(self.opt)
+        self.opt: Any = ranger_or_adam(self.trained.parameters(), c.lr, c.optimizer, "sfe")
         self.loss_size = min(c.loss_size, g.size) if c.loss_size > 0 else g.size
         sources = tuple(w for w in (weights, c.init) if w)
         self.losses = ImageLosses(c.loss_weights(), g.size, g.channels, self.device, sources, "sfe")

@@ -21,12 +21,10 @@ from gie_cli.settings import parse_settings
 from gie_cli.training import Trainer
 from gie_cli.training.data import ImageFolder, endless
 from gie_cli.training.losses import ImageLosses, ImageLossSettings, resize_to
-from gie_cli.training.optim import Lookahead
+from gie_cli.training.optim import ranger_or_adam
 from gie_cli.weights import load_components, resolve_weights
 
 log = logging.getLogger(__name__)
-
-OPTIMIZERS = ("ranger", "adam")
 
 
 @dataclass
@@ -130,8 +128,6 @@ class StyleTransformerTrainer(Trainer):
 
     def __init__(self, data: str, weights: str | None, device, batch_size: int, seed: int, **settings: str) -> None:
         self.cfg = c = parse_settings(StyleTransformerTrainConfig, settings, "style_transformer training")
-        if c.optimizer not in OPTIMIZERS:
-            raise UsageError(f"style_transformer setting optimizer={c.optimizer!r}", hint=" or ".join(OPTIMIZERS))
         self.device = torch.device(device)
         method = load_style_transformer(c.init) if c.init else _new_method(weights, c)
         self.method = method.to(self.device)
@@ -142,10 +138,7 @@ class StyleTransformerTrainer(Trainer):
         if c.train_mapping:
             g.style.requires_grad_(True)
             params += list(g.style.parameters())
-        inner = torch.optim.RAdam if c.optimizer == "ranger" else torch.optim.Adam
-        self.opt: Any = inner(params, lr=c.lr)
-        if c.optimizer == "ranger":
-            self.opt = Lookahead(self.opt)
+        self.opt: Any = ranger_or_adam(params, c.lr, c.optimizer, "style_transformer")
         self.loss_size = min(c.loss_size, g.size) if c.loss_size > 0 else g.size
         self.losses = ImageLosses(c.loss_weights(), g.size, g.channels, self.device, (), "style_transformer")
         self.data = ImageFolder(data, self.method.input_size)
