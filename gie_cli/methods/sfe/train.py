@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from gie_cli.errors import UsageError
 from gie_cli.methods.e4e import load_encoder_method
-from gie_cli.methods.sfe.method import SFEMethod, feature_layer_for, load_sfe
+from gie_cli.methods.sfe.method import E4E_KEY, FEATURE_KEY, SFEMethod, feature_layer_for, load_sfe
 from gie_cli.methods.sfe.modules import ContentLayerDeepFast, Inverter
 from gie_cli.models.stylegan2 import NEXT_INPUT, Generator, Hook
 from gie_cli.settings import parse_settings
@@ -302,18 +302,17 @@ class SFETrainer(Trainer):
 
     def _phase2(self, x: Tensor, target: Tensor, metrics: dict) -> tuple[Tensor, list[Tensor]]:
         m, editor = self.method, self.trained
-        e4e = m._e4e()
         with torch.no_grad():
-            w_e4e = e4e.encode(x)
+            inv = m.invert(x)  # its extras hold e4e(x): the codes the edit pairs are drawn from
+            f_k = inv.extras[FEATURE_KEY].float()
+            w_e4e = inv.extras[E4E_KEY]
             delta = self._sample_edits(w_e4e)
             x_e = self.generator(w_e4e, noise_mode="const").clamp(-1, 1)
             x_e_edit = self.generator(w_e4e + delta, noise_mode="const").clamp(-1, 1)
             inv_e = m.invert(x_e)
-            f_k_e = inv_e.extras["feature"].float()
-            w_e4e_e = inv_e.extras["wplus_e4e"]
+            f_k_e = inv_e.extras[FEATURE_KEY].float()
+            w_e4e_e = inv_e.extras[E4E_KEY]
             diff = m.generator_feature(w_e4e_e) - m.generator_feature(w_e4e_e + delta)
-            inv = m.invert(x)
-            f_k = inv.extras["feature"].float()
         edited = self._draw(inv_e.wplus + delta, editor(torch.cat([f_k_e, diff], dim=1)))
         small_target = resize_to(x_e_edit, self.loss_size)
         loss = self.losses(edited, resize_to(edited, self.loss_size), small_target, metrics, "edit", False)
