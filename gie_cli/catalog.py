@@ -42,6 +42,10 @@ METHODS: dict[str, Entry] = {
         "gie_cli.methods.sfe.method:load_sfe_method",
         "StyleFeatureEditor (Bobkov et al. 2024): predicted 64 px feature + Feature Editor for edits",
     ),
+    "ood": Entry(
+        "gie_cli.methods.ood.method:load_ood_method",
+        "OOD inversion (Yin et al. 2023): e4e + SAMM feature alignment, out-of-domain parts blended back",
+    ),
 }
 
 #: trainer name -> ``factory(data, weights, device, batch_size, seed, **settings) -> Trainer``
@@ -62,6 +66,9 @@ TRAINERS: dict[str, Entry] = {
     "sfe": Entry(
         "gie_cli.methods.sfe.train:train_sfe",
         "train SFE's Inverter (--set phase=1, on a frozen e4e -w) or Feature Editor (phase=2, on the phase-1 result)",
+    ),
+    "ood": Entry(
+        "gie_cli.methods.ood.train:train_ood", "train OOD inversion's SAMM (alignment + masks) on a frozen e4e (-w)"
     ),
     "latent_classifier": Entry(
         "gie_cli.editing.train:train_latent_classifier",

@@ -21,7 +21,8 @@ from gie_cli.cli import app
 from gie_cli.cli.benchmark import parse_edits, parse_method_entries, split_settings, split_weights
 from gie_cli.editing import Direction, generator_binding
 from gie_cli.errors import UsageError
-from gie_cli.methods import create_method
+from gie_cli.methods import Inversion, create_method
+from gie_cli.methods.e4e import EncoderMethod
 from gie_cli.synth.estimator import AttributeEstimator
 from gie_cli.synth.params import ATTRIBUTE_NAMES, attribute_vector, sample_params
 from gie_cli.synth.render import render
@@ -394,3 +395,98 @@ def test_masked_sfe_edits_keep_the_background_and_report_the_face_split(files, i
         assert {"edit_change_face", "edit_change_bg", "gt_mse_face", "gt_mse_bg"} <= set(m)
     assert masked["edit_change_bg"] < 0.9 * plain["edit_change_bg"], (masked, plain)
     assert lm["edit_change_bg"] < 0.9 * plain["edit_change_bg"], (lm, plain)
+
+
+class _BlendingE4E(EncoderMethod):
+    """A test double of OOD inversion: the tiny e4e that keeps the input photo where its ``mask_of`` says. The mask
+    is each input's true object mask (``keep="truth"``, looked up among ``photos``) or empty (``keep="none"``)."""
+
+    photos: torch.Tensor
+    truth: torch.Tensor
+    keep: str
+
+    @classmethod
+    def of(cls, photos: torch.Tensor, truth: torch.Tensor, keep: str) -> _BlendingE4E:
+        method = make_tiny_e4e()
+        method.__class__ = cls  # the same weights as the fixture's e4e
+        method.photos, method.truth, method.keep = photos, truth, keep
+        return method
+
+    def invert(self, images: torch.Tensor) -> Inversion:
+        inv = super().invert(images)
+        hit = (images[:, None] == self.photos[None]).flatten(2).all(dim=2)  # [B, N]
+        assert bool(hit.any(dim=1).all()), "an input that is not one of the benchmark's photos"
+        mask = self.truth[hit.float().argmax(dim=1)][:, None].float()  # [B, 1, S, S]
+        inv.extras["photo"] = images.clone()
+        inv.extras["keep"] = mask if self.keep == "truth" else torch.zeros_like(mask)
+        return inv
+
+    def mask_of(self, inv: Inversion) -> torch.Tensor:
+        return inv.extras["keep"]
+
+    def render(self, inv: Inversion, delta=None, style_offsets=None) -> torch.Tensor:
+        drawn = super().render(inv, delta, style_offsets)
+        m = inv.extras["keep"]
+        return m * inv.extras["photo"] + (1 - m) * drawn
+
+
+def test_ood_mask_and_region_metrics_flow_into_the_report(files, isolated, tmp_path, monkeypatch):
+    """Methods with ``mask_of`` (OOD inversion) get mask_iou and aoa; every method gets PSNR/SSIM inside the objects
+    and the face; edits get edit_ood_mse. A double that keeps the photo exactly on the true objects scores IoU 1,
+    exact objects and edits that keep them; one with an empty mask scores AOA 0 and renders as plain e4e; e4e itself
+    has no mask metrics (blank cells)."""
+    from gie_cli.methods.registry import REGISTRY
+
+    n, size = 4, 32  # the tiny generator's size: masks and renders are compared without resizing
+    data = synthface_data(n, size, SEED, ood_prob=1.0)
+    assert bool(data.ood_masks.flatten(1).any(dim=1).all())
+    for name, keep in (("truthmask", "truth"), ("nomask", "none")):
+        double = _BlendingE4E.of(data.images, data.ood_masks, keep)
+        monkeypatch.setitem(REGISTRY.plugins, name, (lambda weights, m=double: m, "test double"))
+    out = tmp_path / "out"
+    args = [
+        "benchmark", "--methods", "e4e,truthmask,nomask", "--data", "synthface", "--n", n, "--seed", SEED,
+        "--size", size, "--ood-prob", 1, "--edits", "smile:2", "--metrics", "mse,psnr,ssim", "--weights",
+        f"e4e={files['e4e']}", "--weights", f"attributes={files['est']}", "-b", 2, "--sheet", 0, "-o", out,
+    ]  # fmt: skip
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "benchmark.json").read_text())
+    rows = {r["method"]: r for r in doc["results"]}
+    plain, truth, none = (rows[k]["metrics"] for k in ("e4e", "truthmask", "nomask"))
+    assert not {"mask_iou", "aoa"} & set(plain)  # no mask_of: no value, not 0
+    assert truth["mask_iou"] == 1.0 and none["mask_iou"] == 0.0
+    assert truth["aoa"] == pytest.approx(100 * float(data.ood_masks.float().mean()), rel=1e-6) and none["aoa"] == 0.0
+    # the photo kept on the objects: exact there; the empty mask changes nothing
+    assert truth["ood_mse_in"] == 0.0 and truth["psnr_ood"] == "inf" and truth["ssim_ood"] > plain["ssim_ood"]
+    for k in ("psnr_ood", "ssim_ood", "psnr_face", "ssim_face", "mse"):
+        assert none[k] == plain[k], k
+    # e4e's region PSNR, recomputed here
+    e4e = create_method("e4e", str(files["e4e"]))
+    with torch.no_grad():
+        a, b = (e4e.render(e4e.invert(data.images)).clamp(-1, 1) + 1) / 2, (data.images + 1) / 2
+    for key, masks in (("psnr_ood", data.ood_masks), ("psnr_face", data.face_masks)):
+        m = masks[:, None].expand_as(a)
+        want = [float(-10 * torch.log10(((a[i] - b[i]) ** 2)[m[i]].mean())) for i in range(n)]
+        assert plain[key] == pytest.approx(float(np.mean(want)), abs=1e-3), key
+    assert -1 <= plain["ssim_face"] <= 1 and -1 <= plain["ssim_ood"] <= 1
+    # edits: the objects kept in place by the blending double, not by e4e
+    edit = {k: rows[k]["edits"][0]["metrics"] for k in rows}
+    assert edit["truthmask"]["edit_ood_mse"] == 0.0 and edit["e4e"]["edit_ood_mse"] > 1e-3
+    assert edit["nomask"]["edit_ood_mse"] == pytest.approx(edit["e4e"]["edit_ood_mse"], rel=1e-6)
+    # the report: the columns, blank cells for e4e, and one definition line per metric
+    md = (out / "benchmark.md").read_text()
+    lines = md.splitlines()
+    start = lines.index("## Reconstruction") + 2
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start : lines.index("## Edits")] if line]
+    cols, cells = table[0], {row[0]: row for row in table[2:]}
+    for h in ("PSNR OOD dB", "SSIM OOD", "PSNR face dB", "SSIM face", "mask IoU", "AOA %"):
+        assert h in cols, h
+    iou, aoa, ood_psnr = cols.index("mask IoU"), cols.index("AOA %"), cols.index("PSNR OOD dB")
+    assert (cells["e4e"][iou], cells["e4e"][aoa]) == ("", "")
+    assert (cells["truthmask"][iou], cells["nomask"][iou], cells["nomask"][aoa]) == ("1.0000", "0.0000", "0.00")
+    assert cells["truthmask"][aoa] == f"{truth['aoa']:.2f}" and cells["truthmask"][ood_psnr] == "inf"
+    assert "| method | edit | edit ms/img |" in md and "OOD MSE to input" in md
+    for k in ("psnr_ood", "ssim_ood", "psnr_face", "ssim_face", "mask_iou", "aoa", "edit_ood_mse"):
+        assert sum(line.startswith(f"- {k}: ") for line in lines) == 1, k
+    assert "- aoa: average OOD area in percent" in md

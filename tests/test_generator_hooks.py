@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gie_cli.models import create_model
-from gie_cli.models.stylegan2 import NEXT_INPUT, POST_ACTIVATION, PRE_ACTIVATION, Generator, Hook
+from gie_cli.models.stylegan2 import NEXT_INPUT, POST_ACTIVATION, PRE_ACTIVATION, PRE_NOISE, Generator, Hook
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,30 @@ def test_pre_activation_sees_the_style_and_injects_like_the_noise_input(g, w):
     assert seen["layer"] == layer
     torch.testing.assert_close(seen["style"], conv.conv.modulation(w[:, layer]))
     assert seen["style"].shape == (2, g.style_channels(layer))
+
+
+@torch.no_grad()
+def test_pre_noise_sees_the_conv_output_before_its_noise(g, w):
+    """OOD's injection point: the hook gets the modulated conv's output without the layer's noise, and what it returns
+    still gets that noise, bias and activation."""
+    layer = 3
+    seen = {}
+
+    def grab(x, lyr, style):
+        seen["pre_noise"] = x
+        return x
+
+    def grab_pre(x, lyr, style):
+        seen["pre_activation"] = x
+        return x
+
+    out = g(w, hooks=[Hook(layer, grab, PRE_NOISE), Hook(layer, grab_pre, PRE_ACTIVATION)])
+    torch.testing.assert_close(out, g(w), rtol=1e-5, atol=1e-5)
+    conv = g.convs[layer - 1]
+    noise = getattr(g.noises, f"noise_{layer}")
+    torch.testing.assert_close(seen["pre_activation"], seen["pre_noise"] + conv.noise.weight * noise)
+    shifted = g(w, hooks=[Hook(layer, lambda x, lyr, style: x + 0.5, PRE_NOISE)])
+    torch.testing.assert_close(shifted, g(w, hooks=[Hook(layer, lambda x, lyr, style: x + 0.5, PRE_ACTIVATION)]))
 
 
 @torch.no_grad()

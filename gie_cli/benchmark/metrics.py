@@ -39,12 +39,30 @@ DEFINITIONS: dict[str, str] = {
     "ood_mse_in": "MSE ([0, 1] images) inside the union of the out-of-domain object masks, averaged over the images "
     "that carry objects (synthface only)",
     "ood_mse_out": "MSE ([0, 1] images) outside the object masks of the same images (synthface only)",
+    "psnr_ood": "10 log10(1 / MSE inside the union of the out-of-domain object masks) in dB, images in [0, 1]; per "
+    "image, averaged over the images that carry objects (synthface only)",
+    "ssim_ood": "the SSIM map (the window of ssim, valid windows only, mean over channels) averaged over the windows "
+    "centred on a pixel of the object masks, images in [0, 1]; per image, averaged over the images that carry objects "
+    "(synthface only)",
+    "psnr_face": "10 log10(1 / MSE inside the true face region) in dB, images in [0, 1]; per image, averaged over "
+    "images (synthface only)",
+    "ssim_face": "the SSIM map (as ssim_ood) averaged over the windows centred on a pixel of the true face region; per "
+    "image, averaged over images (synthface only)",
+    "mask_iou": "IoU |P & T| / |P | T| of P = the method's photo-blending mask (OOD inversion's mask_of, resized to "
+    "the benchmark size as the images: area average down, bilinear up) > 0.5 and T = the union of the true object "
+    "masks; per image, averaged over the images that carry objects (synthface, methods with a blending mask only)",
+    "aoa": "average OOD area in percent: 100 x the mean value of the method's photo-blending mask (as in mask_iou; "
+    "1 = the input photo is kept) over the pixels of an image, averaged over all images (methods with a blending mask "
+    "only)",
     "edit_attr": "estimator change of the direction's attribute (named like the direction) from the unedited "
     "reconstruction to the edited image, on the [-1, 1] scale (synthface only)",
     "edit_others": "mean |estimator change| of the other 19 attributes (entanglement; synthface only)",
     "edit_change_face": "MSE ([0, 1] images) between the edited image and the unedited reconstruction inside the "
     "true face region (synthface only): how much the edit changed the face",
     "edit_change_bg": "the same outside the face region (hair, background, ...): what a masked edit should keep",
+    "edit_ood_mse": "MSE ([0, 1] images) between the edited image and the input photo inside the union of the "
+    "out-of-domain object masks, averaged over the images that carry objects (synthface only): whether an edit keeps "
+    "the objects in place",
     "gt_mse_face": f"MSE between the edited image and {_GT} inside the true face region",
     "gt_mse_bg": f"MSE between the edited image and {_GT} outside the true face region",
     "id_to_input": "identity similarity between the edited image and the input (editing identity preservation)",

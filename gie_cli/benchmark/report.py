@@ -42,6 +42,12 @@ _QUALITY = [
     ("attr_mae", "attr MAE", ".4f"),
     ("ood_mse_in", "OOD MSE in", ".5f"),
     ("ood_mse_out", "OOD MSE out", ".5f"),
+    ("psnr_ood", "PSNR OOD dB", ".2f"),
+    ("ssim_ood", "SSIM OOD", ".4f"),
+    ("psnr_face", "PSNR face dB", ".2f"),
+    ("ssim_face", "SSIM face", ".4f"),
+    ("mask_iou", "mask IoU", ".4f"),
+    ("aoa", "AOA %", ".2f"),
 ]
 _EDIT = [
     ("edit_attr", "attr change", "+.3f"),
@@ -51,6 +57,7 @@ _EDIT = [
     ("id_to_input", "ID to input", ".4f"),
     ("edit_change_face", "change in face", ".5f"),
     ("edit_change_bg", "change outside", ".5f"),
+    ("edit_ood_mse", "OOD MSE to input", ".5f"),
     ("gt_mse", "GT MSE", ".5f"),
     ("gt_mse_face", "GT MSE face", ".5f"),
     ("gt_mse_bg", "GT MSE outside", ".5f"),
@@ -133,6 +140,12 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
+def _cell(metrics: Mapping[str, Any], key: str, spec: str) -> str:
+    """A metric's table cell: blank where the row has no such metric (it does not apply, e.g. ``mask_iou`` for a
+    method without a blending mask), ``n/a`` where it was measured without a value."""
+    return _fmt(metrics[key], spec) if key in metrics else ""
+
+
 def _present(rows: Sequence[Mapping[str, Any]], columns: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
     return [c for c in columns if any(c[0] in (r or {}) for r in rows)]
 
@@ -163,7 +176,7 @@ def _quality_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
                 _fmt(t["encode_ms"], ".1f"),
                 _fmt(t["render_ms"], ".1f"),
                 _fmt(r["memory"]["peak_mb"], ".0f"),
-                *[_fmt(m.get(k), f) for k, _, f in cols],
+                *[_cell(m, k, f) for k, _, f in cols],
             ]
         )
     return header, rows
@@ -179,7 +192,7 @@ def _edit_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
                 rows.append([_row_name(r), e["edit"], "unavailable", *["" for _ in cols]])
                 continue
             m = e["metrics"]
-            rows.append([_row_name(r), e["edit"], _fmt(e["edit_ms"], ".1f"), *[_fmt(m.get(k), f) for k, _, f in cols]])
+            rows.append([_row_name(r), e["edit"], _fmt(e["edit_ms"], ".1f"), *[_cell(m, k, f) for k, _, f in cols]])
     return header, rows
 
 
@@ -252,7 +265,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
         f"Commit {env['git_commit']}, {env['date']}. Command: `{doc['command']}`",
         "",
         "Timings exclude the first (warm-up) batch; ms/img = stage time / images. Metrics at "
-        f"{data['size']} px (outputs of other sizes are resized: area average down, bilinear up).",
+        f"{data['size']} px (outputs of other sizes are resized: area average down, bilinear up). A blank cell: the "
+        "metric does not apply to that row; n/a: it has no value.",
     ]
     if data.get("estimator_mae_on_inputs") is not None:
         lines.append(f"Attribute estimator's own MAE on the inputs: {data['estimator_mae_on_inputs']:.4f}.")

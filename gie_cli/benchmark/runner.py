@@ -20,7 +20,7 @@ from gie_cli.benchmark.metrics import Accumulator, MetricSuite, to_size
 from gie_cli.benchmark.world import WorldJudge, target_attribute
 from gie_cli.errors import GieError, UsageError
 from gie_cli.methods import EDIT_MASK_KEY, invert_and_render, synchronize
-from gie_cli.metrics.regions import masked_mse
+from gie_cli.metrics.regions import mask_iou, masked_mse, masked_psnr, masked_ssim
 
 __all__ = [
     "METRIC_WEIGHT_KEYS",
@@ -272,11 +272,16 @@ class _Times:
 
 def _forward(method, x: Tensor, edits: Sequence[PreparedEdit], device: torch.device, mask: Tensor | None = None):
     """Invert, render and edit one batch (the edits masked by ``mask [B, 1, S, S]`` where given); returns
-    ``(recon, {label: edited}, seconds per stage)``."""
+    ``(recon, {label: edited}, seconds per stage, blend)``: ``blend`` is the ``[B, 1, S, S]`` mask in [0, 1] where
+    the method keeps the input photo (OOD inversion's ``mask_of``; untimed), None for methods without one."""
     from gie_cli.editing import Edit, apply, render_edit
 
     secs: dict[str, float] = {}
     inv, recon, secs["encode"], secs["render"] = invert_and_render(method, x)
+    blend = None
+    if callable(getattr(method, "mask_of", None)):
+        with torch.no_grad():
+            blend = method.mask_of(inv).detach()
     if mask is not None:
         inv.extras[EDIT_MASK_KEY] = mask.to(x.device, x.dtype)
     edited: dict[str, Tensor] = {}
@@ -292,7 +297,7 @@ def _forward(method, x: Tensor, edits: Sequence[PreparedEdit], device: torch.dev
             edited[pe.spec.label] = render_edit(method, inv, e)
         synchronize(device)
         secs[pe.spec.label] = time.perf_counter() - t
-    return recon, edited, secs
+    return recon, edited, secs, blend
 
 
 def edit_masks(kind: str, method, data: BenchData) -> Tensor | None:
@@ -386,9 +391,11 @@ def _measure(
     acc: Accumulator,
     edit_accs: Mapping[str, Accumulator],
     sheet: SheetImages | None = None,
+    blend: Tensor | None = None,
 ) -> None:
     """Adds one batch's metric values to the accumulators (everything at the benchmark resolution) and, while
-    ``sheet`` wants more, its first images."""
+    ``sheet`` wants more, its first images. ``blend`` is the method's ``[B, 1, S', S']`` photo-blending mask in
+    [0, 1] (:func:`_forward`), or None."""
     from gie_cli.synth.params import ATTRIBUTE_NAMES
 
     s = data.size
@@ -400,16 +407,25 @@ def _measure(
     acc.add(suite.pairwise(rec, x))
     acc.add_features("input", suite.fid_features(x))
     acc.add_features("output", suite.fid_features(rec))
+    ood = data.ood_masks[i0:i1] if data.ood_masks is not None else None  # [B, S, S]
+    has = ood.flatten(1).any(dim=1) if ood is not None else None  # [B]: the images with an object
+    some_ood = has is not None and bool(has.any())
     params = data.params[i0:i1] if data.params is not None else None
     if params is not None:
         if judge is not None:
             acc.add({"attr_mae": judge.attribute_error(rec, params)})
-        if data.ood_masks is not None:
-            m = data.ood_masks[i0:i1]
-            has = m.flatten(1).any(dim=1)
-            if bool(has.any()):
-                inside, outside = masked_mse((rec[has] + 1) / 2, (x[has] + 1) / 2, m[has])
-                acc.add({"ood_mse_in": inside, "ood_mse_out": outside})
+        if some_ood:
+            inside, outside = masked_mse((rec[has] + 1) / 2, (x[has] + 1) / 2, ood[has])
+            acc.add({"ood_mse_in": inside, "ood_mse_out": outside})
+    if some_ood:
+        acc.add(_region_quality(rec[has], x[has], ood[has], "ood", suite))
+    if data.face_masks is not None:
+        acc.add(_region_quality(rec, x, data.face_masks[i0:i1], "face", suite))
+    if blend is not None:
+        bm = to_size(blend.detach().float(), s).clamp(0, 1).cpu()[:, 0]  # [B, S, S], area average when shrinking
+        acc.add({"aoa": 100 * bm.flatten(1).mean(dim=1)})
+        if some_ood:
+            acc.add({"mask_iou": mask_iou(bm[has], ood[has])})
     for pe in edits:
         if pe.spec.label not in edited:
             continue
@@ -420,6 +436,8 @@ def _measure(
         ident = suite.identity(img, x)
         if ident is not None:
             ea.add({"id_to_input": ident})
+        if some_ood:  # is the object kept in place: the edited image against the input photo inside it
+            ea.add({"edit_ood_mse": masked_mse((img[has] + 1) / 2, (x[has] + 1) / 2, ood[has])[0]})
         if params is not None and judge is not None and pe.attribute is not None:
             gt, change, others = judge.edit_ground_truth(params, pe.attribute, rec, img, s)
             if keep:
@@ -438,6 +456,28 @@ def _measure(
             ea.add(suite.pairwise(img, gt, prefix="gt_"))
             ea.add_features("edited", suite.fid_features(img))
             ea.add_features("gt", suite.fid_features(gt))
+
+
+def _region_quality(rec: Tensor, x: Tensor, mask: Tensor, region: str, suite: MetricSuite) -> dict[str, Tensor]:
+    """PSNR and SSIM inside a region (those of the two the suite runs).
+
+    Args:
+        rec: ``[B, 3, S, S]`` reconstructions in [-1, 1].
+        x: ``[B, 3, S, S]`` inputs in [-1, 1].
+        mask: ``[B, S, S]`` bool regions.
+        region: Name suffix (``ood``, ``face``).
+        suite: The metric set (``psnr`` and ``ssim`` as requested).
+
+    Returns:
+        ``{"psnr_<region>": [B], "ssim_<region>": [B]}`` on images in [0, 1]; NaN for an empty region.
+    """
+    a, b = (rec + 1) / 2, (x + 1) / 2
+    out: dict[str, Tensor] = {}
+    if suite.available("psnr"):
+        out[f"psnr_{region}"] = masked_psnr(a, b, mask)
+    if suite.available("ssim"):
+        out[f"ssim_{region}"] = masked_ssim(a, b, mask)
+    return out
 
 
 def run_method(
@@ -534,7 +574,7 @@ def run_method(
     try:
         for k, ((i0, i1), measure, timed) in enumerate(schedule):
             x = data.images[i0:i1].to(device, dtype)
-            recon, edited, secs = _forward(method, x, prepared, device, None if masks is None else masks[i0:i1])
+            recon, edited, secs, blend = _forward(method, x, prepared, device, None if masks is None else masks[i0:i1])
             if timed:
                 times.encode += secs["encode"]
                 times.render += secs["render"]
@@ -544,7 +584,7 @@ def run_method(
                 times.batches += 1
             if measure:
                 want = sheet if sheet.count() < sheet_images else None
-                _measure(data, i0, i1, recon, edited, prepared, suite, judge, acc, edit_accs, want)
+                _measure(data, i0, i1, recon, edited, prepared, suite, judge, acc, edit_accs, want, blend)
                 if has_probe:
                     has_probe = _probe(method, x, i0, align_acc, data.size)
             log.debug("%s: batch %d/%d done", name, k + 1, len(schedule))

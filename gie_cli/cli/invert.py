@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -38,12 +38,21 @@ from gie_cli.cli.options import (
 )
 from gie_cli.errors import GieError, UsageError
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from gie_cli.methods import Inversion, InversionMethod
+
 log = logging.getLogger(__name__)
 
 __all__ = ["invert", "parse_settings"]
 
 MIN_FACE_SIZE = 32
 """Default ``--min-size``: aligned crops (or faces in photos) narrower than this many pixels fail."""
+MASK_SUFFIX = "_mask.png"
+"""``--save-mask``: the blending mask of ``NAME.recon.<ext>`` is ``NAME.recon_mask.png`` (8-bit grayscale PNG)."""
+MASK_METHODS = ("ood",)
+"""Built-in methods that predict a blending mask (``mask_of``), named in the error of ``--save-mask`` without one."""
 
 _EPILOG = examples(
     "gie invert aligned/ -m e4e -w e4e.ffhq -o inv",
@@ -104,6 +113,13 @@ def invert(
             "crop in the photo) smaller than this fails instead of being upscaled into a made-up face.",
         ),
     ] = MIN_FACE_SIZE,
+    save_mask: Annotated[
+        bool,
+        typer.Option(
+            "--save-mask",
+            help=f"Also write each blending mask as NAME.recon{MASK_SUFFIX} (white = photo kept; --method ood).",
+        ),
+    ] = False,
     dry_run: DryRunOpt = False,
     fail_fast: FailFastOpt = False,
     json_out: JsonOpt = False,
@@ -113,8 +129,9 @@ def invert(
     Per input NAME it writes NAME.recon.<ext> and NAME.latent.safetensors under the output folder (mirroring input
     sub-folders) and appends one line per item to manifest.jsonl. Re-running skips finished items. Inputs that are
     aligned here (see --align), or that come with a NAME.align.json record, also get NAME.align.json next to the
-    latent so `gie paste` / `gie edit --paste-back` can put edits back into the photo. A photo without a face gets
-    status no_face (not a failure; exit code 0 unless some item failed).
+    latent so `gie paste` / `gie edit --paste-back` can put edits back into the photo. With --save-mask, methods
+    that blend the photo back (ood) also write NAME.recon_mask.png, the blending mask at the reconstruction's size.
+    A photo without a face gets status no_face (not a failure; exit code 0 unless some item failed).
     """
     import torch
 
@@ -133,6 +150,8 @@ def invert(
 
     def outputs(src: Path, name: str) -> dict[str, Path]:
         outs = {"image": output / f"{name}.recon.{ext}", "latent": output / f"{name}.latent.safetensors"}
+        if save_mask:
+            outs["mask"] = output / f"{name}.recon{MASK_SUFFIX}"
         if needs_alignment(src, align):
             plan.names.add(name)
             outs["align"] = output / f"{name}.align.json"
@@ -155,6 +174,8 @@ def invert(
         "landmarks": option_identity(landmarks),
         "min_size": min_size,
     }
+    if save_mask:  # only when asked: folders made without the flag keep their done records
+        request["save_mask"] = True
     job = BatchJob("invert", output, items, on_existing, fail_fast, json_out, request=request)
     if dry_run:
         job.dry_run(f", method {method}, weights {weights or '-'}")
@@ -162,6 +183,16 @@ def invert(
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+
+    def load_model() -> InversionMethod:
+        model = create_method(method, weights, dev, **options)
+        plan.demo = _demo_model_name(model)
+        if dt != torch.float32:
+            model = model.to(dt)
+        return model
+
+    # --save-mask needs a method with ``mask_of``: checked on the built model before the run writes anything
+    loaded = _check_mask_method(load_model(), method) if save_mask else None
 
     def work(todo: list[Item]) -> PerBatch:
         if any(it.name in plan.names for it in todo):
@@ -176,10 +207,7 @@ def invert(
                 log.warning("automatic alignment unavailable: %s", e)
             else:
                 log.info("aligning %d input(s) with %s", sum(it.name in plan.names for it in todo), align_backend)
-        model = create_method(method, weights, dev, **options)
-        plan.demo = _demo_model_name(model)
-        if dt != torch.float32:
-            model = model.to(dt)
+        model = loaded if loaded is not None else load_model()
         log.info(
             "method %s, weights %s, input %dpx -> output %dpx",
             method,
@@ -187,9 +215,24 @@ def invert(
             model.input_size,
             model.output_size,
         )
-        return _batch_work(model, batch_size, dev, dt, alpha, plan, min_size)
+        return _batch_work(model, batch_size, dev, dt, alpha, plan, min_size, save_mask)
 
     raise typer.Exit(job.run(work))
+
+
+def _check_mask_method(model: InversionMethod, method: str) -> InversionMethod:
+    """``model`` when it predicts a blending mask (has ``mask_of``), for ``--save-mask``.
+
+    Raises:
+        UsageError: it has none (one line naming the method and the methods that have one).
+    """
+    if callable(getattr(model, "mask_of", None)):
+        return model
+    raise UsageError(
+        f"--save-mask: method {method} predicts no blending mask",
+        hint=f"use a method that predicts one ({', '.join(MASK_METHODS)}), e.g. --method {MASK_METHODS[0]}, or drop "
+        "--save-mask",
+    )
 
 
 def _default_weights_identity(method: str) -> dict | None:
@@ -263,15 +306,23 @@ def _strs(outputs: dict[str, Path]) -> dict[str, str]:
 
 
 def _batch_work(
-    model, batch_size: int, dev, dt, alpha: str, plan: _AlignPlan | None = None, min_size: int = MIN_FACE_SIZE
+    model,
+    batch_size: int,
+    dev,
+    dt,
+    alpha: str,
+    plan: _AlignPlan | None = None,
+    min_size: int = MIN_FACE_SIZE,
+    save_mask: bool = False,
 ) -> PerBatch:
     """Load (and align) each item, invert and render batches, check and save each item (see :class:`PerBatch`).
 
-    An item whose face is smaller than ``min_size`` pixels fails when loaded; one whose codes or reconstruction hold
-    NaN/Inf fails with the cause (:func:`~gie_cli.methods.check_inversion`) and writes nothing.
+    An item whose face is smaller than ``min_size`` pixels fails when loaded; one whose codes, reconstruction or
+    (``save_mask``: the method's ``mask_of``) blending mask hold NaN/Inf fails with the cause
+    (:func:`~gie_cli.methods.check_inversion`) and writes nothing.
     """
     from gie_cli.alignment.auto import NoFaceError
-    from gie_cli.methods import check_inversion
+    from gie_cli.methods import NonFiniteError, check_inversion, nonfinite, nonfinite_reason
 
     plan = plan or _AlignPlan()
 
@@ -287,15 +338,18 @@ def _batch_work(
     def compute(loaded: list) -> list:
         inv, images, t_inv, t_render = _invert_batch(model, [x for x, _, _ in loaded], dev, dt)
         n = len(loaded)
-        return [(inv.item(i), images[i], t_inv / n, t_render / n) for i in range(n)]
+        masks = _masks_of(model, inv, n) if save_mask else [None] * n
+        return [(inv.item(i), images[i], masks[i], t_inv / n, t_render / n) for i in range(n)]
 
     def finish(it: Item, loaded, result) -> Record:
         _, info, t_load = loaded
-        inv, image, t_inv, t_render = result
+        inv, image, mask, t_inv, t_render = result
         check_inversion(model, inv, image)  # NaN/Inf: the item fails with the cause, nothing is written
+        if mask is not None and nonfinite(mask):
+            raise NonFiniteError(nonfinite_reason(model, "the blending mask"))
         t0 = time.perf_counter()
         try:
-            _save_item(model, it, inv, image, info)
+            _save_item(model, it, inv, image, info, mask)
         except OSError as e:
             raise GieError(_reason(e)) from e
         timings = {"load": t_load, "invert": t_inv, "render": t_render, "save": (time.perf_counter() - t0) * 1000}
@@ -423,10 +477,30 @@ def _invert_batch(model, xs, dev, dt):
     return inv, images.float().cpu(), t_enc * 1000, t_render * 1000
 
 
-def _save_item(model, it: Item, inv, image, info: dict) -> None:
+def _masks_of(model: InversionMethod, inv: Inversion, n: int) -> Tensor:
+    """The blending masks ``[n, 1, S, S]`` (float32, CPU) of a batch's inversion ``inv`` (``model.mask_of``).
+
+    Raises:
+        GieError: the method returned something else than one single-channel mask per item.
+    """
+    import torch
+
+    with torch.no_grad():
+        masks = model.mask_of(inv)
+    if not isinstance(masks, torch.Tensor) or masks.dim() != 4 or masks.shape[:2] != (n, 1):
+        shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+        raise GieError(f"{model.name}.mask_of returned {shape}, not a [{n}, 1, S, S] blending mask")
+    return masks.detach().float().cpu()
+
+
+def _save_item(
+    model: InversionMethod, it: Item, inv: Inversion, image: Tensor, info: dict, mask: Tensor | None = None
+) -> None:
+    """Write ``it``'s latent (with its record), reconstruction, blending mask (when ``mask`` is given and asked
+    for: 8-bit grayscale at the reconstruction's size) and alignment record, each atomically."""
     from gie_cli import __version__
     from gie_cli.io.atomic import atomic_save_image, atomic_write_text
-    from gie_cli.io.images import tensor_to_image
+    from gie_cli.io.images import mask_to_image, tensor_to_image
     from gie_cli.io.latents import save_latent
 
     align_meta = info.pop("align_meta", None)
@@ -449,5 +523,7 @@ def _save_item(model, it: Item, inv, image, info: dict) -> None:
     it.outputs["latent"].parent.mkdir(parents=True, exist_ok=True)
     save_latent(it.outputs["latent"], inv.wplus, meta, inv.extras)
     atomic_save_image(tensor_to_image(image), it.outputs["image"])
+    if mask is not None and "mask" in it.outputs:
+        atomic_save_image(mask_to_image(mask, (image.shape[-1], image.shape[-2])), it.outputs["mask"])
     if align_meta is not None and "align" in it.outputs:
         atomic_write_text(it.outputs["align"], json.dumps(align_meta, indent=1) + "\n")

@@ -19,6 +19,7 @@ from gie_cli.io.images import (
     images_to_batch,
     iter_image_files,
     load_image,
+    mask_to_image,
     sha256_file,
     tensor_to_image,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "load_image",
     "load_safetensors",
     "load_state_dict_strict",
+    "mask_to_image",
     "read_checkpoint",
     "save_safetensors",
     "sha256_file",

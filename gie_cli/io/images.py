@@ -23,6 +23,7 @@ __all__ = [
     "max_image_pixels",
     "image_to_tensor",
     "tensor_to_image",
+    "mask_to_image",
     "images_to_batch",
     "batch_to_images",
     "sha256_file",
@@ -291,6 +292,33 @@ def tensor_to_image(t: torch.Tensor) -> Image.Image:
     x = torch.nan_to_num(t.detach().to("cpu", torch.float32), nan=0.0).clamp(-1.0, 1.0)
     x = ((x + 1.0) * 127.5).round_().to(torch.uint8)
     return Image.fromarray(x.permute(1, 2, 0).contiguous().numpy())
+
+
+def mask_to_image(m: torch.Tensor, size: tuple[int, int] | None = None) -> Image.Image:
+    """Converts a [0, 1] mask tensor to an 8-bit grayscale PIL image (0 -> 0, 1 -> 255; clamped and rounded).
+
+    Args:
+        m: Tensor [H, W], [1, H, W] or [1, 1, H, W] of any float dtype and device; NaNs become 0.
+        size: ``(W, H)`` to resize the mask to first (bilinear, on the float values), or None to keep its size.
+
+    Returns:
+        Grayscale (``L``) PIL image of size ``size`` (or (W, H)).
+
+    Raises:
+        ValueError: ``m`` is not a single-channel mask.
+    """
+    x = m.detach().to("cpu", torch.float32)
+    if x.dim() == 4 and x.shape[:2] == (1, 1):
+        x = x[0, 0]
+    elif x.dim() == 3 and x.shape[0] == 1:
+        x = x[0]
+    if x.dim() != 2:
+        raise ValueError(f"expected a mask tensor [H, W], [1, H, W] or [1, 1, H, W], got shape {tuple(m.shape)}")
+    x = torch.nan_to_num(x, nan=0.0)
+    if size is not None and (size[1], size[0]) != tuple(x.shape):
+        x = torch.nn.functional.interpolate(x[None, None], size=(size[1], size[0]), mode="bilinear")[0, 0]
+    x = (x.clamp(0.0, 1.0) * 255.0).round_().to(torch.uint8)
+    return Image.fromarray(x.contiguous().numpy())
 
 
 def images_to_batch(

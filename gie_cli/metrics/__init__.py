@@ -8,8 +8,8 @@ from gie_cli.metrics.availability import METRIC_NAMES, MetricStatus, metric_stat
 from gie_cli.metrics.fid import FIDInceptionV3, fid_available, fid_from_features, frechet_distance
 from gie_cli.metrics.identity import IdentityNet, identity_available, identity_similarity
 from gie_cli.metrics.lpips import LPIPS, lpips_available
-from gie_cli.metrics.regions import masked_mse
-from gie_cli.metrics.ssim import ms_ssim, mse, psnr, ssim
+from gie_cli.metrics.regions import mask_iou, masked_mse, masked_psnr, masked_ssim
+from gie_cli.metrics.ssim import ms_ssim, mse, psnr, ssim, ssim_map
 
 __all__ = [
     "FIDInceptionV3",
@@ -23,11 +23,15 @@ __all__ = [
     "identity_available",
     "identity_similarity",
     "lpips_available",
+    "mask_iou",
     "masked_mse",
+    "masked_psnr",
+    "masked_ssim",
     "metric_status",
     "metrics_status",
     "ms_ssim",
     "mse",
     "psnr",
     "ssim",
+    "ssim_map",
 ]

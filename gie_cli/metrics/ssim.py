@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MS_SSIM_WEIGHTS", "ms_ssim", "ms_ssim_scales", "mse", "psnr", "ssim"]
+__all__ = ["MS_SSIM_WEIGHTS", "ms_ssim", "ms_ssim_scales", "mse", "psnr", "ssim", "ssim_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,32 @@ def _filter_valid(x: Tensor, win: Tensor) -> Tensor:
     return F.conv2d(x, win.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
 
 
+def _ssim_maps(x: Tensor, y: Tensor, win: Tensor, data_range: float, K: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """SSIM and contrast-structure maps of the valid windows.
+
+    Args:
+        x: ``[B, C, H, W]`` with ``H, W >= win.numel()``.
+        y: Same shape as ``x``.
+        win: 1-D Gaussian window ``[k]``.
+        data_range: Dynamic range of the inputs.
+        K: ``(K1, K2)`` stabilising constants.
+
+    Returns:
+        ``(ssim_map, cs_map)``, each ``[B, C, H - k + 1, W - k + 1]``: entry ``(i, j)`` is the window centred on
+        pixel ``(i + k // 2, j + k // 2)``.
+    """
+    c1 = (K[0] * data_range) ** 2
+    c2 = (K[1] * data_range) ** 2
+    c = x.shape[1]
+    stats = _filter_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1), win)
+    mu_x, mu_y, e_xx, e_yy, e_xy = stats.split(c, dim=1)
+    mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
+    var_x, var_y, cov = e_xx - mu_xx, e_yy - mu_yy, e_xy - mu_xy  # population (biased) statistics
+    cs_map = (2 * cov + c2) / (var_x + var_y + c2)
+    ssim_map = (2 * mu_xy + c1) / (mu_xx + mu_yy + c1) * cs_map
+    return ssim_map, cs_map
+
+
 def _ssim_cs(x: Tensor, y: Tensor, win: Tensor, data_range: float, K: Sequence[float]) -> tuple[Tensor, Tensor]:
     """Mean SSIM and mean contrast-structure term per batch element.
 
@@ -66,16 +92,8 @@ def _ssim_cs(x: Tensor, y: Tensor, win: Tensor, data_range: float, K: Sequence[f
     Returns:
         ``(ssim [B], cs [B])``, averaged over channels and the valid pixels.
     """
-    c1 = (K[0] * data_range) ** 2
-    c2 = (K[1] * data_range) ** 2
-    c = x.shape[1]
-    stats = _filter_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1), win)
-    mu_x, mu_y, e_xx, e_yy, e_xy = stats.split(c, dim=1)
-    mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
-    var_x, var_y, cov = e_xx - mu_xx, e_yy - mu_yy, e_xy - mu_xy  # population (biased) statistics
-    cs_map = (2 * cov + c2) / (var_x + var_y + c2)
-    ssim_map = (2 * mu_xy + c1) / (mu_xx + mu_yy + c1) * cs_map
-    return ssim_map.mean(dim=(1, 2, 3)), cs_map.mean(dim=(1, 2, 3))
+    s_map, cs_map = _ssim_maps(x, y, win, data_range, K)
+    return s_map.mean(dim=(1, 2, 3)), cs_map.mean(dim=(1, 2, 3))
 
 
 def ssim(
@@ -110,6 +128,38 @@ def ssim(
     if min(x.shape[-2:]) < win_size:
         raise ValueError(f"ssim: images of {tuple(x.shape[-2:])} are smaller than the {win_size}x{win_size} window")
     return _ssim_cs(x, y, _gaussian_window(win_size, sigma, x), data_range, K)[0]
+
+
+def ssim_map(
+    x: Tensor,
+    y: Tensor,
+    data_range: float = 1.0,
+    win_size: int = 11,
+    sigma: float = 1.5,
+    K: Sequence[float] = (0.01, 0.03),
+) -> Tensor:
+    """The per-window SSIM map behind :func:`ssim` (same window, constants and valid windows; its mean over
+    channels and pixels is :func:`ssim`).
+
+    Args:
+        x: ``[B, C, H, W]`` images; ``H`` and ``W`` must be at least ``win_size``.
+        y: ``[B, C, H, W]`` images, same shape as ``x``.
+        data_range: Dynamic range of the inputs (1 for ``[0, 1]``, 2 for ``[-1, 1]``, 255 for 8-bit).
+        win_size: Odd side of the Gaussian window.
+        sigma: Standard deviation of the Gaussian window.
+        K: ``(K1, K2)`` stabilising constants.
+
+    Returns:
+        ``[B, C, H - win_size + 1, W - win_size + 1]`` local SSIM per channel: entry ``(i, j)`` belongs to the
+        window centred on pixel ``(i + win_size // 2, j + win_size // 2)``.
+
+    Raises:
+        ValueError: Mismatched or non-4-D shapes, an image smaller than the window, or a bad window.
+    """
+    x, y = _check_pair(x, y, "ssim_map")
+    if min(x.shape[-2:]) < win_size:
+        raise ValueError(f"ssim_map: images of {tuple(x.shape[-2:])} are smaller than the {win_size}x{win_size} window")
+    return _ssim_maps(x, y, _gaussian_window(win_size, sigma, x), data_range, K)[0]
 
 
 def ms_ssim_scales(height: int, width: int, n_weights: int = len(MS_SSIM_WEIGHTS), win_size: int = 11) -> int:

@@ -30,7 +30,8 @@ PreActivationHook = Callable[[Tensor, int, Tensor], Tensor]
 POST_ACTIVATION = "post_activation"
 NEXT_INPUT = "next_input"
 PRE_ACTIVATION = "pre_activation"
-INSERTION_POINTS = (POST_ACTIVATION, NEXT_INPUT, PRE_ACTIVATION)
+PRE_NOISE = "pre_noise"
+INSERTION_POINTS = (POST_ACTIVATION, NEXT_INPUT, PRE_ACTIVATION, PRE_NOISE)
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,9 @@ class Hook:
       conv of a block the ToRGB has already drawn the original (SFE's ``insert_feature``). At the last layer it has no
       effect.
     - ``pre_activation``: ``fn(x, layer, style) -> x`` on the modulated conv's output after noise injection and before
-      bias and activation, with the layer's style vector ``[B, C_in]`` (OOD's SAMM injection through the noise input).
+      bias and activation, with the layer's style vector ``[B, C_in]``.
+    - ``pre_noise``: ``fn(x, layer, style) -> x`` on the modulated conv's output before noise injection (OOD's SAMM,
+      which the official code feeds through the noise input so that the layer's own noise is added to its result).
 
     Attributes:
         layer: Styled conv layer (gie indexing, see the module docstring).
@@ -279,12 +282,17 @@ class StyledConv(nn.Module):
         layer: int,
         style_offset: Tensor | None = None,
         pre_activation: Sequence[PreActivationHook] = (),
+        pre_noise: Sequence[PreActivationHook] = (),
     ) -> Tensor:
-        """:meth:`forward` with a StyleSpace offset ``[B|1, in]`` added to the style and pre-activation hooks."""
+        """:meth:`forward` with a StyleSpace offset ``[B|1, in]`` added to the style, pre-noise and pre-activation
+        hooks."""
         style = self.conv.modulation(w)
         if style_offset is not None:
             style = style + style_offset.to(style)
-        x = self.noise(self.conv.modulated(x, style), noise)
+        x = self.conv.modulated(x, style)
+        for fn in pre_noise:
+            x = fn(x, layer, style)
+        x = self.noise(x, noise)
         for fn in pre_activation:
             x = fn(x, layer, style)
         return self.activate(x)
@@ -507,9 +515,9 @@ class Generator(nn.Module):
         convs = [self.conv1, *self.convs]
 
         def conv(layer: int, x: Tensor, w: Tensor) -> Tensor:
-            pre = table[PRE_ACTIVATION].get(layer, ())
-            if pre or layer in offsets:
-                x = convs[layer].hooked(x, w, noises[layer], layer, offsets.get(layer), pre)
+            pre, pre_noise = table[PRE_ACTIVATION].get(layer, ()), table[PRE_NOISE].get(layer, ())
+            if pre or pre_noise or layer in offsets:
+                x = convs[layer].hooked(x, w, noises[layer], layer, offsets.get(layer), pre, pre_noise)
             else:
                 x = convs[layer](x, w, noises[layer])
             for fn in table[POST_ACTIVATION].get(layer, ()):

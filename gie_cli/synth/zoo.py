@@ -28,6 +28,7 @@ ZOO_FILES: dict[str, tuple[str, str]] = {
     "latent_classifier": ("world-latent-classifier.safetensors", "world.latent_classifier"),
     "edit_transformer": ("world-edit-transformer.safetensors", "world.edit_transformer"),
     "sfe": ("world-sfe.safetensors", "world.sfe"),
+    "ood": ("world-ood.safetensors", "world.ood"),
 }
 #: kind -> (registry name of the zoo model it was trained on, the parts stored only there): a packed file keeps its
 #: own weights and refers to the base for the rest (``gie_cli.models.loading.save_on_base``), so no zoo model is
@@ -37,6 +38,7 @@ ZOO_BASES: dict[str, tuple[str, list[str]]] = {
     "gradstyle": ("world.e4e", ["encoder", "decoder", "latent_avg"]),
     "hfgi": ("world.e4e", ["encoder", "decoder", "latent_avg"]),
     "sfe": ("world.e4e", ["encoder", "decoder", "latent_avg"]),  # its Inverter and Feature Editor are its own
+    "ood": ("world.e4e", ["encoder", "decoder", "latent_avg"]),  # its SAMM (feats_conv, modulation) is its own
     # the synthesis network only: Style Transformer fine-tunes the mapping MLP (decoder.style.*), which it keeps
     "style_transformer": (
         "world.generator",

@@ -202,11 +202,12 @@ class IRSEBackbone(nn.Module):
                 f"got {list(x.shape)}"
             )
 
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """Outputs of every stage (after its last unit), shallowest first."""
+    def forward_stages(self, x: Tensor, with_stem: bool = False) -> list[Tensor]:
+        """Outputs of every stage (after its last unit), shallowest first; with ``with_stem`` the ``input_layer``
+        output first (OOD-GAN-inversion's e4e feature list: [B,64,256,256] and the four stages at 256 px)."""
         self.check_input(x)
         x = self.input_layer(x)
-        outs: list[Tensor] = []
+        outs: list[Tensor] = [x] if with_stem else []
         ends = set(self.stage_ends)
         for i, unit in enumerate(self.body):
             x = unit(x)

@@ -163,6 +163,15 @@ class FPNStyleEncoder(IRSEBackbone):
     def _codes_from_features(self, feats: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
 
+    def forward_with_stages(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``(codes [B, n_styles, style_dim], [stem, stage 1, stage 2, stage 3, stage 4])``: the codes of
+        :meth:`forward` and the backbone's maps from one pass (the ``return_feats`` of OOD-GAN-inversion's e4e)."""
+        stages = self.forward_stages(x, with_stem=True)
+        _, _, c1, c2, c3 = stages
+        p2 = upsample_add(c3, self.latlayer1(c2))
+        feats = {"c1": c1, "c2": c2, "c3": c3, "p2": p2, "p1": upsample_add(p2, self.latlayer2(c1))}
+        return self._codes_from_features(feats), stages
+
     def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """``x`` [B,input_nc,H,W] -> codes [B,n_styles,style_dim] (before ``latent_avg``).
 
