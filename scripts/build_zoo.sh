@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Rebuilds gie's embedded demo zoo from scratch with gie's own commands:
 #   gie_cli/zoo/world-{generator,attributes,e4e,gradstyle,hfgi,style-transformer,latent-classifier,
-#                      edit-transformer,sfe}.safetensors  (fp16, registry names world.*)
+#                      edit-transformer,sfe,ood}.safetensors  (fp16, registry names world.*)
 #   directions/{yaw,smile,...}.direction.safetensors          (joint regression on the attribute estimator's readings)
 # Usage: scripts/build_zoo.sh   (env: WORK=build/zoo DEVICE=auto GEN_STEPS EST_STEPS E4E_STEPS GS_STEPS HFGI_STEPS
-#        ST_STEPS LC_STEPS ET_STEPS SFE1_STEPS SFE2_STEPS N_FACES)
-# On the 2-core CPU dev machine this takes about 3.2 hours with the defaults; a GPU takes minutes.
+#        ST_STEPS LC_STEPS ET_STEPS SFE1_STEPS SFE2_STEPS OOD_STEPS N_FACES)
+# On the 2-core CPU dev machine this takes about 3.6 hours with the defaults; a GPU takes minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-build/zoo}
@@ -20,6 +20,7 @@ LC_STEPS=${LC_STEPS:-3000}
 ET_STEPS=${ET_STEPS:-10000}
 SFE1_STEPS=${SFE1_STEPS:-3000}
 SFE2_STEPS=${SFE2_STEPS:-1500}
+OOD_STEPS=${OOD_STEPS:-3000}
 N_FACES=${N_FACES:-4096}
 DIRECTIONS=${DIRECTIONS:-"yaw smile mouth_open glasses age hair_length hair_lightness"}
 mkdir -p "$WORK"
@@ -72,4 +73,9 @@ s1=$(train --method sfe --data "$WORK/faces" -w gie_cli/zoo/world-e4e.safetensor
 s2=$(train --method sfe --data "$WORK/faces" -w "$s1" --set phase=2 --set lr=5e-4 --steps "$SFE2_STEPS" -b 8 \
     --snapshot-every 250)
 python -m gie_cli.synth.zoo pack sfe "$s2" >/dev/null
+# 7. OOD inversion's SAMM on the packed e4e (stored on world.e4e), trained on the faces with objects (step 4's data):
+#    the paper's objective and areas, masks starting at 0.5, adversarial (0.1) from a third of the steps
+ood=$(train --method ood --data "$WORK/faces_ood" -w gie_cli/zoo/world-e4e.safetensors --set lr=5e-4 \
+    --set adv_lambda=0.1 --set adv_start=$((OOD_STEPS / 3)) --steps "$OOD_STEPS" -b 8 --snapshot-every 500)
+python -m gie_cli.synth.zoo pack ood "$ood" >/dev/null
 echo "zoo rebuilt: gie_cli/zoo/ and directions/ (run the tests, then commit)" >&2

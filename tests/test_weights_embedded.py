@@ -169,6 +169,7 @@ def test_the_shipped_registry_declares_the_demo_zoo():
         "latent_classifier": "world.latent_classifier",
         "edit_transformer": "world.edit_transformer",
         "sfe": "world.sfe",
+        "ood": "world.ood",
     }
     pairs = [("world.generator", "stylegan2"), ("world.e4e", "e4e"), ("world.attributes", "attributes")]
     for name, method in [*pairs, ("world.gradstyle", "gradstyle"), ("world.hfgi", "hfgi")]:
@@ -179,6 +180,7 @@ def test_the_shipped_registry_declares_the_demo_zoo():
     assert reg.get("world.hfgi").real == "hfgi.ffhq"
     assert reg.get("world.style_transformer").real == "style_transformer.ffhq"
     assert reg.get("world.sfe").real == "sfe.editor_light"
+    assert reg.get("world.ood").real == ""  # no official OOD weights were released
     assert reg.get("world.attributes").real == "" and reg.get("world.gradstyle").real == ""  # no official GradStyle
     assert embedded_notice(reg.get("world.e4e")) == (
         "using the embedded demo model world.e4e (64 px synthetic faces, not for real photos; "
