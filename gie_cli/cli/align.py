@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, plan_items, source_sha256
+from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, parse_shard, plan_items, source_sha256
 from gie_cli.cli.options import (
     AlignBackend,
     Alpha,
@@ -26,6 +26,7 @@ from gie_cli.cli.options import (
     OnExistingOpt,
     OutputOpt,
     RecursiveOpt,
+    ShardOpt,
     choice,
     ext_option,
 )
@@ -91,6 +92,7 @@ def align(
     on_existing: OnExistingOpt = OnExisting.skip,
     alpha: AlphaOpt = Alpha.white,
     ext: Annotated[ImageExt, ext_option("the crops")] = ImageExt.png,
+    shard: ShardOpt = None,
     dry_run: DryRunOpt = False,
     fail_fast: FailFastOpt = False,
     json_out: JsonOpt = False,
@@ -116,6 +118,7 @@ def align(
         IMAGE_SUFFIXES,
         lambda _, name: _planned_outputs(output, name, faces, ext),
         command="align",
+        shard=parse_shard(shard) if shard else None,
     )
     request = {  # what the crops depend on besides the photo: a finished item is skipped only for the same
         "size": size,

@@ -620,6 +620,41 @@ def new_run_id() -> str:
     return f"{stamp}-{uuid.uuid4().hex[:8]}"
 
 
+@dataclass(frozen=True)
+class Shard:
+    """``--shard i/N``: this process takes the inputs whose shard number (:func:`shard_number`) is ``index``."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(spec: str) -> Shard:
+    """``"i/N"`` (``0 <= i < N``, as a job array's task id) -> :class:`Shard`.
+
+    Raises:
+        UsageError: another form.
+    """
+    i, sep, n = spec.partition("/")
+    try:
+        shard = Shard(int(i), int(n))
+    except ValueError:
+        shard = None
+    if not sep or shard is None or shard.count < 1 or not 0 <= shard.index < shard.count:
+        raise UsageError(f"--shard {spec!r}: expected i/N with 0 <= i < N", hint="e.g. --shard $SLURM_ARRAY_TASK_ID/8")
+    return shard
+
+
+def shard_number(source: Path, count: int) -> int:
+    """Which of ``count`` shards an input belongs to: its resolved path's sha256 modulo ``count``. It depends on that
+    input alone, so the shards are disjoint, cover every input, and an input stays in its shard when others are
+    added or removed (a failed shard is re-run alone)."""
+    digest = hashlib.sha256(_resolved(source).encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
 # --------------------------------------------------------------------------------------------------- the engine
 def plan_items(
     inputs: Sequence[str] | None,
@@ -629,11 +664,14 @@ def plan_items(
     outputs: Callable[[Path, str], dict[str, Path]],
     stdin_keys: Sequence[str] = ("input",),
     command: str | None = None,
+    shard: Shard | None = None,
 ) -> list[Item]:
     """Inputs (files, folders, ``-``) -> items whose outputs are ``outputs(source, name)``.
 
     Names come from :func:`assign_names` (``command``: whose done records in ``output`` say which input owns a
-    name). Missing inputs and broken links become items with an ``error`` (no outputs).
+    name) over all inputs, so a shard (``shard``: only the items of :func:`shard_number` ``shard.index``) names its
+    items as a run over all of them does. Missing inputs and broken links become items with an ``error`` (no
+    outputs).
 
     Raises:
         UsageError: ``output`` is a file, cannot be created, or is an input folder; no inputs at all; binary data
@@ -647,6 +685,7 @@ def plan_items(
     return [
         Item(src, name, error=err) if err else Item(src, name, outputs(src, name))
         for (src, _, err), name in zip(found, names, strict=True)
+        if shard is None or shard_number(src, shard.count) == shard.index
     ]
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, plan_items
+from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, parse_shard, plan_items
 from gie_cli.cli.options import (
     DeviceOpt,
     DryRunOpt,
@@ -24,6 +24,7 @@ from gie_cli.cli.options import (
     OnExistingOpt,
     OutputOpt,
     RecursiveOpt,
+    ShardOpt,
     batch_size_option,
     examples,
     ext_option,
@@ -155,6 +156,7 @@ def edit(
     recursive: RecursiveOpt = False,
     on_existing: OnExistingOpt = OnExisting.skip,
     ext: Annotated[ImageExt, ext_option("the edited images")] = ImageExt.png,
+    shard: ShardOpt = None,
     dry_run: DryRunOpt = False,
     fail_fast: FailFastOpt = False,
     json_out: JsonOpt = False,
@@ -195,6 +197,7 @@ def edit(
         lambda _, name: _outputs(output, name, plan, ext, grid, paste_back),
         stdin_keys=("latent",),
         command="edit",
+        shard=parse_shard(shard) if shard else None,
     )
     request = {  # what the outputs depend on besides the latent: a finished item is skipped only for the same
         "directions": [option_identity(d) for d in direction or []],

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import BatchJob, Item, PerBatch, Record, option_identity, plan_items, source_sha256
+from gie_cli.cli.batch import BatchJob, Item, PerBatch, Record, option_identity, parse_shard, plan_items, source_sha256
 from gie_cli.cli.options import (
     AlignBackend,
     Alpha,
@@ -30,6 +30,7 @@ from gie_cli.cli.options import (
     OutputOpt,
     RecursiveOpt,
     SettingsOpt,
+    ShardOpt,
     WeightsOpt,
     choice,
     examples,
@@ -120,6 +121,7 @@ def invert(
             help=f"Also write each blending mask as NAME.recon{MASK_SUFFIX} (white = photo kept; --method ood).",
         ),
     ] = False,
+    shard: ShardOpt = None,
     dry_run: DryRunOpt = False,
     fail_fast: FailFastOpt = False,
     json_out: JsonOpt = False,
@@ -160,8 +162,9 @@ def invert(
         return outs
 
     items = plan_items(
-        inputs, output, recursive, IMAGE_SUFFIXES, outputs, stdin_keys=("image", "input"), command="invert"
-    )
+        inputs, output, recursive, IMAGE_SUFFIXES, outputs, stdin_keys=("image", "input"), command="invert",
+        shard=parse_shard(shard) if shard else None,
+    )  # fmt: skip
     request = {  # what the outputs depend on besides the input: a finished item is skipped only for the same
         "method": method,
         "weights": option_identity(weights) if weights else _default_weights_identity(method),

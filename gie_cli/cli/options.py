@@ -192,6 +192,14 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON object per
 BatchSizeOpt = Annotated[int, batch_size_option()]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders of input folders.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="List the planned work and exit without running.")]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="I/N",
+        help="Take only shard I of N (0 <= I < N; by each input's path, stable when inputs are added): job arrays.",
+    ),
+]
 FailFastOpt = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed item.")]
 OnExistingOpt = Annotated[
     OnExisting,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, plan_items
+from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, parse_shard, plan_items
 from gie_cli.cli.options import (
     DryRunOpt,
     FailFastOpt,
@@ -20,6 +20,7 @@ from gie_cli.cli.options import (
     OnExistingOpt,
     OutputOpt,
     RecursiveOpt,
+    ShardOpt,
     examples,
     ext_option,
 )
@@ -54,6 +55,7 @@ def paste(
     recursive: RecursiveOpt = False,
     on_existing: OnExistingOpt = OnExisting.skip,
     ext: Annotated[ImageExt, ext_option("the composites")] = ImageExt.png,
+    shard: ShardOpt = None,
     dry_run: DryRunOpt = False,
     fail_fast: FailFastOpt = False,
     json_out: JsonOpt = False,
@@ -71,7 +73,7 @@ def paste(
             raise UsageError(f"{opt} {p}: file not found")
     items = plan_items(
         inputs, output, recursive, IMAGE_SUFFIXES, lambda _, name: {"image": output / f"{name}.{ext}"},
-        stdin_keys=("image", "input"), command="paste",
+        stdin_keys=("image", "input"), command="paste", shard=parse_shard(shard) if shard else None,
     )  # fmt: skip
 
     def precheck(it: Item) -> None:  # the record must be usable even when the composite exists
