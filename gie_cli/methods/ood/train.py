@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from gie_cli.errors import UsageError
 from gie_cli.methods.e4e import EncoderMethod, load_encoder_method
-from gie_cli.methods.ood.method import OODMethod, load_ood
+from gie_cli.methods.ood.method import OODMethod, level_layer, load_ood
 from gie_cli.methods.ood.modules import OFFICIAL_ITERATIONS, OFFICIAL_WARP_SCALE, SAMM
 from gie_cli.settings import parse_settings, setting
 from gie_cli.training import Trainer
@@ -95,8 +95,6 @@ def new_samm(e4e: EncoderMethod, preset: str, levels: list[int], iterations: int
         raise UsageError(f"ood setting preset={preset!r}", hint=f"auto or one of {', '.join(OOD_PRESETS)}")
     sizes = [enc.input_size // 2**j for j in range(len(enc.widths) + 1)]
     channels = [enc.widths[0], *enc.widths]  # the stem has widths[0] channels
-    from gie_cli.methods.ood.method import level_layer
-
     try:
         gen_c = [g.layer_channels(level_layer(g, r)) for r in levels]
         enc_c = [channels[sizes.index(r)] for r in levels]
