@@ -237,6 +237,22 @@ def make_tiny_e4e(kind: str = "e4e"):
     return EncoderMethod(g, enc, g.broadcast(g.w_avg[None])[0].clone(), kind, cfg, True, "tiny").eval()
 
 
+def write_cli_inputs(root: Path, generator, n: int = 2) -> Path:
+    """For CLI tests on a tiny method: ``n`` random 32 px images ``root/in/f<i>.png`` (seeds 0..n-1) and a W direction
+    ``root/up.direction.safetensors`` bound to ``generator`` (range -3..3). Returns ``root / "in"``."""
+    from gie_cli.editing import Direction, generator_binding
+    from gie_cli.io.images import tensor_to_image
+
+    (root / "in").mkdir()
+    for i in range(n):
+        x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1
+        tensor_to_image(x).save(root / "in" / f"f{i}.png")
+    vec = torch.randn(generator.style_dim, generator=torch.Generator().manual_seed(5))
+    Direction("up", "w", {"vector": vec / vec.norm()}, list(range(generator.n_latent)), power_range=(-3.0, 3.0),
+              generator=generator_binding(generator, "tiny")).save(root)  # fmt: skip
+    return root / "in"
+
+
 def make_tiny_sfe(editor=None):
     """SFE on :func:`make_tiny_e4e`'s 32 px generator: Inverter at 32 px, so the feature is the 8 px block's (layer 2);
     a random Feature Editor unless ``editor`` is given."""

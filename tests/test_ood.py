@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny_e4e
+from conftest import make_tiny_e4e, write_cli_inputs
 
 from gie_cli.errors import CheckpointError, UsageError
 from gie_cli.methods import create_method
@@ -302,19 +302,11 @@ def test_invert_save_mask_and_edit_through_the_cli_keep_the_object(tmp_path):
     from typer.testing import CliRunner
 
     from gie_cli.cli import app
-    from gie_cli.editing import Direction, generator_binding
-    from gie_cli.io.images import image_to_tensor, load_image, tensor_to_image
+    from gie_cli.io.images import image_to_tensor, load_image
 
     m = make_tiny_ood(mask_logit=60.0)  # mask 1 inside; the masks' zero-padded blur leaves the border in-domain
     m.save(tmp_path / "ood.safetensors")
-    (tmp_path / "in").mkdir()
-    for i in range(2):
-        x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1
-        tensor_to_image(x).save(tmp_path / "in" / f"f{i}.png")
-    g = m.generator
-    vec = torch.randn(g.style_dim, generator=torch.Generator().manual_seed(5))
-    Direction("up", "w", {"vector": vec / vec.norm()}, list(range(g.n_latent)), power_range=(-3.0, 3.0),
-              generator=generator_binding(g, "tiny")).save(tmp_path)  # fmt: skip
+    write_cli_inputs(tmp_path, m.generator)
 
     def run(*args):
         return CliRunner().invoke(app, [str(a) for a in args])

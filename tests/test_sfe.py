@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import assert_parity, load_parity, make_tiny_e4e, make_tiny_sfe, slow
+from conftest import assert_parity, load_parity, make_tiny_e4e, make_tiny_sfe, slow, write_cli_inputs
 from torch import nn
 
 from gie_cli.errors import CheckpointError, UsageError
@@ -189,19 +189,11 @@ def test_gie_edit_mask_from_files_folders_and_landmarks(tmp_path):
     from typer.testing import CliRunner
 
     from gie_cli.cli import app
-    from gie_cli.editing import Direction, generator_binding
-    from gie_cli.io.images import image_to_tensor, load_image, tensor_to_image
+    from gie_cli.io.images import image_to_tensor, load_image
 
     m = _tiny()
     m.save(tmp_path / "sfe.safetensors")
-    (tmp_path / "in").mkdir()
-    for i in range(2):
-        x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)) * 2 - 1
-        tensor_to_image(x).save(tmp_path / "in" / f"f{i}.png")
-    g = m.generator
-    vec = torch.randn(g.style_dim, generator=torch.Generator().manual_seed(5))
-    Direction("up", "w", {"vector": vec / vec.norm()}, list(range(g.n_latent)), power_range=(-3.0, 3.0),
-              generator=generator_binding(g, "tiny")).save(tmp_path)  # fmt: skip
+    write_cli_inputs(tmp_path, m.generator)
     cli = CliRunner()
 
     def run(*args: str):

@@ -80,14 +80,7 @@ def _ssim_maps(x: Tensor, y: Tensor, win: Tensor, data_range: float, K: Sequence
 
 
 def _ssim_cs(x: Tensor, y: Tensor, win: Tensor, data_range: float, K: Sequence[float]) -> tuple[Tensor, Tensor]:
-    """Mean SSIM and mean contrast-structure term per batch element.
-
-    Args:
-        x: ``[B, C, H, W]`` with ``H, W >= win.numel()``.
-        y: Same shape as ``x``.
-        win: 1-D Gaussian window ``[k]``.
-        data_range: Dynamic range of the inputs.
-        K: ``(K1, K2)`` stabilising constants.
+    """Mean SSIM and mean contrast-structure term per batch element (arguments as :func:`_ssim_maps`).
 
     Returns:
         ``(ssim [B], cs [B])``, averaged over channels and the valid pixels.
