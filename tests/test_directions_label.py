@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 from gie_cli.editing import Direction, apply
 from gie_cli.editing.fit import label_direction, train_latent_classifier
@@ -12,6 +15,7 @@ from gie_cli.editing.label import (
     LatentClassifier,
     classifier_config_from_state_dict,
     label_edit_direction,
+    loss_gradient,
 )
 
 L, D = 4, 8
@@ -62,6 +66,28 @@ def test_second_order_is_seeded_and_differs_from_first_order(trained):
     # layers restriction: only the allowed W+ rows move
     dl = label_edit_direction(clf, x, 0, 1.0, layers=[1, 2])
     assert torch.count_nonzero(dl[:, [0, 3]]) == 0 and torch.allclose(dl[:, 1:3].norm(dim=-1), torch.ones(8, 2))
+
+
+def test_hessian_of_a_piecewise_linear_classifier_is_along_its_gradient(trained):
+    """Why second order equals first order for the LCNet layout (issue 18): with (leaky) ReLU layers C is piecewise
+    linear, so the BCE's Hessian is ``s(1 - s) grad C grad C^T`` (rank one) and any finite-difference second-order
+    term ``(g(w + xi r) - g(w)) / xi`` lies along the first-order gradient wherever no kink is crossed."""
+    w, labels, clf = trained
+    clf = copy.deepcopy(clf).double()  # float64: the second difference is far below float32's resolution
+    x = w[labels[:, 0] == 0][:32].double()
+    gen = torch.Generator().manual_seed(5)
+    r = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    xi = 1e-4
+    g0 = loss_gradient(clf, x, 0, 1.0)
+    hv = (loss_gradient(clf, x + xi * r, 0, 1.0) - g0) / xi
+    cos = torch.nn.functional.cosine_similarity(hv.flatten(1), g0.flatten(1), dim=1).abs()
+    assert float(cos.median()) > 0.999
+    # a smooth classifier has curvature of its own: the same probe leaves the gradient's line
+    torch.manual_seed(0)
+    smooth = nn.Sequential(nn.Flatten(), nn.Linear(L * D, 16), nn.Tanh(), nn.Linear(16, 1)).double()
+    gs = loss_gradient(smooth, x, 0, 1.0)
+    hs = (loss_gradient(smooth, x + xi * r, 0, 1.0) - gs) / xi
+    assert float(torch.nn.functional.cosine_similarity(hs.flatten(1), gs.flatten(1), dim=1).abs().median()) < 0.99
 
 
 def test_label_direction_file_stores_the_classifier_and_applies_the_same_path(trained, tmp_path):

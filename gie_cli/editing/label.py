@@ -190,7 +190,7 @@ def load_latent_classifier(path: str | Path, activation: str | None = None) -> L
     return clf.eval().requires_grad_(False)
 
 
-def _loss_grad(classifier: nn.Module, wplus: Tensor, attribute: int, target: float) -> Tensor:
+def loss_gradient(classifier: nn.Module, wplus: Tensor, attribute: int, target: float) -> Tensor:
     """``grad_w BCE(sigmoid(C(w)_k), target)`` summed over the batch (each item's gradient is its own)."""
     w = wplus.detach().requires_grad_(True)
     logits = classifier(w)[:, attribute]
@@ -233,11 +233,11 @@ def label_edit_direction(
         raise ValueError(f"order must be 1 or 2, got {order}")
     w = wplus.detach().float()
     with torch.enable_grad():
-        g0 = _loss_grad(classifier, w, attribute, target)
+        g0 = loss_gradient(classifier, w, attribute, target)
         if order == 2:
             gen = torch.Generator(device="cpu").manual_seed(int(seed))
             r = torch.randn(w.shape, generator=gen).to(w)
-            g0 = g0 - xi * _loss_grad(classifier, w + xi * r, attribute, target)
+            g0 = g0 - xi * loss_gradient(classifier, w + xi * r, attribute, target)
     if layers is not None:
         mask = torch.zeros(w.shape[1], dtype=torch.bool, device=w.device)
         mask[list(layers)] = True
