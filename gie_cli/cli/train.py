@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +24,8 @@ _EPILOG = examples(
     "gie train --method e4e --data aligned/ -w generator.safetensors --steps 20000",
     "gie train --method gradstyle --data aligned/ -w e4e.ffhq --set discriminator=stylegan2.ffhq",
     "gie train --method e4e --data aligned/ --resume latest",
+    "torchrun --nproc-per-node 4 -m gie_cli train --method e4e --data aligned/ -w generator.safetensors -b 32",
+    "gie train --method e4e --data aligned/ -w generator.safetensors -b 32 --nproc 4",
 )
 
 
@@ -28,7 +35,9 @@ def train(
     data: Annotated[str, typer.Option("--data", help="Folder of aligned training images.")],
     weights: Annotated[str | None, weights_option("Frozen parts (e.g. the generator) or weights to fine-tune.")] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Total optimisation steps.")] = 1000,
-    batch_size: Annotated[int, batch_size_option("Images per training step.")] = 8,
+    batch_size: Annotated[
+        int, batch_size_option("Images per training step (over all processes of a torchrun launch).")
+    ] = 8,
     settings: Annotated[list[str] | None, settings_option("Trainer setting KEY=VALUE (repeatable).")] = None,
     run_dir: Annotated[Path, typer.Option("--run-dir", help="Folder holding the numbered run folders.")] = Path("runs"),
     resume: Annotated[
@@ -37,35 +46,116 @@ def train(
     snapshot_every: Annotated[int, typer.Option("--snapshot-every", min=1)] = 500,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: DeviceOpt = "auto",
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, help="Data loader worker processes (0: load in the training process).")
+    ] = 0,
+    nproc: Annotated[
+        int, typer.Option("--nproc", min=1, help="Train as N local processes (as torchrun --nproc-per-node N).")
+    ] = 1,
     quiet: Annotated[bool, typer.Option("--no-progress", help="No progress bar (log lines instead).")] = False,
 ) -> None:
-    """Train METHOD on aligned images; prints the exported weights file on stdout."""
+    """Train METHOD on aligned images; prints the exported weights file on stdout.
+
+    Under torchrun (WORLD_SIZE > 1) or with --nproc, each process trains on its share of every batch, gradients
+    averaged over the processes; rank 0 alone writes the run folder and prints.
+    """
     import torch
 
     from gie_cli.device import resolve_device
-    from gie_cli.training import create_trainer, list_trainers
+    from gie_cli.training import create_trainer, dist, list_trainers
     from gie_cli.training.loop import run_training
 
     if method not in list_trainers():
         raise UsageError(f"no trainer for method {method!r}", hint=f"trainable: {', '.join(list_trainers())}")
+    world = dist.env_world_size()
+    if nproc > 1:
+        if world > 1:
+            raise UsageError("--nproc inside a torchrun launch", hint="use one or the other", param="nproc")
+        raise typer.Exit(_launch_local(nproc, sys.argv[1:]))
+    if batch_size % world:
+        raise UsageError(
+            f"must be divisible by the {world} processes of this launch (WORLD_SIZE)",
+            hint="the batch size is the global one: use a multiple of the process count",
+            param="batch_size",
+            value=batch_size,
+        )
+    if world > 1 and os.environ.get("RANK", "0") != "0":
+        logging.getLogger("gie_cli").setLevel(logging.WARNING)  # rank 0 reports
     dev = resolve_device(device)
-    torch.manual_seed(seed)
-    trainer = create_trainer(
-        method,
-        data=data,
-        weights=weights,
-        device=dev,
-        batch_size=batch_size,
-        seed=seed,
-        **parse_settings(settings or []),
-    )
-    out = run_training(
-        trainer,
-        steps,
-        run_dir,
-        resume,
-        snapshot_every,
-        options={"data": data, "weights": weights, "batch_size": batch_size, "seed": seed, "device": str(dev)},
-        quiet=quiet,
-    )
-    typer.echo(str(out))
+    if world > 1:
+        dev = dist.init_from_env(dev)
+    try:
+        torch.manual_seed(seed)
+        trainer = create_trainer(
+            method,
+            data=data,
+            weights=weights,
+            device=dev,
+            batch_size=batch_size,
+            seed=seed,
+            **parse_settings(settings or []),
+        )
+        out = run_training(
+            trainer,
+            steps,
+            run_dir,
+            resume,
+            snapshot_every,
+            options={"data": data, "weights": weights, "batch_size": batch_size, "seed": seed, "device": str(dev)},
+            quiet=quiet,
+            workers=workers,
+            pin_memory=dev.type == "cuda",
+        )
+        main = dist.rank() == 0
+    finally:
+        if world > 1:
+            dist.shutdown()
+    if main:
+        typer.echo(str(out))
+
+
+def _launch_local(nproc: int, argv: list[str]) -> int:
+    """Run ``gie <argv>`` (without ``--nproc``) as ``nproc`` ranks of one process group on this machine, with
+    torchrun's environment variables; when a rank fails the others are stopped. Returns the largest exit code."""
+    import socket
+
+    args, skip = [], False
+    for a in argv:
+        if not skip and a != "--nproc" and not a.startswith("--nproc="):
+            args.append(a)
+        skip = a == "--nproc"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for r in range(nproc):
+        env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+        procs.append(subprocess.Popen([sys.executable, "-m", "gie_cli", *args], env=env))
+    log.info("launched %d ranks (pids %s)", nproc, ", ".join(str(p.pid) for p in procs))
+    try:
+        while any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):  # a rank failed: the others would wait forever
+                _stop(procs, signal.SIGTERM)
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # Ctrl-C reached the ranks too (one process group); else they get SIGINT in 5 s
+        _stop(procs, signal.SIGINT, grace=5)  # rank 0 writes a snapshot
+        raise
+    codes = [p.returncode for p in procs]
+    return 1 if any(c < 0 for c in codes) else max(codes)
+
+
+def _stop(procs: list[subprocess.Popen], sig: int, grace: float = 0) -> None:
+    """Send ``sig`` to the ``procs`` still running after ``grace`` seconds, kill those still running 30 s later."""
+    deadline = time.monotonic() + grace
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(sig)
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -21,7 +21,12 @@ class Trainer(ABC):
 
     @abstractmethod
     def batches(self) -> Iterator[torch.Tensor]:
-        """Endless training batches."""
+        """Endless training batches of the global batch size.
+
+        In a data-parallel run, streams of :func:`~gie_cli.training.data.endless` and
+        :func:`~gie_cli.training.data.index_batches` yield this rank's share themselves; the loop cuts any other
+        stream's batches (tensors, or tuples, lists and dicts of them, along the first dimension).
+        """
 
     @abstractmethod
     def train_step(self, batch: torch.Tensor, step: int) -> dict[str, float]:
