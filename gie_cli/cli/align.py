@@ -11,8 +11,9 @@ from typing import Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, parse_shard, plan_items, source_sha256
+from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, plan_items, source_sha256
 from gie_cli.cli.options import (
+    DEFAULT_WORKERS,
     AlignBackend,
     Alpha,
     AlphaOpt,
@@ -22,14 +23,19 @@ from gie_cli.cli.options import (
     FailFastOpt,
     ImageExt,
     JsonOpt,
+    NprocOpt,
     OnExisting,
     OnExistingOpt,
     OutputOpt,
+    QualityOpt,
     RecursiveOpt,
     ShardOpt,
+    WorkersOpt,
     choice,
     ext_option,
+    image_quality,
 )
+from gie_cli.cli.ranks import setup_ranks
 from gie_cli.errors import GieError, UsageError
 
 log = logging.getLogger(__name__)
@@ -92,7 +98,10 @@ def align(
     on_existing: OnExistingOpt = OnExisting.skip,
     alpha: AlphaOpt = Alpha.white,
     ext: Annotated[ImageExt, ext_option("the crops")] = ImageExt.png,
+    quality: QualityOpt = 95,
     shard: ShardOpt = None,
+    workers: WorkersOpt = DEFAULT_WORKERS,
+    nproc: NprocOpt = 1,
     dry_run: DryRunOpt = False,
     fail_fast: FailFastOpt = False,
     json_out: JsonOpt = False,
@@ -111,6 +120,7 @@ def align(
 
     if landmarks is not None and backend != "file":
         raise UsageError("--landmarks only applies to --backend file", hint="add --backend file")
+    parsed_shard, device, rank = setup_ranks(nproc, shard, device)
     items = plan_items(
         inputs,
         output,
@@ -118,7 +128,7 @@ def align(
         IMAGE_SUFFIXES,
         lambda _, name: _planned_outputs(output, name, faces, ext),
         command="align",
-        shard=parse_shard(shard) if shard else None,
+        shard=parsed_shard,
     )
     request = {  # what the crops depend on besides the photo: a finished item is skipped only for the same
         "size": size,
@@ -128,9 +138,13 @@ def align(
         "alpha": str(alpha),
         "ext": str(ext),
     }
+    q = image_quality(ext, quality)
+    if q is not None:  # lossy formats only: png folders keep their done records
+        request["quality"] = q
     job = BatchJob(
-        "align", output, items, on_existing, fail_fast, json_out, done=lambda it: _is_done(it, faces), request=request
-    )
+        "align", output, items, on_existing, fail_fast, json_out, done=lambda it: _is_done(it, faces), request=request,
+        workers=workers, rank=rank,
+    )  # fmt: skip
     if dry_run:
         job.dry_run(f", backend {backend}, size {size}, faces {faces}")
         return
@@ -145,7 +159,7 @@ def align(
             dev = str(resolve_device(device))
         detector = create_backend(backend, landmarks, dev)
         log.info("align: backend %s, size %d, faces %s", backend, size, faces)
-        return PerItem(lambda it, _: _align_one(it, detector, backend, size, faces, ext, alpha, output))
+        return PerItem(lambda it, _: _align_one(it, detector, backend, size, faces, ext, alpha, output, q))
 
     raise typer.Exit(job.run(work))
 
@@ -181,10 +195,21 @@ def _is_done(it: Item, faces: str) -> bool:
     return True
 
 
-def _align_one(it: Item, detector, backend: str, size: int, faces: str, ext: str, alpha: str, out_dir: Path) -> Record:
-    """Align one photo and write its crops and records; every problem becomes the item's status."""
+def _align_one(
+    it: Item,
+    detector,
+    backend: str,
+    size: int,
+    faces: str,
+    ext: str,
+    alpha: str,
+    out_dir: Path,
+    quality: int | None = None,
+) -> Record:
+    """Align one photo and write its crops (``quality``: JPEG/WebP quality) and records; every problem becomes the
+    item's status."""
     from gie_cli.alignment import align_photo, build_align_meta
-    from gie_cli.io.atomic import atomic_save_image, atomic_write_text
+    from gie_cli.io.atomic import atomic_save_image, write_text_output
     from gie_cli.io.images import load_image
 
     t0 = time.perf_counter()
@@ -230,8 +255,8 @@ def _align_one(it: Item, detector, backend: str, size: int, faces: str, ext: str
                     af.result.face_size,
                     af.result.size,
                 )
-            atomic_save_image(af.result.image, img_path)
-            atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")  # written last: marks the face done
+            atomic_save_image(af.result.image, img_path, quality=quality)
+            write_text_output(meta_path, json.dumps(meta, indent=1) + "\n")  # written last: marks the face done
             prefix = "" if af.index == 1 else f"face{af.index}."
             outputs[f"{prefix}image"] = str(img_path)
             outputs[f"{prefix}meta"] = str(meta_path)

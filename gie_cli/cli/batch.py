@@ -19,6 +19,7 @@ Output names are a function of the input path alone (see :func:`assign_names`), 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -27,8 +28,8 @@ import os
 import sys
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,12 @@ STATE_DIR = ".gie"
 MANIFEST = "manifest.jsonl"
 TORN_SUFFIX = ".torn"
 _DONE_FORMAT = "gie-done/1"
+CLAIM_WINDOW = 256
+"""Items a run claims (locks, hashes and checks) at a time."""
+PREFETCH_BATCHES = 2
+"""Overlapped runs (``workers`` >= 1): batches loaded ahead of the one the model computes."""
+WRITE_QUEUE = 64
+"""Overlapped runs: writes queued at most on the background writer (beyond that the model waits)."""
 _MAX_DONE_ENTRIES = 16  # option sets remembered per item (e.g. `gie edit` with other directions into one folder)
 
 
@@ -524,14 +531,18 @@ class Reporter:
     next append.
     """
 
-    def __init__(self, out_dir: Path, total: int, json_out: bool, command: str, quiet: bool = False) -> None:
+    def __init__(
+        self, out_dir: Path, total: int, json_out: bool, command: str, quiet: bool = False, rank: int | None = None
+    ) -> None:
         self.out_dir = out_dir
         self.json_out = json_out
         self.counts: Counter[str] = Counter()
         self.problems: list[tuple[str, str, str]] = []  # (status, input, reason) of failed and no-face items
         self.run_id = new_run_id()
         self.command = command
-        self.manifest = out_dir / MANIFEST
+        self.final_manifest = out_dir / MANIFEST
+        # a rank of a multi-process run logs to its own file, merged into the manifest when it ends
+        self.manifest = self.final_manifest if rank is None else rank_manifest(out_dir, self.run_id, rank)
         self._t0 = time.perf_counter()
         self._progress = None
         show = not quiet and sys.stderr.isatty() and not os.environ.get("GIE_DISABLE_PROGRESS_BARS")
@@ -579,7 +590,8 @@ class Reporter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         locks = self.out_dir / STATE_DIR / "locks"
         locks.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(locks / "manifest.lock")):
+        self.manifest.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(locks / ("manifest.lock" if self.manifest == self.final_manifest else "ranks.lock"))):
             fd = os.open(self.manifest, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 repair_manifest(self.manifest, fd)
@@ -605,12 +617,86 @@ class Reporter:
         self.close()
         secs = time.perf_counter() - self._t0
         parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
-        typer.echo(f"{self.command}: {parts or 'nothing to do'} in {secs:.1f}s (manifest: {self.manifest})", err=True)
+        typer.echo(
+            f"{self.command}: {parts or 'nothing to do'} in {secs:.1f}s (manifest: {self.final_manifest})", err=True
+        )
         for status, path, reason in self.problems[:20]:
             typer.echo(f"  {status.replace('_', ' ')}: {path}: {reason}", err=True)
         if len(self.problems) > 20:
             typer.echo(f"  ... and {len(self.problems) - 20} more (see the manifest)", err=True)
         return 1 if self.counts["failed"] else 0
+
+
+RANKS_DIR = "ranks"
+"""Under ``.gie/``: the manifests of the ranks of multi-process runs until they are merged."""
+_RANK_SEP = ".rank-"
+_MERGING = ".merging"
+
+
+def rank_manifest(out: Path, run_id: str, rank: int) -> Path:
+    """The manifest file of rank ``rank`` of a multi-process run (``.gie/ranks/<run id>.rank-<rank>.jsonl``)."""
+    return out / STATE_DIR / RANKS_DIR / f"{run_id}{_RANK_SEP}{rank}.jsonl"
+
+
+def run_alive(out: Path, run_id: str) -> bool:
+    """Whether run ``run_id`` into ``out`` is running now (it holds its run lock)."""
+    from filelock import FileLock, Timeout
+
+    path = out / STATE_DIR / "locks" / "runs" / f"{run_id}.lock"
+    if not path.exists():
+        return False
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def merge_rank_manifests(out: Path) -> int:
+    """Append the manifests of finished ranks (:func:`rank_manifest`) to ``manifest.jsonl`` and remove them;
+    returns the number of lines merged.
+
+    Ranks still running are left alone; those of killed runs are merged by the next run, so no line is lost. Each file
+    is renamed to ``*.merging`` before its lines are appended: a merge cut off between the append and the removal
+    is finished by the next one without appending the lines twice.
+    """
+    from filelock import FileLock
+
+    folder = out / STATE_DIR / RANKS_DIR
+    if not folder.is_dir():
+        return 0
+    merged = 0
+    manifest = out / MANIFEST
+    (out / STATE_DIR / "locks").mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out / STATE_DIR / "locks" / "manifest.lock")):
+        # a cut-off merge first: its lines are then still the manifest's last if it appended them
+        for p in sorted(folder.glob(f"*.jsonl{_MERGING}")) + sorted(folder.glob("*.jsonl")):
+            run_id = p.name.split(_RANK_SEP)[0]
+            if p.suffix == ".jsonl":
+                if run_alive(out, run_id) or not p.exists():
+                    continue
+                if repair_manifest(p):  # the torn line goes where the manifest's own go
+                    aside = Path(str(p) + TORN_SUFFIX)
+                    with open(str(manifest) + TORN_SUFFIX, "ab") as q:
+                        q.write(aside.read_bytes())
+                    aside.unlink()
+                p = p.rename(p.with_name(p.name + _MERGING))
+            data = p.read_bytes()
+            fd = os.open(manifest, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                repair_manifest(manifest, fd)
+                size = os.fstat(fd).st_size
+                tail = os.pread(fd, len(data), size - len(data)) if data and size >= len(data) else b""
+                if data and tail != data:  # not appended yet (else a cut-off merge appended it already)
+                    _write_all(fd, data)
+                    os.fsync(fd)
+                    merged += data.count(b"\n")
+            finally:
+                os.close(fd)
+            p.unlink()
+    return merged
 
 
 def new_run_id() -> str:
@@ -761,6 +847,13 @@ class BatchJob:
             alignment record must exist even when its composite does).
         request: What the outputs depend on besides the input: the command's options (paths of option files as
             :func:`option_identity`). Recorded for every finished item; a skip needs the same request.
+        workers: 0 runs each item's stages one after another (load, compute, write). N >= 1 overlaps them: N
+            threads load the next batches (:class:`PerBatch` ``prepare``) while the model computes, and one
+            background thread encodes and writes the outputs (:mod:`gie_cli.io.writer`), through bounded queues.
+            Records, manifest lines and done records are the same and in the same order as with 0; an item is
+            recorded only once its outputs are on disk (a failed write fails it).
+        rank: This run's rank in a multi-process run (``torchrun``, ``--nproc``): its manifest lines go to a file
+            of its own, merged into ``manifest.jsonl`` when the rank ends (:func:`merge_rank_manifests`).
     """
 
     command: str
@@ -772,6 +865,8 @@ class BatchJob:
     done: Callable[[Item], bool] = is_done
     precheck: Callable[[Item], None] | None = None
     request: dict[str, Any] = field(default_factory=dict)
+    workers: int = 0
+    rank: int | None = None
     reporter: Reporter | None = field(default=None, init=False)
     stopped: bool = field(default=False, init=False)
     _claims: Claims | None = field(default=None, init=False, repr=False)
@@ -805,8 +900,9 @@ class BatchJob:
         """
         from gie_cli.io.atomic import remove_temp_files
 
-        self.reporter = Reporter(self.output, len(self.items), self.json_out, self.command)
+        self.reporter = Reporter(self.output, len(self.items), self.json_out, self.command, rank=self.rank)
         self.output.mkdir(parents=True, exist_ok=True)
+        merge_rank_manifests(self.output)  # lines of ranks of earlier, killed runs go before this run's
         self._records = DoneRecords(self.output, self.command)
         self._claims = Claims(self.output, self.command, self.reporter.run_id)
         try:
@@ -815,21 +911,52 @@ class BatchJob:
             plan: PerItem | PerBatch | None = None
             pending = list(self.items)
             wait = False
-            while pending and not self.stopped:
-                todo, pending = self._split(pending, wait)
-                if todo and not self.stopped:
-                    plan = plan or work(todo)
-                    if isinstance(plan, PerBatch):
-                        self._run_batches(todo, plan)
-                    else:
-                        self._run_items(todo, plan)
-                wait = True  # what is left is being done by another run: wait for it
+            with self._stages() as stages:
+                while pending and not self.stopped:
+                    busy: list[Item] = []
+                    # claim (and hash) a window of items at a time: a run over any number of inputs holds a bounded
+                    # number of lock files open
+                    for start in range(0, len(pending), CLAIM_WINDOW):
+                        if self.stopped:
+                            break
+                        todo, held = self._split(pending[start : start + CLAIM_WINDOW], wait)
+                        busy += held
+                        if todo and not self.stopped:
+                            plan = plan or work(todo)
+                            if isinstance(plan, PerBatch):
+                                self._run_batches(todo, plan, stages)
+                            else:
+                                self._run_items(todo, plan, stages)
+                    pending, wait = busy, True  # what is left is being done by another run: wait for it
         except BaseException:
             self.reporter.close()
             raise
         finally:
             self._claims.close()
+            if self.rank is not None:
+                merge_rank_manifests(self.output)
         return self.reporter.finish()
+
+    @contextlib.contextmanager
+    def _stages(self) -> Iterator[_Stages]:
+        """The loader threads and background writer of an overlapped run (none when ``workers`` is 0); settles every
+        item whose writes are queued before returning, also when the run stops with an exception."""
+        st = _Stages()
+        if self.workers > 0:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from gie_cli.io.writer import BackgroundWriter
+
+            st.loader = ThreadPoolExecutor(self.workers, thread_name_prefix="gie-load")
+            st.writer = BackgroundWriter(WRITE_QUEUE)
+        try:
+            yield st
+            self._settle(st, block=True)
+        finally:
+            if st.loader is not None:
+                st.loader.shutdown(wait=True, cancel_futures=True)
+            if st.writer is not None:
+                st.writer.close()  # queued writes finish: nothing is left half-written
 
     # ----------------------------------------------------------------------------------------------- internals
     def add(self, rec: Record, it: Item | None = None) -> None:
@@ -937,45 +1064,95 @@ class BatchJob:
                 if is_temp_name(t.name) and t.is_file() and not t.is_symlink():
                     t.unlink(missing_ok=True)
 
-    def _run_items(self, todo: list[Item], plan: PerItem) -> None:
-        bs = plan.batch_size
-        for it in todo:
-            while not self.stopped:
+    def _finish_item(self, it: Item, make: Callable[[], Record], stages: _Stages) -> None:
+        """Run ``make`` (which writes ``it``'s outputs) and record its result once the writes are on disk."""
+        from gie_cli.io.writer import collect_writes
+
+        with collect_writes(stages.writer) as writes:
+            try:
+                rec = make()
+            except Exception as e:  # noqa: BLE001 - a failed save fails this item only
+                stages.done.append((it, None, e, writes))
+            else:
+                stages.done.append((it, rec, None, writes))
+        failed = stages.done[-1][2] is not None or stages.done[-1][1].status == "failed"
+        self._settle(stages, block=failed and self.fail_fast)  # --fail-fast stops at this item, as a serial run
+
+    def _settle(self, stages: _Stages, block: bool = False) -> None:
+        """Record finished items in order: the head of the queue once its writes are done (``block``: all)."""
+        while stages.done:
+            it, rec, err, writes = stages.done[0]
+            if not block and not all(f.done() for f in writes):
+                return
+            stages.done.popleft()
+            t_write = 0.0
+            for f in writes:
                 try:
-                    rec = plan.process(it, bs)
-                except Exception as e:  # noqa: BLE001 - a failure fails this item; the run goes on
-                    if is_out_of_memory(e):
-                        _free_cuda_cache()
-                        if bs is not None and bs > 1:
-                            bs = max(1, bs // 2)
-                            log.warning("CUDA out of memory: batch size reduced to %d", bs)
-                            continue
-                        e = GieError("CUDA out of memory" + (" at batch size 1" if bs == 1 else ""))
-                    self._fail(it, e)
-                else:
-                    self.add(rec, it)
-                break
+                    t_write += f.result()
+                except Exception as e:  # noqa: BLE001 - a failed write fails its item
+                    err = err or (GieError(str(e)) if isinstance(e, OSError) else e)
+            if err is not None:
+                self._fail(it, err)
+            else:
+                assert rec is not None
+                if writes and "save" in rec.timings_ms:
+                    rec.timings_ms["save"] = round(rec.timings_ms["save"] + t_write, 2)
+                self.add(rec, it)
+
+    def _run_items(self, todo: list[Item], plan: PerItem, stages: _Stages) -> None:
+        bs = plan.batch_size
+
+        def process(it: Item) -> Record:
+            nonlocal bs
+            while True:
+                try:
+                    return plan.process(it, bs)
+                except Exception as e:
+                    if not is_out_of_memory(e):
+                        raise
+                    _free_cuda_cache()
+                    if bs is None or bs <= 1:
+                        raise GieError("CUDA out of memory" + (" at batch size 1" if bs == 1 else "")) from None
+                    bs = max(1, bs // 2)
+                    log.warning("CUDA out of memory: batch size reduced to %d", bs)
+
+        for it in todo:
             if self.stopped:
                 return
+            self._finish_item(it, lambda it=it: process(it), stages)
 
-    def _run_batches(self, todo: list[Item], plan: PerBatch) -> None:
+    def _run_batches(self, todo: list[Item], plan: PerBatch, stages: _Stages) -> None:
         pending = list(todo)
-        prepared: dict[int, Any] = {}  # id(item) -> payload, kept across retries
+        prepared: dict[int, Any] = {}  # id(item) -> payload (or the exception / Record that settles it)
+        loading: dict[int, Any] = {}  # id(item) -> future of its payload (overlapped runs)
         bs = plan.batch_size
+
+        def prepare(it: Item) -> Any:
+            try:
+                return plan.prepare(it)
+            except Exception as e:  # noqa: BLE001 - a failure fails this item; the run goes on
+                return _Failed(e)
+
+        def prefetch() -> None:  # keep the loaders PREFETCH_BATCHES batches ahead of the model
+            if stages.loader is None:
+                return
+            for it in pending[: bs * PREFETCH_BATCHES]:
+                if id(it) not in prepared and id(it) not in loading:
+                    loading[id(it)] = stages.loader.submit(prepare, it)
+
         while pending and not self.stopped:
+            prefetch()
             chunk, pending = pending[:bs], pending[bs:]
             ready: list[Item] = []
             for it in chunk:
                 if id(it) not in prepared:
-                    try:
-                        payload = plan.prepare(it)
-                    except Exception as e:  # noqa: BLE001 - a failure fails this item; the run goes on
-                        self._fail(it, e)
-                        if self.stopped:
-                            return
-                        continue
-                    if isinstance(payload, Record):
-                        self.add(payload, it)
+                    fut = loading.pop(id(it), None)
+                    payload = fut.result() if fut is not None else prepare(it)
+                    if isinstance(payload, (_Failed, Record)):
+                        if isinstance(payload, Record):
+                            self._finish_item(it, lambda p=payload: p, stages)
+                        else:
+                            self._finish_item(it, lambda p=payload: p.raise_(), stages)
                         if self.stopped:
                             return
                         continue
@@ -983,6 +1160,7 @@ class BatchJob:
                 ready.append(it)
             if not ready:
                 continue
+            prefetch()  # the next batches load while this one computes
             try:
                 results = plan.compute([prepared[id(it)] for it in ready])
             except Exception as e:  # noqa: BLE001 - a model failure fails these items, the run goes on
@@ -1000,17 +1178,31 @@ class BatchJob:
                     reason = f"{type(e).__name__}: {e}"
                 for it in ready:
                     prepared.pop(id(it), None)
-                    self.add(Record(str(it.source), "failed", reason=reason), it)
+                    self._finish_item(it, lambda it=it, r=reason: Record(str(it.source), "failed", reason=r), stages)
                 if self.stopped:
                     return
                 continue
             for it, result in zip(ready, results, strict=True):
                 payload = prepared.pop(id(it))
-                try:
-                    rec = plan.finish(it, payload, result)
-                except Exception as e:  # noqa: BLE001 - a failed save fails this item only
-                    self._fail(it, e)
-                else:
-                    self.add(rec, it)
+                self._finish_item(it, lambda it=it, p=payload, r=result: plan.finish(it, p, r), stages)
                 if self.stopped:
                     return
+
+
+@dataclass
+class _Failed:
+    """A stage's exception, carried to where the item is recorded."""
+
+    error: Exception
+
+    def raise_(self) -> Record:
+        raise self.error
+
+
+@dataclass
+class _Stages:
+    """An overlapped run's loader threads and writer (None: serial), and its items waiting for their writes."""
+
+    loader: Any = None
+    writer: Any = None
+    done: deque = field(default_factory=deque)

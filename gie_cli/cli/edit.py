@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Annotated
@@ -11,8 +13,18 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, parse_shard, plan_items
+from gie_cli.cli.batch import (
+    BatchJob,
+    Item,
+    PerItem,
+    Record,
+    Shard,
+    check_output_dir,
+    option_identity,
+    plan_items,
+)
 from gie_cli.cli.options import (
+    DEFAULT_WORKERS,
     DeviceOpt,
     DryRunOpt,
     Dtype,
@@ -20,16 +32,21 @@ from gie_cli.cli.options import (
     FailFastOpt,
     ImageExt,
     JsonOpt,
+    NprocOpt,
     OnExisting,
     OnExistingOpt,
     OutputOpt,
+    QualityOpt,
     RecursiveOpt,
     ShardOpt,
+    WorkersOpt,
     batch_size_option,
     examples,
     ext_option,
+    image_quality,
     weights_option,
 )
+from gie_cli.cli.ranks import setup_ranks
 from gie_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -76,7 +93,10 @@ def edit(
     output: OutputOpt,
     inputs: Annotated[
         list[str] | None,
-        typer.Argument(help="Latent files or folders of `gie invert`, or - to read paths / JSON lines from stdin."),
+        typer.Argument(
+            help="Latent files or folders of `gie invert`, packed latent files (`gie invert --pack-latents`), or - to "
+            "read paths / JSON lines from stdin."
+        ),
     ] = None,
     direction: Annotated[
         list[str] | None,
@@ -156,7 +176,10 @@ def edit(
     recursive: RecursiveOpt = False,
     on_existing: OnExistingOpt = OnExisting.skip,
     ext: Annotated[ImageExt, ext_option("the edited images")] = ImageExt.png,
+    quality: QualityOpt = 95,
     shard: ShardOpt = None,
+    workers: WorkersOpt = DEFAULT_WORKERS,
+    nproc: NprocOpt = 1,
     dry_run: DryRunOpt = False,
     fail_fast: FailFastOpt = False,
     json_out: JsonOpt = False,
@@ -166,8 +189,10 @@ def edit(
     Per input NAME, direction DIR and power P it writes NAME.DIR+P.<ext> (e.g. face.smile+3.png, face.age-2.5.png)
     under the output folder (mirroring input sub-folders) and appends one manifest line per input. The method that
     made each latent is rebuilt from the latent's record (method, weights, settings). A direction bound to another
-    generator is refused unless --force. Re-running skips finished inputs. Exit code 0 when all inputs are ok or
-    skipped, 1 when any failed, 2 for usage errors.
+    generator is refused unless --force. Re-running skips finished inputs. A packed latent file (`gie invert
+    --pack-latents`, named as an argument) gives one input per item, named as in the pack; its items are unpacked
+    into the output folder's .gie/unpacked/ first. Exit code 0 when all inputs are ok or skipped, 1 when any failed,
+    2 for usage errors.
     """
     from gie_cli.editing.session import EditPlan, label_directions
     from gie_cli.io.latents import LATENT_SUFFIX
@@ -189,16 +214,21 @@ def edit(
     plan = EditPlan.load(direction or [], powers, labels, references)
     if paste_back:
         _paste_module()
-    items = plan_items(
-        inputs,
-        output,
-        recursive,
-        (LATENT_SUFFIX,),
-        lambda _, name: _outputs(output, name, plan, ext, grid, paste_back),
-        stdin_keys=("latent",),
-        command="edit",
-        shard=parse_shard(shard) if shard else None,
-    )
+    plain, packs = _split_packs(inputs or [])
+    parsed_shard, device, rank = setup_ranks(nproc, shard, device)
+
+    def outputs(_: Path, name: str) -> dict[str, Path]:
+        return _outputs(output, name, plan, ext, grid, paste_back)
+
+    items = []
+    if plain or not packs:
+        items = plan_items(
+            plain, output, recursive, (LATENT_SUFFIX,), outputs, stdin_keys=("latent",), command="edit",
+            shard=parsed_shard,
+        )  # fmt: skip
+    if packs:
+        check_output_dir(output, packs)
+        items += _pack_items(packs, output, outputs, {it.name for it in items}, parsed_shard, unpack=not dry_run)
     request = {  # what the outputs depend on besides the latent: a finished item is skipped only for the same
         "directions": [option_identity(d) for d in direction or []],
         "label": [option_identity(classifier), attribute or [], target, order] if classifier else None,
@@ -213,7 +243,10 @@ def edit(
         "ext": str(ext),
         "dtype": str(dtype),
     }
-    job = BatchJob("edit", output, items, on_existing, fail_fast, json_out, request=request)
+    q = image_quality(ext, quality)
+    if q is not None:  # lossy formats only: png folders keep their done records
+        request["quality"] = q
+    job = BatchJob("edit", output, items, on_existing, fail_fast, json_out, request=request, workers=workers, rank=rank)
     if dry_run:
         job.dry_run(f", {len(plan)} edit(s) each")
         return
@@ -224,9 +257,81 @@ def edit(
 
         dev = resolve_device(device)
         session = EditSession(plan, dev, resolve_dtype(dtype, dev), weights, force, batch_size, edit_model, mask)
-        return PerItem(lambda it, bs: _edit_one(session, it, grid, grid_size, paste_back, bs), batch_size)
+        return PerItem(lambda it, bs: _edit_one(session, it, grid, grid_size, paste_back, bs, q), batch_size)
 
     raise typer.Exit(job.run(work))
+
+
+def _split_packs(inputs: list[str]) -> tuple[list[str], list[Path]]:
+    """``(other inputs, packed latent files)``: packs are files named as arguments (not read from stdin)."""
+    from gie_cli.io.latents import LATENT_SUFFIX, is_latent_pack
+
+    plain, packs = [], []
+    for raw in inputs:
+        p = Path(raw).expanduser()
+        pack = raw != "-" and raw.endswith(".safetensors") and not raw.endswith(LATENT_SUFFIX) and p.is_file()
+        if pack and is_latent_pack(p):
+            packs.append(p)
+        else:
+            plain.append(raw)
+    return plain, packs
+
+
+def _pack_items(
+    packs: list[Path],
+    output: Path,
+    outputs: Callable[[Path, str], dict[str, Path]],
+    taken: set[str],
+    shard: Shard | None,
+    unpack: bool = True,
+) -> list[Item]:
+    """One item per entry of each packed latent file, named by the pack's index (a name another input has, or that
+    another input's outputs hold in ``output``, gets the suffix of :func:`~gie_cli.cli.batch.path_tag`).
+
+    The entries are unpacked (:func:`~gie_cli.io.latents.unpack_latents`) into ``output/.gie/unpacked/<sha256 of
+    the pack>/`` (kept: a re-run with the same pack finds the same files and skips finished items); ``unpack`` False
+    (dry run) only plans. Shards are taken by the unpacked file's path.
+
+    Raises:
+        CheckpointError: an unreadable or inconsistent pack.
+    """
+    from gie_cli.cli.batch import STATE_DIR, DoneRecords, path_tag, shard_number
+    from gie_cli.io.atomic import atomic_write_text
+    from gie_cli.io.images import sha256_file
+    from gie_cli.io.latents import LATENT_SUFFIX, load_packed_latents, unpack_latents
+
+    records = DoneRecords(output, "edit")
+    items: list[Item] = []
+    for pack in packs:
+        folder = output / STATE_DIR / "unpacked" / sha256_file(pack)[:24]
+        done = folder / "unpacked.json"
+        names = _unpacked_names(done)
+        if names is None or not all((folder / f"{n}{LATENT_SUFFIX}").is_file() for n in names):
+            names = load_packed_latents(pack).names
+            if unpack:
+                unpack_latents(pack, folder)
+                atomic_write_text(done, json.dumps({"pack": str(pack.resolve()), "names": names}) + "\n")
+        for name in names:
+            src = folder / f"{name}{LATENT_SUFFIX}"
+            if shard is not None and shard_number(src, shard.count) != shard.index:
+                continue
+            held = records.owner(name)
+            clash = name in taken or (held is not None and held != str(src.resolve()))
+            item_name = f"{name}-{path_tag(src)}" if clash else name
+            taken.add(item_name)
+            items.append(
+                Item(src, item_name, outputs(src, item_name), data={"pack": {"file": str(pack), "name": name}})
+            )
+    return items
+
+
+def _unpacked_names(done: Path) -> list[str] | None:
+    """The names a finished unpacking recorded in ``done``, or None (none yet, or unreadable: unpack again)."""
+    try:
+        names = json.loads(done.read_text(encoding="utf-8"))["names"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
 
 
 def _reference_edits(reference: Path, editor: str | None, attributes: list[str], powers: list[float]):
@@ -273,9 +378,16 @@ def _paste_module() -> ModuleType:
 
 
 def _edit_one(
-    session: EditSession, it: Item, grid: bool, grid_size: int, paste_back: bool, batch_size: int | None = None
+    session: EditSession,
+    it: Item,
+    grid: bool,
+    grid_size: int,
+    paste_back: bool,
+    batch_size: int | None = None,
+    quality: int | None = None,
 ) -> Record:
-    """Edit one latent (``batch_size`` edits per render batch) and write its outputs (see :class:`PerItem`)."""
+    """Edit one latent (``batch_size`` edits per render batch) and write its outputs (``quality``: JPEG/WebP quality;
+    see :class:`PerItem`)."""
     from gie_cli.editing.session import edit_grid
     from gie_cli.io.atomic import atomic_save_image
 
@@ -283,13 +395,15 @@ def _edit_one(
     t_save = time.perf_counter()
     it.outputs[next(iter(it.outputs))].parent.mkdir(parents=True, exist_ok=True)
     for k, img in result.images.items():
-        atomic_save_image(img, it.outputs[k])
+        atomic_save_image(img, it.outputs[k], quality=quality)
     if grid:
-        atomic_save_image(edit_grid(result.reconstruction, result.rows, grid_size), it.outputs["grid"])
+        atomic_save_image(edit_grid(result.reconstruction, result.rows, grid_size), it.outputs["grid"], quality=quality)
     info = dict(result.info)
+    if "pack" in it.data:
+        info["pack"] = it.data["pack"]  # the packed file and entry the latent came from
     if paste_back:
         pasted, info["align_record"] = session.paste_back(result)
         for k, img in pasted.items():
-            atomic_save_image(img, it.outputs[f"{k}.paste"])
+            atomic_save_image(img, it.outputs[f"{k}.paste"], quality=quality)
     timings = {**result.timings_ms, "save": (time.perf_counter() - t_save) * 1000}
     return Record(str(it.source), "ok", _strs(it.outputs), None, {k: round(v, 2) for k, v in timings.items()}, info)

@@ -6,6 +6,7 @@ Nothing here imports torch: ``gie --help`` stays fast.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from enum import Enum
@@ -200,6 +201,26 @@ ShardOpt = Annotated[
         help="Take only shard I of N (0 <= I < N; by each input's path, stable when inputs are added): job arrays.",
     ),
 ]
+DEFAULT_WORKERS = max(1, min(4, (os.cpu_count() or 2) // 2))
+"""``--workers`` default: half the CPUs (the other half computes), 1 to 4."""
+WorkersOpt = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=0,
+        help="Threads loading the next inputs while the model computes; outputs are encoded and written on a "
+        "background thread. 0 = one stage after another. Results are the same.",
+    ),
+]
+NprocOpt = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="Run as N processes on this machine (one per GPU, as torchrun --nproc-per-node N), each on its own "
+        "shard of the inputs, into one output folder with one manifest.",
+    ),
+]
 FailFastOpt = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed item.")]
 OnExistingOpt = Annotated[
     OnExisting,
@@ -212,9 +233,31 @@ VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="Mo
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
 
 
+QualityOpt = Annotated[
+    int,
+    typer.Option(
+        "--quality",
+        min=1,
+        max=100,
+        metavar="Q",
+        help="JPEG/WebP quality 1..100 of written images (jpg and webp; png is lossless and ignores it).",
+    ),
+]
+LOSSY_EXTS: tuple[str, ...] = ("jpg", "webp")
+"""Image formats ``--quality`` applies to."""
+
+
 def ext_option(what: str = "written images") -> Any:
-    """``--ext``: image format of ``what``."""
-    return choice(ImageExt, "--ext", help=f"Image format of {what}.")
+    """``--ext`` / ``--image-format``: image format of ``what``."""
+    return choice(ImageExt, "--ext", "--image-format", help=f"Image format of {what} (see --quality).")
+
+
+def image_quality(ext: str, quality: int) -> int | None:
+    """``--quality`` as it applies to ``--ext``: ``quality`` for a lossy format (jpg, webp), None for png.
+
+    Commands put it in their ``request`` only when not None, so png runs keep their done records.
+    """
+    return quality if str(ext) in LOSSY_EXTS else None
 
 
 # --------------------------------------------------------------------------------------------------- the app

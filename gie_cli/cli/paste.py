@@ -10,20 +10,26 @@ from typing import Annotated
 import typer
 
 from gie_cli.cli import command
-from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, parse_shard, plan_items
+from gie_cli.cli.batch import BatchJob, Item, PerItem, Record, option_identity, plan_items
 from gie_cli.cli.options import (
+    DEFAULT_WORKERS,
     DryRunOpt,
     FailFastOpt,
     ImageExt,
     JsonOpt,
+    NprocOpt,
     OnExisting,
     OnExistingOpt,
     OutputOpt,
+    QualityOpt,
     RecursiveOpt,
     ShardOpt,
+    WorkersOpt,
     examples,
     ext_option,
+    image_quality,
 )
+from gie_cli.cli.ranks import setup_ranks
 from gie_cli.errors import GieError, UsageError
 
 log = logging.getLogger(__name__)
@@ -55,7 +61,10 @@ def paste(
     recursive: RecursiveOpt = False,
     on_existing: OnExistingOpt = OnExisting.skip,
     ext: Annotated[ImageExt, ext_option("the composites")] = ImageExt.png,
+    quality: QualityOpt = 95,
     shard: ShardOpt = None,
+    workers: WorkersOpt = DEFAULT_WORKERS,
+    nproc: NprocOpt = 1,
     dry_run: DryRunOpt = False,
     fail_fast: FailFastOpt = False,
     json_out: JsonOpt = False,
@@ -71,9 +80,10 @@ def paste(
     for opt, p in (("--meta", meta), ("--photo", photo)):
         if p is not None and not p.is_file():
             raise UsageError(f"{opt} {p}: file not found")
+    parsed_shard, _, rank = setup_ranks(nproc, shard, "cpu")
     items = plan_items(
         inputs, output, recursive, IMAGE_SUFFIXES, lambda _, name: {"image": output / f"{name}.{ext}"},
-        stdin_keys=("image", "input"), command="paste", shard=parse_shard(shard) if shard else None,
+        stdin_keys=("image", "input"), command="paste", shard=parsed_shard,
     )  # fmt: skip
 
     def precheck(it: Item) -> None:  # the record must be usable even when the composite exists
@@ -81,6 +91,9 @@ def paste(
         it.data["deps"] = [it.data["record"], it.data["photo"]]  # a changed record or photo makes the composite stale
 
     request = {"meta": option_identity(meta), "photo": option_identity(photo), "feather": feather, "ext": str(ext)}
+    q = image_quality(ext, quality)
+    if q is not None:  # lossy formats only: png folders keep their done records
+        request["quality"] = q
     job = BatchJob(
         "paste",
         output,
@@ -90,11 +103,13 @@ def paste(
         json_out,
         precheck=None if dry_run else precheck,
         request=request,
+        workers=workers,
+        rank=rank,
     )
     if dry_run:
         job.dry_run()
         return
-    work = PerItem(lambda it, _: _paste_one(it, it.data["record"], it.data["meta"], it.data["photo"], feather))
+    work = PerItem(lambda it, _: _paste_one(it, it.data["record"], it.data["meta"], it.data["photo"], feather, q))
     raise typer.Exit(job.run(lambda todo: work))
 
 
@@ -119,7 +134,10 @@ def _sources(it: Item, meta_path: Path | None, photo_path: Path | None) -> tuple
     return record, meta, photo_file
 
 
-def _paste_one(it: Item, record: Path, meta: dict, photo_file: Path, feather: float) -> Record:
+def _paste_one(
+    it: Item, record: Path, meta: dict, photo_file: Path, feather: float, quality: int | None = None
+) -> Record:
+    """Paste one edited face into its photo and write the composite (``quality``: JPEG/WebP quality)."""
     from gie_cli.alignment import paste_back
     from gie_cli.io.atomic import atomic_save_image
     from gie_cli.io.images import load_image
@@ -131,7 +149,7 @@ def _paste_one(it: Item, record: Path, meta: dict, photo_file: Path, feather: fl
         edited = load_image(it.source)
         photo = load_image(photo_file)
         composite = paste_back(edited, meta, photo, feather=feather)
-        atomic_save_image(composite, out)
+        atomic_save_image(composite, out, quality=quality)
     except GieError as e:
         return Record(src, "failed", reason=str(e))
     info = {"record": str(record), "photo": str(photo_file), "face_index": meta.get("face_index")}

@@ -14,12 +14,14 @@ from typing import IO, Any
 from PIL import Image
 
 from gie_cli.errors import UsageError
+from gie_cli.io.writer import run_or_defer
 
 __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_save_image",
+    "write_text_output",
     "IMAGE_SAVE_FORMATS",
     "TEMP_NAME",
     "is_temp_name",
@@ -137,18 +139,24 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> N
         f.write(text)
 
 
-def atomic_save_image(img: Image.Image, path: str | Path, **save_kwargs: Any) -> None:
-    """Atomically saves a PIL image; the format comes from the suffix (.png, .jpg, .jpeg, .webp).
+def write_text_output(path: str | Path, text: str) -> None:
+    """:func:`atomic_write_text` of an item's output: on the batch engine's background writer when one collects
+    the item's writes (:mod:`gie_cli.io.writer`), else now."""
+    run_or_defer(atomic_write_text, path, text)
 
-    JPEG and WebP default to ``quality=95`` unless ``save_kwargs`` sets it.
+
+def atomic_save_image(img: Image.Image, path: str | Path, quality: int | None = None, **save_kwargs: Any) -> None:
+    """Atomically saves a PIL image; the format comes from the suffix (.png, .jpg, .jpeg, .webp).
 
     Args:
         img: Image to save (RGB or L for JPEG; RGBA also fine for PNG/WebP).
         path: Output path.
+        quality: JPEG/WebP quality 1..100 (None: 95); ignored for PNG, which is lossless.
         **save_kwargs: Passed to ``PIL.Image.Image.save``.
 
     Raises:
         UsageError: The suffix is not a supported output format.
+        ValueError: ``quality`` is outside 1..100.
     """
     path = Path(path)
     fmt = IMAGE_SAVE_FORMATS.get(path.suffix.lower())
@@ -157,7 +165,9 @@ def atomic_save_image(img: Image.Image, path: str | Path, **save_kwargs: Any) ->
             f"unsupported output image suffix {path.suffix!r} for {path}",
             hint=f"use one of {', '.join(IMAGE_SAVE_FORMATS)}",
         )
+    if quality is not None and not 1 <= quality <= 100:
+        raise ValueError(f"image quality must be 1..100, got {quality}")
     if fmt in ("JPEG", "WEBP"):
-        save_kwargs.setdefault("quality", 95)
+        save_kwargs.setdefault("quality", 95 if quality is None else quality)
     with atomic_write(path, "wb") as f:
         img.save(f, format=fmt, **save_kwargs)

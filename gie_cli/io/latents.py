@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from gie_cli.errors import CheckpointError
 from gie_cli.io.checkpoint import load_safetensors, save_safetensors
+from gie_cli.io.writer import run_or_defer
+
+log = logging.getLogger(__name__)
 
 LATENT_FORMAT = "gie-latent/1"
 LATENT_SUFFIX = ".latent.safetensors"
@@ -37,7 +44,7 @@ def save_latent(
     for k, v in (extras or {}).items():
         v = v.detach().cpu()
         tensors[f"extra.{k}"] = v[0] if v.ndim and v.shape[0] == 1 else v
-    save_safetensors(path, tensors, {"format": LATENT_FORMAT, **meta})
+    run_or_defer(save_safetensors, path, tensors, {"format": LATENT_FORMAT, **meta})
 
 
 def load_latent(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
@@ -62,3 +69,176 @@ def load_latent(path: str | Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]
         raise CheckpointError(path, "not a gie latent file", hint="pass the *.latent.safetensors files of `gie invert`")
     extras = {k[len("extra.") :]: v[None] for k, v in tensors.items() if k.startswith("extra.")}
     return tensors["wplus"][None], extras, meta
+
+
+# ----------------------------------------------------------------------------------------------- packed latents
+PACK_FORMAT = "gie-latent-pack/1"
+PACK_NAME = "latents.safetensors"
+"""``gie invert --pack-latents``: the packed file in the output folder (with ``--shard I/N``: see :func:`pack_name`)."""
+_PACK_HINT = "re-run `gie invert` with --pack-latents to write it again (finished items are skipped)"
+
+
+def pack_name(shard: tuple[int, int] | None = None) -> str:
+    """``latents.safetensors``, or ``latents.shard-I-of-N.safetensors`` for shard ``(I, N)``."""
+    return PACK_NAME if shard is None else f"latents.shard-{shard[0]}-of-{shard[1]}.safetensors"
+
+
+@dataclass
+class PackedLatents:
+    """The latents of many items in one file (``gie invert --pack-latents``).
+
+    Attributes:
+        names: output names of the items (``NAME`` of ``NAME.latent.safetensors``), in input order.
+        sources: each item's source image (resolved path, from its latent record).
+        source_sha256: each source's sha256 (from its latent record).
+        wplus: ``[N, n_latent, D]`` W+ codes.
+        extras: ``name -> [N, ...]``, the method's per-item tensors (only those every item has with one shape).
+        records: each item's latent record (``load_latent``'s meta).
+    """
+
+    names: list[str]
+    sources: list[str | None]
+    source_sha256: list[str | None]
+    wplus: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    records: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def save_packed_latents(path: str | Path, entries: Sequence[tuple[str, str | Path]]) -> PackedLatents:
+    """Pack per-item latent files into one safetensors file, atomically.
+
+    ``wplus`` is stacked ``[N, n_latent, D]`` in ``entries`` order; an extra is stacked when every item has it with
+    one shape and dtype, else left out with a warning. The metadata (``gie_config``) is a JSON index: ``format``,
+    ``names``, ``sources``, ``source_sha256``, ``records`` (each item's latent record) and ``extras``.
+
+    Args:
+        path: destination file.
+        entries: ``(name, latent file)`` per item, in order (at least one).
+
+    Returns:
+        What was written.
+
+    Raises:
+        CheckpointError: a latent file is unreadable, or the W+ shapes differ.
+        ValueError: no entries.
+    """
+    if not entries:
+        raise ValueError("save_packed_latents needs at least one latent")
+    names, wplus, extras, records = [], [], [], []
+    for name, file in entries:
+        w, ex, meta = load_latent(file)
+        names.append(str(name))
+        wplus.append(w)
+        extras.append(ex)
+        records.append(meta)
+    shapes = sorted({tuple(w.shape[1:]) for w in wplus})
+    if len(shapes) > 1:
+        raise CheckpointError(path, f"cannot pack latents of different W+ shapes {shapes}")
+    kept: dict[str, torch.Tensor] = {}
+    for key in sorted({k for ex in extras for k in ex}):
+        parts = [ex.get(key) for ex in extras]
+        if any(p is None for p in parts) or len({(tuple(p.shape), p.dtype) for p in parts}) > 1:
+            log.warning("%s: extra %r is left out (not every item has it with one shape)", path, key)
+            continue
+        kept[key] = torch.cat(parts)
+    pack = PackedLatents(
+        names,
+        [r.get("source") for r in records],
+        [r.get("source_sha256") for r in records],
+        torch.cat(wplus),
+        kept,
+        records,
+    )
+    index = {
+        "format": PACK_FORMAT,
+        "names": pack.names,
+        "sources": pack.sources,
+        "source_sha256": pack.source_sha256,
+        "records": pack.records,
+        "extras": sorted(kept),
+    }
+    tensors = {"wplus": pack.wplus, **{f"extra.{k}": v for k, v in kept.items()}}
+    save_safetensors(path, tensors, index)
+    return pack
+
+
+def is_latent_pack(path: str | Path) -> bool:
+    """Whether ``path`` is a packed latent file (reads its header only)."""
+    from safetensors import safe_open
+
+    from gie_cli.io.checkpoint import GIE_CONFIG_KEY
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw = (f.metadata() or {}).get(GIE_CONFIG_KEY)
+        return raw is not None and json.loads(raw).get("format") == PACK_FORMAT
+    except Exception:  # noqa: BLE001 - anything unreadable is not a pack
+        return False
+
+
+def _check_pack(path: str | Path, config: dict, n: int) -> None:
+    """Refuse a pack index that does not describe ``n`` items, or whose names are not unique relative paths (they
+    become file names when unpacked)."""
+    names = config.get("names")
+    lists = [config.get(k) for k in ("names", "sources", "source_sha256", "records")]
+    if not all(isinstance(v, list) and len(v) == n for v in lists):
+        raise CheckpointError(path, f"corrupt latent pack: its index does not list {n} items", hint=_PACK_HINT)
+    for name in names:
+        parts = name.split("/") if isinstance(name, str) else []
+        if not parts or name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts):
+            raise CheckpointError(path, f"corrupt latent pack: bad item name {name!r}", hint=_PACK_HINT)
+    if len(set(names)) != n:
+        raise CheckpointError(path, "corrupt latent pack: item names repeat", hint=_PACK_HINT)
+
+
+def load_packed_latents(path: str | Path) -> PackedLatents:
+    """Read a packed latent file (``gie invert --pack-latents``).
+
+    Raises:
+        CheckpointError: unreadable, not a latent pack, or an inconsistent index.
+    """
+    tensors, config = load_safetensors(path)
+    if config.get("format") != PACK_FORMAT or "wplus" not in tensors:
+        raise CheckpointError(path, "not a gie latent pack", hint="pass a file written by `gie invert --pack-latents`")
+    wplus = tensors["wplus"]
+    n = wplus.shape[0] if wplus.ndim == 3 else -1
+    _check_pack(path, config, n)
+    extras = {k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")}
+    if any(v.ndim == 0 or v.shape[0] != n for v in extras.values()):
+        raise CheckpointError(path, "corrupt latent pack: an extra does not hold one entry per item", hint=_PACK_HINT)
+    return PackedLatents(
+        list(config["names"]), config["sources"], config["source_sha256"], wplus, extras, config["records"]
+    )
+
+
+def unpack_latents(path: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write each item of a packed latent file as ``out_dir/NAME.latent.safetensors`` (the tensors and record of the
+    latent file ``gie invert`` wrote for it, extras left out of the pack aside), with the alignment record its latent
+    record names (``NAME.align.json`` beside the pack, as ``gie invert`` leaves it) copied alongside.
+
+    Returns:
+        The latent files, in pack order.
+
+    Raises:
+        CheckpointError: the pack is unreadable or inconsistent.
+    """
+    from gie_cli.io.atomic import atomic_write_bytes
+
+    pack = load_packed_latents(path)
+    src, out = Path(path).parent, Path(out_dir)
+    files = []
+    for i, name in enumerate(pack.names):
+        dst = out / f"{name}{LATENT_SUFFIX}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        meta = {k: v for k, v in pack.records[i].items() if k != "format"}
+        save_latent(dst, pack.wplus[i], meta, {k: v[i : i + 1] for k, v in pack.extras.items()})
+        align = meta.get("alignment")
+        if isinstance(align, str) and align and Path(align).name == align:
+            record = src / Path(name).parent / align
+            if record.is_file():
+                atomic_write_bytes(dst.with_name(align), record.read_bytes())
+        files.append(dst)
+    return files

@@ -1,0 +1,160 @@
+"""Multi-process batch runs: one process per GPU (``torchrun`` or ``--nproc``) on one output folder.
+
+Each rank takes its own shard of the inputs (composed with ``--shard i/N``, so job arrays of torchrun groups work),
+runs on its own device, and logs to its own manifest, merged into ``manifest.jsonl`` when it ends
+(:func:`~gie_cli.cli.batch.merge_rank_manifests`). The ranks never talk to each other: the output folder's locks and
+done records keep a rank's items its own, and a repeated run skips what a killed rank finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from gie_cli.cli.batch import Shard
+from gie_cli.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Ranks", "launch_local", "rank_device", "rank_shard", "ranks_from_env", "setup_ranks"]
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a multi-process run (torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``)."""
+
+    rank: int
+    world: int
+    local_rank: int
+
+
+def ranks_from_env(env: dict[str, str] | None = None) -> Ranks | None:
+    """The run's :class:`Ranks` from torchrun's environment variables, or None for a single process.
+
+    Raises:
+        UsageError: the variables are malformed.
+    """
+    env = os.environ if env is None else env
+    if int(env.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    try:
+        ranks = Ranks(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"])))
+    except (KeyError, ValueError):
+        raise UsageError(
+            f"WORLD_SIZE={env.get('WORLD_SIZE')} but RANK={env.get('RANK')!r}: not a torchrun environment",
+            hint="launch with torchrun or gie ... --nproc N, or unset WORLD_SIZE",
+        ) from None
+    if not 0 <= ranks.rank < ranks.world:
+        raise UsageError(f"RANK={ranks.rank} is outside 0..{ranks.world - 1}", hint="launch with torchrun")
+    return ranks
+
+
+def rank_shard(shard: Shard | None, ranks: Ranks | None) -> Shard | None:
+    """The shard of one rank: ``shard`` (``--shard i/N``, None = everything) split ``world`` ways.
+
+    Rank ``r`` of ``W`` inside shard ``i/N`` takes shard ``i + r N`` of ``N W``: an input's shard number modulo ``N``
+    is still ``i``, so the ranks' shards are disjoint and their union is exactly shard ``i/N``.
+    """
+    if ranks is None:
+        return shard
+    i, n = (shard.index, shard.count) if shard is not None else (0, 1)
+    return Shard(i + ranks.rank * n, n * ranks.world)
+
+
+def rank_device(device: str, ranks: Ranks | None) -> str:
+    """``--device`` of one rank: ``auto`` and ``cuda`` become ``cuda:<local rank>`` when CUDA is usable."""
+    if ranks is None or device not in ("auto", "cuda"):
+        return device
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return f"cuda:{ranks.local_rank % torch.cuda.device_count()}"
+    return device
+
+
+def setup_ranks(nproc: int, shard: str | None, device: str) -> tuple[Shard | None, str, int | None]:
+    """What a batch command's process takes: ``(shard, device, rank)``, from ``--shard``, ``--device`` and torchrun's
+    environment (rank None: a single process). With ``--nproc N`` > 1 it launches the N ranks, waits for them and
+    exits with their exit code instead (:func:`launch_local`).
+
+    Raises:
+        UsageError: a malformed ``--shard`` or environment, or ``--nproc`` inside a torchrun rank.
+        typer.Exit: after ``--nproc`` ranks ran.
+    """
+    import typer
+
+    from gie_cli.cli.batch import parse_shard
+
+    parsed = parse_shard(shard) if shard else None
+    ranks = ranks_from_env()
+    if nproc > 1:
+        if ranks is not None:
+            raise UsageError("--nproc inside a torchrun rank", hint="drop --nproc (torchrun starts the processes)")
+        raise typer.Exit(launch_local(nproc))
+    if ranks is not None:
+        log.info("rank %d of %d: shard %s", ranks.rank, ranks.world, rank_shard(parsed, ranks))
+    return rank_shard(parsed, ranks), rank_device(device, ranks), ranks.rank if ranks else None
+
+
+def _child_args(argv: list[str]) -> list[str]:
+    """``argv`` without ``--nproc N`` / ``--nproc=N``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def launch_local(nproc: int, argv: list[str] | None = None) -> int:
+    """Run this command as ``nproc`` processes on this machine (ranks 0..nproc-1, as torchrun would) and wait.
+
+    Returns:
+        The exit code: the largest of the ranks' (2 for a usage error, 1 when an item failed, 0 when all are ok).
+
+    Raises:
+        UsageError: ``-`` (paths on stdin) among the arguments: the ranks cannot share stdin.
+    """
+    from gie_cli.cli.batch import merge_rank_manifests
+
+    args = _child_args(list(sys.argv[1:] if argv is None else argv))
+    if "-" in args:
+        raise UsageError("--nproc cannot read paths from stdin (-)", hint="pass files or folders, or a list via xargs")
+    procs = []
+    for r in range(nproc):
+        env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))
+        procs.append(subprocess.Popen([sys.executable, "-m", "gie_cli", *args], env=env))
+    log.info("launched %d ranks (pids %s)", nproc, ", ".join(str(p.pid) for p in procs))
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait()
+        raise
+    out = _output_folder(args)
+    if out is not None:
+        merge_rank_manifests(out)  # ranks that died left their lines unmerged
+    if any(c < 0 for c in codes):  # killed by a signal
+        return 1
+    return max(codes)
+
+
+def _output_folder(args: list[str]):
+    from pathlib import Path
+
+    for i, a in enumerate(args):
+        if a in ("-o", "--output") and i + 1 < len(args):
+            return Path(args[i + 1])
+        if a.startswith("--output="):
+            return Path(a.split("=", 1)[1])
+    return None
