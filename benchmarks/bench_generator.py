@@ -20,7 +20,6 @@ import torch
 
 from gie_cli import ops
 from gie_cli.models import Generator, create_model
-from gie_cli.models.stylegan2 import ModulatedConv2d
 
 
 def time_synthesis(g: Generator, batch: int, reps: int, device: torch.device) -> float:
@@ -66,12 +65,16 @@ def main() -> None:
         torch.manual_seed(0)
         g = create_model("stylegan2", size=size).to(device).eval()
         res = {}
-        for label, impl, fused in [("fast", "torch", True), ("fast-actmod", "torch", False), ("ref", "ref", True)]:
+        for label, impl, modconv in [
+            ("fast", "torch", "grouped"),
+            ("fast-actmod", "torch", "input"),
+            ("ref", "ref", "grouped"),
+        ]:
             ops.set_default_impl(impl)
-            ModulatedConv2d.fused = fused
+            g.set_fast_path(modconv=modconv)
             res[label] = time_synthesis(g, args.batch, args.reps, device)
         ops.set_default_impl("auto")
-        ModulatedConv2d.fused = True
+        g.set_fast_path(modconv="grouped")
         row = {
             "size": size,
             **{f"{k}_ms": round(v, 1) for k, v in res.items()},

@@ -8,6 +8,7 @@ from conftest import assert_parity, assert_parity_io, load_parity, manifest_keys
 
 from gie_cli.models import Discriminator, Generator, create_model
 from gie_cli.models.stylegan2 import (
+    MODCONV_IMPLS,
     ModulatedConv2d,
     discriminator_config_from_state_dict,
     generator_config_from_state_dict,
@@ -34,9 +35,9 @@ def test_generator_state_dict_layout(name):
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=slow) if size == 1024 else n for n, size in GEN_FIXTURES.items()]
 )  # 1024 px: 6-8 s each, slow; 64 and 256 px run by default
-@pytest.mark.parametrize("fused", [False, True])
-def test_generator_parity(name, fused, monkeypatch):
-    monkeypatch.setattr(ModulatedConv2d, "fused", fused)
+@pytest.mark.parametrize("modconv", MODCONV_IMPLS)
+def test_generator_parity(name, modconv, monkeypatch):
+    monkeypatch.setattr(ModulatedConv2d, "modconv", modconv)
     g, io = _official_generator(name)
     with torch.no_grad():
         w = g.mapping(io["z"])

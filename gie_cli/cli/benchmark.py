@@ -18,10 +18,14 @@ from gie_cli.cli import command
 from gie_cli.cli.options import (
     SYNTHFACE,
     BatchSizeOpt,
+    CompileOpt,
+    CudaGraphsOpt,
     DeviceOpt,
     Dtype,
     DtypeOpt,
     JsonOpt,
+    Precision,
+    PrecisionOpt,
     RecursiveOpt,
     examples,
     output_option,
@@ -223,6 +227,9 @@ def benchmark(
     ] = 8,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = Dtype.auto,
+    precision: PrecisionOpt = Precision.fp32,
+    compile_synthesis: CompileOpt = False,
+    cuda_graphs: CudaGraphsOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run several inversion methods on the same images and compare quality and speed.
@@ -246,8 +253,9 @@ def benchmark(
     from gie_cli.benchmark.runner import MethodSpec, load_directions, run_method
     from gie_cli.benchmark.sheet import sheet_columns, write_contact_sheet
     from gie_cli.benchmark.world import load_judge
-    from gie_cli.device import resolve_device, resolve_dtype
+    from gie_cli.device import check_cuda_graphs, resolve_device, resolve_dtype, resolve_precision
     from gie_cli.methods import list_methods
+    from gie_cli.models.stylegan2 import use_fast_path
 
     kinds = parse_method_entries(methods, list_methods())
     names = list(kinds)
@@ -259,6 +267,13 @@ def benchmark(
         raise UsageError(f"--output {output} is a file", hint="pass a folder")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    fast = {
+        "precision": resolve_precision(precision, dev, dt),
+        "compile": compile_synthesis,
+        "cuda_graphs": cuda_graphs,
+    }
+    check_cuda_graphs(cuda_graphs, dev)
+    fast = {k: v for k, v in fast.items() if v not in ("fp32", False)}  # recorded only when not the default
 
     t0 = time.perf_counter()
     if data == SYNTHFACE:
@@ -287,21 +302,22 @@ def benchmark(
 
     specs = [MethodSpec(name, kinds[name], method_weights.get(name), options[name]) for name in names]
     results = []
-    for spec in specs:
-        name = spec.label
-        log.info("benchmark: %s", name)
-        row = run_method(spec, bench, suite, judge, edit_specs, directions, batch_size, dev, dt, sheet)
-        results.append(row)
-        if row["status"] == "ok":
-            log.info("%s: %.2f images/s", name, row["timing"]["images_per_s"] or 0.0)
-        if json_out:
-            sys.stdout.write(json.dumps(json_safe({k: v for k, v in row.items() if k != "_sheet"})) + "\n")
-            sys.stdout.flush()
+    with use_fast_path(**fast):  # the generators the runner builds take these switches
+        for spec in specs:
+            name = spec.label
+            log.info("benchmark: %s", name)
+            row = run_method(spec, bench, suite, judge, edit_specs, directions, batch_size, dev, dt, sheet)
+            results.append(row)
+            if row["status"] == "ok":
+                log.info("%s: %.2f images/s", name, row["timing"]["images_per_s"] or 0.0)
+            if json_out:
+                sys.stdout.write(json.dumps(json_safe({k: v for k, v in row.items() if k != "_sheet"})) + "\n")
+                sys.stdout.flush()
 
     doc = {
         "format": BENCHMARK_FORMAT,
         "command": _command_line(_entries(kinds), data, len(bench), edit_specs, weights, settings, metrics, batch_size,
-                                 bench.size, seed, ood_prob, recursive, sheet, device, dtype),
+                                 bench.size, seed, ood_prob, recursive, sheet, device, dtype, fast),
         "environment": environment(dev, dt),
         "data": bench.info,
         "settings": {
@@ -313,6 +329,7 @@ def benchmark(
             "method_weights": method_weights,
             "metric_weights": metric_weights,
             "method_options": options,
+            **({"fast_path": fast} if fast else {}),
         },
         "unavailable": unavailable,
         "definitions": {k: v for k, v in DEFINITIONS.items()},
@@ -367,8 +384,10 @@ def _command_line(
     sheet: int,
     device: str,
     dtype: str,
+    fast: dict[str, object] | None = None,
 ) -> str:
-    """The canonical command line that reproduces the run (every default spelled out)."""
+    """The canonical command line that reproduces the run (every default spelled out; the fast-path switches
+    ``fast`` only when set)."""
     parts = ["gie", "benchmark", "--methods", methods, "--data", data, "--n", str(n)]
     if edits:
         parts += ["--edits", ",".join(f"{'ref:' * e.reference}{e.direction}:{e.power:g}" for e in edits)]
@@ -382,4 +401,8 @@ def _command_line(
     elif recursive:
         parts.append("--recursive")
     parts += ["--sheet", str(sheet), "--device", device, "--dtype", dtype]
+    fast = fast or {}
+    if "precision" in fast:
+        parts += ["--precision", str(fast["precision"])]
+    parts += [flag for key, flag in (("compile", "--compile"), ("cuda_graphs", "--cuda-graphs")) if fast.get(key)]
     return " ".join(shlex.quote(p) for p in parts)

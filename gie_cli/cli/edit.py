@@ -25,6 +25,8 @@ from gie_cli.cli.batch import (
 )
 from gie_cli.cli.options import (
     DEFAULT_WORKERS,
+    CompileOpt,
+    CudaGraphsOpt,
     DeviceOpt,
     DryRunOpt,
     Dtype,
@@ -36,6 +38,8 @@ from gie_cli.cli.options import (
     OnExisting,
     OnExistingOpt,
     OutputOpt,
+    Precision,
+    PrecisionOpt,
     QualityOpt,
     RecursiveOpt,
     ShardOpt,
@@ -173,6 +177,9 @@ def edit(
     ] = 4,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = Dtype.auto,
+    precision: PrecisionOpt = Precision.fp32,
+    compile_synthesis: CompileOpt = False,
+    cuda_graphs: CudaGraphsOpt = False,
     recursive: RecursiveOpt = False,
     on_existing: OnExistingOpt = OnExisting.skip,
     ext: Annotated[ImageExt, ext_option("the edited images")] = ImageExt.png,
@@ -246,20 +253,32 @@ def edit(
     q = image_quality(ext, quality)
     if q is not None:  # lossy formats only: png folders keep their done records
         request["quality"] = q
+    if precision != Precision.fp32:  # likewise: fp32 folders keep their done records
+        request["precision"] = str(precision)
     job = BatchJob("edit", output, items, on_existing, fail_fast, json_out, request=request, workers=workers, rank=rank)
     if dry_run:
         job.dry_run(f", {len(plan)} edit(s) each")
         return
 
     def work(todo: list[Item]) -> PerItem:
-        from gie_cli.device import resolve_device, resolve_dtype
+        from gie_cli.device import check_cuda_graphs, resolve_device, resolve_dtype, resolve_precision
         from gie_cli.editing.session import EditSession
+        from gie_cli.models.stylegan2 import set_default_fast_path
 
         dev = resolve_device(device)
-        session = EditSession(plan, dev, resolve_dtype(dtype, dev), weights, force, batch_size, edit_model, mask)
+        dt = resolve_dtype(dtype, dev)
+        prec = resolve_precision(precision, dev, dt)
+        check_cuda_graphs(cuda_graphs, dev)
+        # the session builds the methods per latent: the switches are the process defaults while the job runs
+        set_default_fast_path(precision=prec, compile=compile_synthesis, cuda_graphs=cuda_graphs)
+        session = EditSession(plan, dev, dt, weights, force, batch_size, edit_model, mask)
         return PerItem(lambda it, bs: _edit_one(session, it, grid, grid_size, paste_back, bs, q), batch_size)
 
-    raise typer.Exit(job.run(work))
+    from gie_cli.models.stylegan2 import use_fast_path
+
+    with use_fast_path():  # work() sets the defaults; restored on exit
+        code = job.run(work)
+    raise typer.Exit(code)
 
 
 def _split_packs(inputs: list[str]) -> tuple[list[str], list[Path]]:

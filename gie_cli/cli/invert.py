@@ -20,6 +20,8 @@ from gie_cli.cli.options import (
     Alpha,
     AlphaOpt,
     BatchSizeOpt,
+    CompileOpt,
+    CudaGraphsOpt,
     DeviceOpt,
     DryRunOpt,
     Dtype,
@@ -31,6 +33,8 @@ from gie_cli.cli.options import (
     OnExisting,
     OnExistingOpt,
     OutputOpt,
+    Precision,
+    PrecisionOpt,
     QualityOpt,
     RecursiveOpt,
     SettingsOpt,
@@ -90,6 +94,9 @@ def invert(
     batch_size: BatchSizeOpt = 4,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = Dtype.auto,
+    precision: PrecisionOpt = Precision.fp32,
+    compile_synthesis: CompileOpt = False,
+    cuda_graphs: CudaGraphsOpt = False,
     recursive: RecursiveOpt = False,
     on_existing: OnExistingOpt = OnExisting.skip,
     alpha: AlphaOpt = Alpha.white,
@@ -186,14 +193,17 @@ def invert(
     item counts as finished when its chosen outputs exist); --image-format jpg|webp with --quality Q writes smaller
     reconstructions; --size N writes them at N x N pixels; --pack-latents also packs the latents of the run's ok and
     skipped items into one latents.safetensors (latents.shard-I-of-N.safetensors with --shard I/N).
+
+    Speed: --precision bf16 (CPU or GPU) or fp16 (GPU) mixed precision, --compile, --cuda-graphs (GPU).
     """
     import torch
 
     from gie_cli.alignment.auto import needs_alignment, own_sidecar
-    from gie_cli.device import resolve_device, resolve_dtype
+    from gie_cli.device import check_cuda_graphs, resolve_device, resolve_dtype, resolve_precision
     from gie_cli.io.images import IMAGE_SUFFIXES
     from gie_cli.io.latents import pack_name
     from gie_cli.methods import check_method_options, create_method, list_methods
+    from gie_cli.models.stylegan2 import use_fast_path
 
     if method not in list_methods():
         raise UsageError(f"unknown method {method!r}", hint=f"choose one of: {', '.join(list_methods())}")
@@ -239,6 +249,8 @@ def invert(
         "landmarks": option_identity(landmarks),
         "min_size": min_size,
     }
+    if precision != Precision.fp32:  # likewise: fp32 folders keep their done records
+        request["precision"] = str(precision)
     if save_mask:  # only when asked: folders made without the flag keep their done records
         request["save_mask"] = True
     if saved != set(SAVE_ROLES):  # likewise for the output options below
@@ -260,6 +272,8 @@ def invert(
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    prec = resolve_precision(precision, dev, dt)
+    check_cuda_graphs(cuda_graphs, dev)
 
     def load_model() -> InversionMethod:
         model = create_method(method, weights, dev, **options)
@@ -293,7 +307,8 @@ def invert(
         )
         return _batch_work(model, batch_size, dev, dt, alpha, plan, min_size, save_mask, "recon" in saved, size, q)
 
-    code = job.run(work)
+    with use_fast_path(precision=prec, compile=compile_synthesis, cuda_graphs=cuda_graphs):
+        code = job.run(work)
     if pack_latents:
         _pack_run_latents(job, pack)
     raise typer.Exit(code)
@@ -644,11 +659,10 @@ def _quad_side(quad: object) -> float | None:
 
 def _invert_batch(model, xs, dev, dt):
     """Invert and render a batch: ``(inversion, renders [B, 3, S, S] on the device, ms encoding, ms rendering)``."""
-    import torch
-
+    from gie_cli.device import stack_to_device
     from gie_cli.methods import invert_and_render
 
-    inv, images, t_enc, t_render = invert_and_render(model, torch.stack(xs).to(dev, dt))
+    inv, images, t_enc, t_render = invert_and_render(model, stack_to_device(xs, dev, dt))
     return inv, images, t_enc * 1000, t_render * 1000
 
 

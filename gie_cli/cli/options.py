@@ -66,6 +66,14 @@ class Dtype(StrEnum):
     bf16 = "bf16"
 
 
+class Precision(StrEnum):
+    """``--precision``: autocast of the fp32 model (``gie_cli.device.resolve_precision``)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 class Faces(StrEnum):
     """``gie align --faces``: several faces in a photo (``gie_cli.alignment.FACE_POLICIES``)."""
 
@@ -189,6 +197,32 @@ DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto | cpu | cuda | cuda:N. auto picks CUDA when usable and says so.")
 ]
 DtypeOpt = Annotated[Dtype, choice(Dtype, "--dtype", help="Precision: fp16 and bf16 on CUDA only; auto = fp32.")]
+PrecisionOpt = Annotated[
+    Precision,
+    choice(
+        Precision,
+        "--precision",
+        help="Mixed precision: bf16 or fp16 autocasts the fp32 model (convolutions in half precision; styles, "
+        "demodulation and normalisation statistics in fp32), unlike --dtype, which casts the whole model. Not with "
+        "--dtype fp16/bf16.",
+    ),
+]
+CompileOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="torch.compile the generator's synthesis (the first batch compiles; falls back to eager with a "
+        "warning if compiling fails). Speeds up methods that render without feature hooks (e4e, pSp, optim, ...).",
+    ),
+]
+CudaGraphsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--cuda-graphs",
+        help="Replay CUDA graphs of the generator's synthesis, captured once per batch shape (CUDA only; renders "
+        "without feature hooks).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Write one JSON object per line on stdout.")]
 BatchSizeOpt = Annotated[int, batch_size_option()]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders of input folders.")]
@@ -317,6 +351,8 @@ def parse_settings(settings: Sequence[str]) -> dict[str, str]:
 PARAM_FLAGS: dict[str, str] = {
     "device": "--device",
     "dtype": "--dtype",
+    "precision": "--precision",
+    "cuda_graphs": "--cuda-graphs",
     "weights": "--weights",
     "data": "--data",
     "resume": "--resume",

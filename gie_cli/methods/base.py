@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gie_cli.device import autocast
 from gie_cli.errors import CheckpointError, GieError
 from gie_cli.models.stylegan2 import Generator
 
@@ -224,24 +226,39 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def invert_and_render(method: InversionMethod, images: Tensor) -> tuple[Inversion, Tensor, float, float]:
-    """Invert ``images [B,3,H,W]`` (with gradients only for methods that need them) and render the result.
+def invert_and_render(
+    method: InversionMethod, images: Tensor, precision: str | None = None
+) -> tuple[Inversion, Tensor, float, float]:
+    """Invert ``images [B,3,H,W]`` (with gradients only for methods that need them) and render the result (under
+    ``torch.inference_mode``).
+
+    Args:
+        method: The method.
+        images: Aligned images in [-1, 1].
+        precision: ``fp32``, or ``bf16`` / ``fp16`` to run the encoder and the render under ``torch.autocast``
+            (the generator keeps its fp32 statistics, see :class:`~gie_cli.models.stylegan2.FastPath`); None: the
+            precision of the method's generator (its :meth:`~gie_cli.models.Generator.set_fast_path`, else the
+            process default).
 
     Returns:
-        ``(inversion, rendered [B,3,S,S], encode seconds, render seconds)``, timed with CUDA synchronisation.
+        ``(inversion, rendered [B,3,S,S], encode seconds, render seconds)``, timed with CUDA synchronisation; the
+        codes, extras and render in ``images``'s dtype whatever the precision.
     """
+    prec = precision or method.generator.precision
     dev = images.device
     synchronize(dev)
     t0 = time.perf_counter()
-    if method.needs_grad:
+    # codes stay normal tensors (callers edit them with autograd, e.g. label edits); the render is output only
+    with contextlib.nullcontext() if method.needs_grad else torch.no_grad(), autocast(dev, prec):
         inv = method.invert(images)
-    else:
-        with torch.no_grad():
-            inv = method.invert(images)
+    if prec != "fp32":
+        inv = inv.to(dev, images.dtype)
     synchronize(dev)
     t1 = time.perf_counter()
-    with torch.no_grad():
+    with torch.inference_mode(), autocast(dev, prec):
         rendered = method.render(inv)
+    if prec != "fp32" and rendered.dtype != images.dtype:
+        rendered = rendered.to(images.dtype)
     synchronize(dev)
     return inv, rendered, t1 - t0, time.perf_counter() - t1
 

@@ -12,15 +12,22 @@ Layer indexing used throughout gie: *layer* ``l`` is the ``l``-th styled convolu
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gie_cli.ops import FusedLeakyReLU, fused_leaky_relu, upfirdn2d
+from gie_cli.device import PRECISIONS, autocast
+from gie_cli.ops import FusedLeakyReLU, fused_leaky_relu, get_default_impl, upfirdn2d
+
+log = logging.getLogger(__name__)
 
 FeatureHook = Callable[[Tensor, int], Tensor]
 """``hook(feature [B,C,R,R], layer) -> feature``: reads or replaces the output of a styled conv layer."""
@@ -67,6 +74,48 @@ class Hook:
 
 NOISE_MODES = ("const", "random", "none")
 BLUR_KERNEL = (1, 3, 3, 1)
+MODCONV_IMPLS = ("grouped", "bmm", "input")
+"""Modulated conv implementations (:attr:`ModulatedConv2d.modconv`); all compute the same function."""
+GRAPH_CACHE_SIZE = 8
+"""CUDA graphs kept per generator (one per input signature: batch, dtype, noise shapes, switches); oldest dropped."""
+GRAPH_WARMUP = 2
+"""Eager runs on a side stream before a CUDA graph is captured (cuDNN autotuning, lazy initialisation, compiling)."""
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """The synthesis fast-path switches of a :class:`Generator`; each is checked against the fp32 ``grouped`` path
+    (``tests/test_fastpath.py``) and timed by ``benchmarks/bench_fastpath.py``. Defaults = the reference behaviour.
+
+    Attributes:
+        modconv: modulated conv implementation, one of :data:`MODCONV_IMPLS` (see :class:`ModulatedConv2d`).
+        fused_upsample: each upsampling conv and its blur as one transposed conv with the blurred kernel.
+        precision: ``fp32``, or ``bf16`` / ``fp16``: ``torch.autocast`` around synthesis (and, in
+            :func:`~gie_cli.methods.invert_and_render`, around the method's encoder and render), with the style
+            affines, demodulation, PixelNorm statistics and the RGB skip path kept in fp32; images come back in the
+            generator's dtype.
+        compile: ``torch.compile`` the hook-free synthesis (calls without hooks, style offsets, returned features
+            or ``stop_at_layer``; the others run eagerly). Falls back to eager, with a warning, if compiling fails.
+        cuda_graphs: replay a CUDA graph captured per input signature for hook-free synthesis without autograd on
+            CUDA (no effect elsewhere). Assumes the weights stay in place: call :meth:`Generator.set_fast_path`
+            (which drops the graphs) after changing them.
+    """
+
+    modconv: str = "grouped"
+    fused_upsample: bool = False
+    precision: str = "fp32"
+    compile: bool = False
+    cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.modconv not in MODCONV_IMPLS:
+            raise ValueError(f"modconv must be one of {MODCONV_IMPLS}, got {self.modconv!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    def changed(self) -> dict[str, object]:
+        """The switches that differ from the defaults (for logs and reports)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
 
 
 def default_channels(channel_multiplier: int = 2, channel_max: int | None = None) -> dict[int, int]:
@@ -95,6 +144,10 @@ class PixelNorm(nn.Module):
     """Normalise each latent to unit mean square over the feature axis."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.is_autocast_enabled(x.device.type):  # the statistics in fp32
+            with _autocast_off(x.device.type):
+                xf = x.float()
+                return (xf * torch.rsqrt(torch.mean(xf * xf, dim=1, keepdim=True) + 1e-8)).to(x.dtype)
         return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
 
 
@@ -170,13 +223,28 @@ class Upsample(nn.Module):
 class ModulatedConv2d(nn.Module):
     """Style-modulated (and optionally demodulated) convolution, optionally with 2x upsampling.
 
-    The weight is stored ``[1, out, in, k, k]`` as in the official layout. By default per-sample weights are built and
-    run as one grouped convolution (``fused=True``, the official formulation; measured fastest on CPU, see
-    ``benchmarks/bench_generator.py``); ``fused=False`` modulates the activations and scales the output instead. Both
-    compute the same function.
+    The weight is stored ``[1, out, in, k, k]`` as in the official layout. Three implementations compute the same
+    function (class attribute = process default, see :func:`set_default_fast_path`; :meth:`Generator.set_fast_path`
+    sets them per generator):
+
+    - ``grouped`` (default): per-sample weights run as one grouped convolution (the official formulation; measured
+      fastest on CPU, see ``benchmarks/bench_generator.py`` and ``benchmarks/bench_fastpath.py``);
+    - ``bmm``: per-sample weights as batched matrix products: a 1x1 conv is one ``bmm``; a k x k conv accumulates
+      ``k**2`` ``baddbmm`` over shifted windows of the zero-padded, flattened input (implicit im2col, no copies); the
+      upsampling conv is one ``bmm`` to columns folded (col2im, ``F.fold``) at stride 2;
+    - ``input``: modulate the activations, run one shared convolution, scale the output by the demodulation.
+
+    With ``fused_upsample`` the upsampling conv and its FIR blur run as one stride-2 transposed conv whose kernel is
+    the weight convolved with the (x4 scaled) blur kernel, ``[out, in, k + 3, k + 3]`` (exact: modulation and
+    demodulation are per (out, in) scalars, so they commute with the blur). It does about 4x the multiply-adds of the
+    two-step path, which pays only where the separate blur pass over memory costs more (few channels, large maps).
+
+    Under ``torch.autocast`` the style affine and the demodulation coefficients are computed in fp32 (autocast off,
+    one rounding of the modulated weight when the conv casts it).
     """
 
-    fused: bool = True
+    modconv: str = "grouped"
+    fused_upsample: bool = False
 
     def __init__(
         self,
@@ -191,10 +259,17 @@ class ModulatedConv2d(nn.Module):
         super().__init__()
         self.in_ch, self.out_ch, self.kernel_size = in_ch, out_ch, kernel_size
         self.upsample, self.demodulate = upsample, demodulate
+        self._up_crop: tuple[int, int] | None = None
+        self._blurred: tuple[tuple, Tensor] | None = None  # (key, weight convolved with the blur kernel)
         if upsample:
             factor = 2
             p = (len(blur_kernel) - factor) - (kernel_size - 1)
-            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
+            pad = ((p + 1) // 2 + factor - 1, p // 2 + 1)
+            self.blur = Blur(blur_kernel, pad=pad, upsample_factor=factor)
+            # The blur keeps the full convolution's samples from kb - 1 - pad0 (kb - 1 - pad1 dropped at the end):
+            # the one transposed conv with the blurred kernel crops as much (fused_upsample; None: not a crop).
+            crop = (len(blur_kernel) - 1 - pad[0], len(blur_kernel) - 1 - pad[1])
+            self._up_crop = crop if min(crop) >= 0 else None
         self.scale = 1 / math.sqrt(in_ch * kernel_size**2)
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel_size, kernel_size))
@@ -202,40 +277,147 @@ class ModulatedConv2d(nn.Module):
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         """Args: x [B, in, H, W]; w [B, style_dim]. Returns [B, out, H', W'] (H' = 2H when upsampling)."""
-        return self.modulated(x, self.modulation(w))
+        return self.modulated(x, self.style(w))
+
+    def style(self, w: Tensor) -> Tensor:
+        """The style vector ``[B, in]`` of ``w [B, style_dim]`` (the affine ``modulation(w)``; fp32 under autocast)."""
+        if torch.is_autocast_enabled(w.device.type):
+            with _autocast_off(w.device.type):
+                return self.modulation(w.float())
+        return self.modulation(w)
 
     def modulated(self, x: Tensor, style: Tensor) -> Tensor:
         """The convolution with a given style vector ``style [B, in]`` (the affine ``modulation(w)``, StyleSpace)."""
+        amp = torch.is_autocast_enabled(x.device.type)
+        with _autocast_off(x.device.type) if amp else contextlib.nullcontext():
+            if amp:
+                style = style.float()
+            weight = self.weight[0] * self.scale  # [out, in, k, k]
+            dcoef = None
+            if self.demodulate:
+                wsq = weight.square().sum(dim=(2, 3))  # [out, in]
+                dcoef = torch.rsqrt(style.square() @ wsq.t() + 1e-8)  # [B, out]
+            fused = self.upsample and self.fused_upsample and self._up_crop is not None
+            if fused:
+                weight = self._blurred_weight(weight)  # [out, in, k + kb - 1, k + kb - 1]
+        impl = self.modconv
+        if impl == "grouped":
+            out = self._forward_fused(x, style, weight, dcoef, fused)
+        elif impl == "bmm":
+            out = self._forward_bmm(x, style, weight, dcoef, fused)
+        elif impl == "input":
+            out = self._forward_input(x, style, weight, dcoef, fused)
+        else:
+            raise ValueError(f"modconv must be one of {MODCONV_IMPLS}, got {impl!r}")
+        return self.blur(out) if self.upsample and not fused else out
+
+    # ------------------------------------------------------------------------------------------- implementations
+    def _forward_input(self, x: Tensor, style: Tensor, weight: Tensor, dcoef: Tensor | None, fused: bool) -> Tensor:
+        """``input``: ``conv(x * style, weight) * dcoef`` (one shared weight)."""
         b = x.shape[0]
-        weight = self.weight[0] * self.scale  # [out, in, k, k]
-        dcoef = None
-        if self.demodulate:
-            wsq = weight.square().sum(dim=(2, 3))  # [out, in]
-            dcoef = torch.rsqrt(style.square() @ wsq.t() + 1e-8)  # [B, out]
-        if self.fused:
-            return self._forward_fused(x, style, weight, dcoef)
-        x = x * style.reshape(b, -1, 1, 1)
+        x = x * style.reshape(b, -1, 1, 1).to(x.dtype)
         if self.upsample:
-            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+            out = self._conv_up(x, weight.transpose(0, 1), 1, fused)
         else:
             out = F.conv2d(x, weight, padding=self.padding)
         if dcoef is not None:
-            out = out * dcoef.reshape(b, -1, 1, 1)
-        return self.blur(out) if self.upsample else out
+            out = out * dcoef.reshape(b, -1, 1, 1).to(out.dtype)
+        return out
 
-    def _forward_fused(self, x: Tensor, style: Tensor, weight: Tensor, dcoef: Tensor | None) -> Tensor:
+    def _forward_fused(
+        self, x: Tensor, style: Tensor, weight: Tensor, dcoef: Tensor | None, fused: bool = False
+    ) -> Tensor:
+        """``grouped``: per-sample weights ``[B, out, in, k, k]``, one conv with ``groups=B``."""
         b, c, h, w = x.shape
         wb = weight[None] * style[:, None, :, None, None]  # [B, out, in, k, k]
         if dcoef is not None:
             wb = wb * dcoef[:, :, None, None, None]
-        k = self.kernel_size
+        k = wb.shape[-1]
         x = x.reshape(1, b * c, h, w)
         if self.upsample:
             wb = wb.transpose(1, 2).reshape(b * c, self.out_ch, k, k)
-            out = F.conv_transpose2d(x, wb, stride=2, groups=b)
-            return self.blur(out.reshape(b, self.out_ch, *out.shape[2:]))
+            out = self._conv_up(x, wb, b, fused)
+            return out.reshape(b, self.out_ch, *out.shape[2:])
         out = F.conv2d(x, wb.reshape(b * self.out_ch, c, k, k), padding=self.padding, groups=b)
         return out.reshape(b, self.out_ch, *out.shape[2:])
+
+    def _forward_bmm(self, x: Tensor, style: Tensor, weight: Tensor, dcoef: Tensor | None, fused: bool) -> Tensor:
+        """``bmm``: per-sample weights as batched matrix products (see the class docstring)."""
+        b, c, h, w = x.shape
+        o = self.out_ch
+        wb = weight[None] * style[:, None, :, None, None]  # [B, out, in, k, k]
+        if dcoef is not None:
+            wb = wb * dcoef[:, :, None, None, None]
+        k = wb.shape[-1]
+        if self.upsample:
+            # columns [B, out*k*k, H*W]: column (i, j) is input pixel (i, j) times the kernel; col2im at stride 2
+            # sums the overlaps (= conv_transpose2d); the blur's crop, if fused, is fold's padding.
+            cols = torch.bmm(wb.permute(0, 1, 3, 4, 2).reshape(b, o * k * k, c), x.reshape(b, c, h * w))
+            c0, c1 = self._up_crop if fused else (0, 0)  # type: ignore[misc]
+            p = min(c0, c1)
+            size = ((h - 1) * 2 + k - 2 * p, (w - 1) * 2 + k - 2 * p)
+            out = F.fold(cols, size, k, padding=p, stride=2)
+            return _crop(out, c0 - p, c1 - p)
+        if k == 1:
+            return torch.bmm(wb.reshape(b, o, c), x.reshape(b, c, h * w)).reshape(b, o, h, w)
+        # Implicit im2col: on the input zero-padded by k//2 (one more row at the bottom) and flattened to rows of
+        # wp = W + 2p, tap (i, j) is the window starting at i * wp + j; the output is computed on rows of wp and
+        # the 2p extra columns dropped.
+        p = k // 2
+        wp = w + 2 * p
+        flat = F.pad(x, [p, p, p, p + 1]).reshape(b, c, -1)
+        taps = wb.permute(3, 4, 0, 1, 2).contiguous()  # [k, k, B, out, in]
+        n = h * wp
+        out = None
+        for i in range(k):
+            for j in range(k):
+                win = flat[:, :, i * wp + j : i * wp + j + n]
+                out = torch.bmm(taps[i, j], win) if out is None else torch.baddbmm(out, taps[i, j], win)
+        return out.reshape(b, o, h, wp)[..., :w]
+
+    def _conv_up(self, x: Tensor, weight_t: Tensor, groups: int, fused: bool) -> Tensor:
+        """Stride-2 transposed conv with ``weight_t [in, out/groups, k, k]``; fused: cropped as the blur would."""
+        if not fused:
+            return F.conv_transpose2d(x, weight_t, stride=2, groups=groups)
+        c0, c1 = self._up_crop  # type: ignore[misc]
+        p = min(c0, c1)
+        out = F.conv_transpose2d(x, weight_t, stride=2, padding=p, groups=groups)
+        return _crop(out, c0 - p, c1 - p)
+
+    def _blurred_weight(self, weight: Tensor) -> Tensor:
+        """``weight [out, in, k, k]`` fully convolved with the blur kernel: ``[out, in, k + kb - 1, k + kb - 1]``.
+
+        Cached while neither the weight nor the kernel changes (not when autograd needs it, nor while compiling).
+        """
+        kernel = self.blur.kernel
+        key = None
+        if not (torch.is_grad_enabled() and weight.requires_grad) and not torch.compiler.is_compiling():
+            key = (
+                self.weight.data_ptr(), self.weight._version, kernel.data_ptr(), kernel._version, weight.dtype,
+                weight.device, torch.is_inference_mode_enabled(),  # an inference tensor serves inference mode only
+            )  # fmt: skip
+            if self._blurred is not None and self._blurred[0] == key:
+                return self._blurred[1]
+        o, i, k, _ = weight.shape
+        kh, kw = kernel.shape
+        flipped = torch.flip(kernel, [0, 1]).to(weight)[None, None]  # conv2d correlates: flip for a convolution
+        full = F.conv2d(weight.reshape(o * i, 1, k, k), flipped, padding=(kh - 1, kw - 1))
+        full = full.reshape(o, i, *full.shape[2:])
+        if key is not None:
+            self._blurred = (key, full)
+        return full
+
+
+def _crop(x: Tensor, c0: int, c1: int) -> Tensor:
+    """``x [..., H, W]`` without ``c0`` leading and ``c1`` trailing rows and columns."""
+    if c0 == 0 and c1 == 0:
+        return x
+    return x[..., c0 : x.shape[-2] - c1, c0 : x.shape[-1] - c1]
+
+
+def _autocast_off(device_type: str) -> torch.autocast:
+    """A region where autocast is off (fp32 statistics and demodulation inside an autocast forward)."""
+    return torch.autocast(device_type, enabled=False)
 
 
 class NoiseInjection(nn.Module):
@@ -248,7 +430,7 @@ class NoiseInjection(nn.Module):
     def forward(self, x: Tensor, noise: Tensor | None) -> Tensor:
         if noise is None:
             return x
-        return x + self.weight * noise
+        return x + (self.weight * noise).to(x.dtype)  # (autocast: keeps x's half precision)
 
 
 class ConstantInput(nn.Module):
@@ -286,7 +468,7 @@ class StyledConv(nn.Module):
     ) -> Tensor:
         """:meth:`forward` with a StyleSpace offset ``[B|1, in]`` added to the style, pre-noise and pre-activation
         hooks."""
-        style = self.conv.modulation(w)
+        style = self.conv.style(w)
         if style_offset is not None:
             style = style + style_offset.to(style)
         x = self.conv.modulated(x, style)
@@ -309,6 +491,9 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
     def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None) -> Tensor:
+        if torch.is_autocast_enabled(x.device.type):  # the RGB path in fp32: 3 channels, cheap, sums every scale
+            with _autocast_off(x.device.type):
+                return self.forward(x.float(), w.float(), None if skip is None else skip.float())
         out = self.conv(x, w) + self.bias
         if skip is not None:
             out = out + self.upsample(skip)
@@ -340,7 +525,15 @@ class Generator(nn.Module):
         channel_max: cap on channel widths (tiny models; same key names).
         channels: explicit ``{resolution: width}`` override (wins over the two above).
         lr_mlp: mapping learning-rate multiplier (0.01 official; stored weights are divided by it).
+
+    Fast paths (:class:`FastPath`): :meth:`set_fast_path` switches them for this generator; the class attributes
+    ``precision``, ``compile_synthesis``, ``cuda_graphs`` (and :class:`ModulatedConv2d`'s ``modconv``,
+    ``fused_upsample``) are the process defaults, set by :func:`set_default_fast_path` / :func:`use_fast_path`.
     """
+
+    precision: str = "fp32"
+    compile_synthesis: bool = False
+    cuda_graphs: bool = False
 
     def __init__(
         self,
@@ -418,6 +611,60 @@ class Generator(nn.Module):
     def dtype(self) -> torch.dtype:
         """The dtype of the generator's weights."""
         return self.input.input.dtype
+
+    # ----------------------------------------------------------------------------------------------- fast paths
+    def modulated_convs(self) -> list[ModulatedConv2d]:
+        """Every modulated conv (styled convs and ToRGBs), in synthesis order."""
+        return [m for m in self.modules() if isinstance(m, ModulatedConv2d)]
+
+    @property
+    def fast_path(self) -> FastPath:
+        """The fast-path switches in effect for this generator (its own, else the process defaults)."""
+        conv = self.conv1.conv
+        return FastPath(conv.modconv, conv.fused_upsample, self.precision, self.compile_synthesis, self.cuda_graphs)
+
+    def set_fast_path(
+        self,
+        modconv: str | None = None,
+        fused_upsample: bool | None = None,
+        precision: str | None = None,
+        compile: bool | None = None,
+        cuda_graphs: bool | None = None,
+    ) -> FastPath:
+        """Switch this generator's fast paths; see :class:`FastPath`. A switch given here is this generator's own
+        from now on; one left ``None`` stays as it is (its own, or the process default it follows).
+
+        Drops this generator's compiled synthesis and CUDA graphs, so calling it (even with no argument) also
+        re-captures after the weights changed.
+
+        Returns:
+            The switches now in effect.
+
+        Raises:
+            ValueError: an unknown ``modconv`` or ``precision``.
+        """
+        given = _given(modconv, fused_upsample, precision, compile, cuda_graphs)
+        new = replace(self.fast_path, **given)  # validates
+        for conv in self.modulated_convs():
+            if "modconv" in given:
+                conv.modconv = new.modconv
+            if "fused_upsample" in given:
+                conv.fused_upsample = new.fused_upsample
+        for name, attr in (
+            ("precision", "precision"),
+            ("compile", "compile_synthesis"),
+            ("cuda_graphs", "cuda_graphs"),
+        ):
+            if name in given:
+                setattr(self, attr, given[name])
+        _FAST_CACHES.pop(self, None)
+        return new
+
+    @property
+    def compile_error(self) -> str | None:
+        """Why ``torch.compile`` of this generator's synthesis failed (it then runs eagerly); None otherwise."""
+        cache = _FAST_CACHES.get(self)
+        return cache.compile_error if cache is not None else None
 
     # ----------------------------------------------------------------------------------------------- mapping
     def mapping(self, z: Tensor, truncation: float = 1.0, truncation_latent: Tensor | None = None) -> Tensor:
@@ -511,6 +758,29 @@ class Generator(nn.Module):
         else:
             wanted = set(return_features or ())
         noises = self._noise_list(b, noise_mode, noise, wplus)
+        plain = not offsets and not wanted and stop_at_layer is None and not any(table.values())
+        graphs = self.cuda_graphs and plain and wplus.is_cuda and not torch.is_grad_enabled()
+        with autocast(wplus.device, self.precision, cache_enabled=not graphs):
+            if plain and (self.compile_synthesis or graphs):
+                out = SynthesisOutput(self._fast_image(wplus, noises, graphs))
+            else:
+                out = self._synthesize(wplus, noises, table, offsets, wanted, stop_at_layer)
+        if self.precision != "fp32" and out.image is not None and out.image.dtype != self.dtype:
+            out.image = out.image.to(self.dtype)  # (the RGB path runs in fp32 under autocast: a safeguard)
+        return out
+
+    def _synthesize(
+        self,
+        wplus: Tensor,
+        noises: Sequence[Tensor | None],
+        table: Mapping[str, Mapping[int, Sequence[Callable[..., Tensor]]]],
+        offsets: Mapping[int, Tensor],
+        wanted: set[int],
+        stop_at_layer: int | None,
+    ) -> SynthesisOutput:
+        """The synthesis loop of :meth:`synthesis` on checked arguments (``wplus [B, n_latent, D]``, one noise per
+        layer, insertion point -> layer -> hooks)."""
+        b = wplus.shape[0]
         feats: dict[int, Tensor] = {}
         convs = [self.conv1, *self.convs]
 
@@ -549,6 +819,39 @@ class Generator(nn.Module):
             i += 2
         return SynthesisOutput(skip, feats)
 
+    def _plain_image(self, wplus: Tensor, noises: list[Tensor | None]) -> Tensor:
+        """Hook-free synthesis ``wplus [B, n_latent, D]`` -> image ``[B, 3, size, size]`` (what ``compile`` compiles
+        and ``cuda_graphs`` captures)."""
+        image = self._synthesize(wplus, noises, _NO_HOOKS, {}, set(), None).image
+        assert image is not None
+        return image
+
+    def _fast_image(self, wplus: Tensor, noises: list[Tensor | None], graphs: bool) -> Tensor:
+        """:meth:`_plain_image`, compiled and/or replayed from a CUDA graph."""
+        cache = _FAST_CACHES.get(self)
+        if cache is None:
+            cache = _FAST_CACHES[self] = _FastCache()
+        fn = self._plain_image
+        if self.compile_synthesis and cache.compile_error is None:
+            if cache.compiled is None:  # the unbound function: the cache holds no reference to the generator
+                cache.compiled = torch.compile(Generator._plain_image, dynamic=False)
+            fn = functools.partial(cache.compiled, self)
+            if not cache.compile_checked:  # the first call compiles: a failure falls back to eager, once
+                try:
+                    image = fn(wplus, noises)
+                except Exception as e:  # any compiler failure means "not available"
+                    lines = str(e).strip().splitlines()
+                    cache.compile_error = f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+                    log.warning("torch.compile of the synthesis failed (%s); running it eagerly", cache.compile_error)
+                    fn = self._plain_image
+                else:
+                    cache.compile_checked = True
+                    if not graphs:
+                        return image
+        if not graphs:
+            return fn(wplus, noises)
+        return cache.replay(fn, wplus, noises, (self.fast_path, get_default_impl()))
+
     def _hook_table(
         self, feature_hooks: Mapping[int, FeatureHook] | None, hooks: Sequence[Hook]
     ) -> dict[str, dict[int, list[Callable[..., Tensor]]]]:
@@ -568,6 +871,108 @@ class Generator(nn.Module):
     def generate(self, z: Tensor, truncation: float = 1.0, noise_mode: str = "const") -> Tensor:
         """Sample images from ``z [B, D]`` (W broadcast to every layer). Returns ``[B, 3, size, size]``."""
         return self.synthesis(self.mapping(z, truncation), noise_mode=noise_mode).image
+
+
+# --------------------------------------------------------------------------------------------------- fast paths
+_NO_HOOKS: dict[str, dict[int, list[Callable[..., Tensor]]]] = {p: {} for p in INSERTION_POINTS}
+
+
+class _FastCache:
+    """Per generator: its compiled synthesis and its CUDA graphs (kept outside the module: not copied, not saved)."""
+
+    def __init__(self) -> None:
+        self.compiled: Callable[..., Tensor] | None = None
+        self.compile_checked = False
+        self.compile_error: str | None = None
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, list[Tensor | None], Tensor]] = {}
+
+    def replay(self, fn: Callable[..., Tensor], wplus: Tensor, noises: list[Tensor | None], switches: tuple) -> Tensor:
+        """``fn(wplus, noises)`` replayed from the CUDA graph of this input signature (captured on first use)."""
+        sig = tuple(None if n is None else (tuple(n.shape), n.dtype, n.device) for n in noises)
+        key = (tuple(wplus.shape), wplus.dtype, wplus.device, sig, torch.is_inference_mode_enabled(),
+               torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"), switches)  # fmt: skip
+        entry = self.graphs.pop(key, None)
+        if entry is None:
+            static_w = wplus.clone()
+            static_n = [None if n is None else n.clone() for n in noises]
+            main = torch.cuda.current_stream(wplus.device)
+            side = torch.cuda.Stream(wplus.device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                for _ in range(GRAPH_WARMUP):
+                    fn(static_w, static_n)
+            main.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = fn(static_w, static_n)
+            entry = (graph, static_w, static_n, static_out)
+            while len(self.graphs) >= GRAPH_CACHE_SIZE:
+                self.graphs.pop(next(iter(self.graphs)))
+        self.graphs[key] = entry  # most recently used last
+        graph, static_w, static_n, static_out = entry
+        static_w.copy_(wplus)
+        for s, n in zip(static_n, noises, strict=True):
+            if s is not None:
+                s.copy_(n)
+        graph.replay()
+        return static_out.clone()
+
+
+_FAST_CACHES: weakref.WeakKeyDictionary[Generator, _FastCache] = weakref.WeakKeyDictionary()
+
+
+def _given(*values: object) -> dict[str, object]:
+    """The :class:`FastPath` fields given (not None), from values in field order."""
+    return {f.name: v for f, v in zip(fields(FastPath), values, strict=True) if v is not None}
+
+
+def get_default_fast_path() -> FastPath:
+    """The process-wide fast-path switches (of every generator without its own :meth:`Generator.set_fast_path`)."""
+    conv, gen = ModulatedConv2d, Generator
+    return FastPath(conv.modconv, conv.fused_upsample, gen.precision, gen.compile_synthesis, gen.cuda_graphs)
+
+
+def set_default_fast_path(
+    modconv: str | None = None,
+    fused_upsample: bool | None = None,
+    precision: str | None = None,
+    compile: bool | None = None,
+    cuda_graphs: bool | None = None,
+) -> FastPath:
+    """Set the process-wide fast-path switches (``None`` leaves one as it is); see :class:`FastPath`.
+
+    Generators switched with :meth:`Generator.set_fast_path` keep their own switches.
+
+    Returns:
+        The previous defaults.
+
+    Raises:
+        ValueError: an unknown ``modconv`` or ``precision``.
+    """
+    previous = get_default_fast_path()
+    new = replace(previous, **_given(modconv, fused_upsample, precision, compile, cuda_graphs))
+    ModulatedConv2d.modconv, ModulatedConv2d.fused_upsample = new.modconv, new.fused_upsample
+    if new.changed() and new != previous:
+        log.info("generator fast path: %s", ", ".join(f"{k}={v}" for k, v in new.changed().items()))
+    Generator.precision, Generator.compile_synthesis = new.precision, new.compile
+    Generator.cuda_graphs = new.cuda_graphs
+    return previous
+
+
+@contextlib.contextmanager
+def use_fast_path(
+    modconv: str | None = None,
+    fused_upsample: bool | None = None,
+    precision: str | None = None,
+    compile: bool | None = None,
+    cuda_graphs: bool | None = None,
+) -> Iterator[FastPath]:
+    """Context manager: :func:`set_default_fast_path` for the duration of a ``with`` block (yields the switches)."""
+    previous = set_default_fast_path(modconv, fused_upsample, precision, compile, cuda_graphs)
+    try:
+        yield get_default_fast_path()
+    finally:
+        set_default_fast_path(**{f.name: getattr(previous, f.name) for f in fields(previous)})
 
 
 # --------------------------------------------------------------------------------------------------- discriminator

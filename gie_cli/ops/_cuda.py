@@ -6,9 +6,10 @@ extension directory (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensi
 process. If that build fails (CPU-only PyTorch, no nvcc, no ninja, compiler error), ``"auto"`` falls back to the
 pure-PyTorch implementation and one ``RuntimeWarning`` names the reason; ``"cuda"`` raises instead.
 
-Implementations: ``"auto"`` (compiled CUDA op for CUDA tensors when it builds, else ``"torch"``), ``"torch"`` (fast
-pure-PyTorch path), ``"ref"`` (the plain reference formulas) and ``"cuda"`` (compiled op, error if unavailable). The
-process-wide default that ``impl="auto"`` defers to comes from ``GIE_OPS_IMPL`` and :func:`set_default_impl`.
+Implementations: ``"auto"`` (compiled CUDA op for CUDA tensors when it builds, else ``"torch"``; ``"torch"`` while
+``torch.compile`` traces), ``"torch"`` (fast pure-PyTorch path), ``"ref"`` (the plain reference formulas) and
+``"cuda"`` (compiled op, error if unavailable). The process-wide default that ``impl="auto"`` defers to comes from
+``GIE_OPS_IMPL`` and :func:`set_default_impl`.
 """
 
 from __future__ import annotations
@@ -169,6 +170,8 @@ def resolve_impl(impl: str, device: torch.device | str, cuda_ok: bool = True) ->
         impl = _default_impl
     if impl in ("torch", "ref"):
         return impl
+    if impl == "auto" and torch.compiler.is_compiling():
+        return "torch"  # torch.compile traces the pure-PyTorch ops; the compiled extension would break the graph
     is_cuda = torch.device(device).type == "cuda"
     if impl == "cuda":
         if not is_cuda:

@@ -255,8 +255,12 @@ def upfirdn2d(
             or ``"cuda"``.
 
     Returns:
-        ``[B, C, (H * up_y + y0 + y1 - kh) // down_y + 1, (W * up_x + x0 + x1 - kw) // down_x + 1]``, dtype of ``x``.
+        ``[B, C, (H * up_y + y0 + y1 - kh) // down_y + 1, (W * up_x + x0 + x1 - kw) // down_x + 1]``, dtype of ``x``,
+        computed in that dtype (half precision upcast on CPU) whether or not ``torch.autocast`` is on.
     """
+    if torch.is_autocast_enabled(x.device.type):  # the filter in x's dtype, as without autocast
+        with torch.autocast(x.device.type, enabled=False):
+            return upfirdn2d(x, kernel, up, down, pad, impl)
     args = _parse_args(up, down, pad)
     kernel = _as_2d_kernel(kernel)
     _check(x, kernel, args)
