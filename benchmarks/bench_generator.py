@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
+from bench_invert import environment
 
 from gie_cli import ops
 from gie_cli.models import Generator, create_model
@@ -47,16 +46,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
     device = torch.device(args.device)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
     env = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "commit": commit,
-        "torch": torch.__version__,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(),
+        **environment(device),
         "batch": args.batch,
     }
     print(" ".join(f"{k}={v}" for k, v in env.items()))

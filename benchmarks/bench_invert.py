@@ -50,14 +50,24 @@ def throughput(fn, batch: int, n_images: int, device: torch.device) -> float:
     return n_batches * batch / (time.perf_counter() - t0)
 
 
+def environment(device: torch.device) -> dict:
+    """Date, commit, torch version, device name and threads: what a benchmark's figures were measured on."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": commit,
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+    }
+
+
 def environment_line(device: torch.device) -> str:
     """``date=... commit=... torch=... device=... threads=...``: the header line of a benchmark printout."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    return (
-        f"date={time.strftime('%Y-%m-%d %H:%M')} commit={commit} torch={torch.__version__} device={dev_name} "
-        f"threads={torch.get_num_threads()}"
-    )
+    return " ".join(f"{k}={v}" for k, v in environment(device).items())
 
 
 def bench_args(doc: str, configs: list[str]) -> tuple[argparse.Namespace, torch.device]:
