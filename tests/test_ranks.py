@@ -29,7 +29,12 @@ N_INPUTS = 40
 def test_ranks_from_env():
     assert ranks_from_env({}) is None and ranks_from_env({"WORLD_SIZE": "1", "RANK": "0"}) is None
     assert ranks_from_env({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "0"}) == Ranks(2, 4, 0)
-    for bad in ({"WORLD_SIZE": "2"}, {"WORLD_SIZE": "2", "RANK": "x"}, {"WORLD_SIZE": "2", "RANK": "2"}):
+    for bad in (
+        {"WORLD_SIZE": "2"},
+        {"WORLD_SIZE": "2", "RANK": "x"},
+        {"WORLD_SIZE": "2", "RANK": "2"},
+        {"WORLD_SIZE": "x"},
+    ):
         with pytest.raises(UsageError):
             ranks_from_env(bad)
 

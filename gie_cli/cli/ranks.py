@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 from gie_cli.cli.batch import Shard
@@ -39,7 +40,10 @@ def ranks_from_env(env: dict[str, str] | None = None) -> Ranks | None:
         UsageError: the variables are malformed.
     """
     env = os.environ if env is None else env
-    if int(env.get("WORLD_SIZE", "1") or 1) <= 1:
+    raw = env.get("WORLD_SIZE", "1")
+    if not raw.isdigit() or int(raw) < 1:
+        raise UsageError(f"environment WORLD_SIZE={raw!r} is not a positive integer", hint="launch with torchrun")
+    if int(raw) == 1:
         return None
     try:
         ranks = Ranks(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"])))
@@ -113,40 +117,72 @@ def _child_args(argv: list[str]) -> list[str]:
     return out
 
 
-def launch_local(nproc: int, argv: list[str] | None = None) -> int:
-    """Run this command as ``nproc`` processes on this machine (ranks 0..nproc-1, as torchrun would) and wait.
+def launch_local(nproc: int, argv: list[str] | None = None, process_group: bool = False) -> int:
+    """Run this command as ``nproc`` processes on this machine (ranks 0..nproc-1, with torchrun's environment
+    variables) and wait for them.
+
+    Args:
+        nproc: processes.
+        argv: the command line (default ``sys.argv[1:]``); ``--nproc`` is dropped from it.
+        process_group: the ranks form a torch.distributed group (``gie train``): they get ``MASTER_ADDR`` and a
+            free ``MASTER_PORT``, and when one fails the others are stopped (they would wait for it forever).
+            Otherwise (batch commands) the ranks are independent, and the manifests of ranks that died are merged.
 
     Returns:
-        The exit code: the largest of the ranks' (2 for a usage error, 1 when an item failed, 0 when all are ok).
+        The exit code: 1 when a rank was killed by a signal, else the largest of the ranks' (2 usage error, 1 an item
+        failed, 0 all ok).
 
     Raises:
         UsageError: ``-`` (paths on stdin) among the arguments: the ranks cannot share stdin.
     """
-    from gie_cli.cli.batch import merge_rank_manifests
-
     args = _child_args(list(sys.argv[1:] if argv is None else argv))
     if "-" in args:
         raise UsageError("--nproc cannot read paths from stdin (-)", hint="pass files or folders, or a list via xargs")
+    group: dict[str, str] = {}
+    if process_group:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            group = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(sock.getsockname()[1])}
     procs = []
     for r in range(nproc):
-        env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))
+        env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+                   **group)  # fmt: skip
         procs.append(subprocess.Popen([sys.executable, "-m", "gie_cli", *args], env=env))
     log.info("launched %d ranks (pids %s)", nproc, ", ".join(str(p.pid) for p in procs))
     try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            p.wait()
+        while any(p.poll() is None for p in procs):
+            if process_group and any(p.poll() not in (None, 0) for p in procs):
+                _stop(procs, signal.SIGTERM)
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # Ctrl-C reached the ranks too (one process group); else they get SIGINT in 5 s
+        _stop(procs, signal.SIGINT, grace=5)  # a training rank 0 writes a snapshot
         raise
-    out = _output_folder(args)
-    if out is not None:
-        merge_rank_manifests(out)  # ranks that died left their lines unmerged
-    if any(c < 0 for c in codes):  # killed by a signal
-        return 1
-    return max(codes)
+    if not process_group:
+        from gie_cli.cli.batch import merge_rank_manifests
+
+        out = _output_folder(args)
+        if out is not None:
+            merge_rank_manifests(out)  # ranks that died left their lines unmerged
+    codes = [p.returncode for p in procs]
+    return 1 if any(c < 0 for c in codes) else max(codes)
+
+
+def _stop(procs: list[subprocess.Popen], sig: int, grace: float = 0) -> None:
+    """Send ``sig`` to the ``procs`` still running after ``grace`` seconds, kill those still running 30 s later."""
+    deadline = time.monotonic() + grace
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(sig)
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def _output_folder(args: list[str]):

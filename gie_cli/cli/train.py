@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +10,7 @@ import typer
 
 from gie_cli.cli import command
 from gie_cli.cli.options import DeviceOpt, batch_size_option, examples, parse_settings, settings_option, weights_option
+from gie_cli.cli.ranks import launch_local, ranks_from_env
 from gie_cli.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -67,11 +63,12 @@ def train(
 
     if method not in list_trainers():
         raise UsageError(f"no trainer for method {method!r}", hint=f"trainable: {', '.join(list_trainers())}")
-    world = dist.env_world_size()
+    ranks = ranks_from_env()
+    world = ranks.world if ranks is not None else 1
     if nproc > 1:
         if world > 1:
             raise UsageError("--nproc inside a torchrun launch", hint="use one or the other", param="nproc")
-        raise typer.Exit(_launch_local(nproc, sys.argv[1:]))
+        raise typer.Exit(launch_local(nproc, process_group=True))
     if batch_size % world:
         raise UsageError(
             f"must be divisible by the {world} processes of this launch (WORLD_SIZE)",
@@ -79,7 +76,7 @@ def train(
             param="batch_size",
             value=batch_size,
         )
-    if world > 1 and os.environ.get("RANK", "0") != "0":
+    if ranks is not None and ranks.rank != 0:
         logging.getLogger("gie_cli").setLevel(logging.WARNING)  # rank 0 reports
     dev = resolve_device(device)
     if world > 1:
@@ -112,50 +109,3 @@ def train(
             dist.shutdown()
     if main:
         typer.echo(str(out))
-
-
-def _launch_local(nproc: int, argv: list[str]) -> int:
-    """Run ``gie <argv>`` (without ``--nproc``) as ``nproc`` ranks of one process group on this machine, with
-    torchrun's environment variables; when a rank fails the others are stopped. Returns the largest exit code."""
-    import socket
-
-    args, skip = [], False
-    for a in argv:
-        if not skip and a != "--nproc" and not a.startswith("--nproc="):
-            args.append(a)
-        skip = a == "--nproc"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for r in range(nproc):
-        env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-        procs.append(subprocess.Popen([sys.executable, "-m", "gie_cli", *args], env=env))
-    log.info("launched %d ranks (pids %s)", nproc, ", ".join(str(p.pid) for p in procs))
-    try:
-        while any(p.poll() is None for p in procs):
-            if any(p.poll() not in (None, 0) for p in procs):  # a rank failed: the others would wait forever
-                _stop(procs, signal.SIGTERM)
-            time.sleep(0.2)
-    except KeyboardInterrupt:  # Ctrl-C reached the ranks too (one process group); else they get SIGINT in 5 s
-        _stop(procs, signal.SIGINT, grace=5)  # rank 0 writes a snapshot
-        raise
-    codes = [p.returncode for p in procs]
-    return 1 if any(c < 0 for c in codes) else max(codes)
-
-
-def _stop(procs: list[subprocess.Popen], sig: int, grace: float = 0) -> None:
-    """Send ``sig`` to the ``procs`` still running after ``grace`` seconds, kill those still running 30 s later."""
-    deadline = time.monotonic() + grace
-    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(sig)
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()

@@ -620,8 +620,7 @@ class Generator(nn.Module):
     @property
     def fast_path(self) -> FastPath:
         """The fast-path switches in effect for this generator (its own, else the process defaults)."""
-        conv = self.conv1.conv
-        return FastPath(conv.modconv, conv.fused_upsample, self.precision, self.compile_synthesis, self.cuda_graphs)
+        return _read_switches(self.conv1.conv, self)
 
     def set_fast_path(
         self,
@@ -645,18 +644,7 @@ class Generator(nn.Module):
         """
         given = _given(modconv, fused_upsample, precision, compile, cuda_graphs)
         new = replace(self.fast_path, **given)  # validates
-        for conv in self.modulated_convs():
-            if "modconv" in given:
-                conv.modconv = new.modconv
-            if "fused_upsample" in given:
-                conv.fused_upsample = new.fused_upsample
-        for name, attr in (
-            ("precision", "precision"),
-            ("compile", "compile_synthesis"),
-            ("cuda_graphs", "cuda_graphs"),
-        ):
-            if name in given:
-                setattr(self, attr, given[name])
+        _write_switches(self.modulated_convs(), self, {k: getattr(new, k) for k in given})
         _FAST_CACHES.pop(self, None)
         return new
 
@@ -926,10 +914,32 @@ def _given(*values: object) -> dict[str, object]:
     return {f.name: v for f, v in zip(fields(FastPath), values, strict=True) if v is not None}
 
 
+_CONV_SWITCHES = {"modconv": "modconv", "fused_upsample": "fused_upsample"}
+_GENERATOR_SWITCHES = {"precision": "precision", "compile": "compile_synthesis", "cuda_graphs": "cuda_graphs"}
+"""Where each :class:`FastPath` field lives: an attribute of the modulated convs or of the generator (the classes
+hold the process defaults, instances their own switches)."""
+
+
+def _read_switches(conv: object, gen: object) -> FastPath:
+    """The :class:`FastPath` of a modulated conv and a generator (instances or the classes)."""
+    values = {f: getattr(conv, a) for f, a in _CONV_SWITCHES.items()}
+    values.update({f: getattr(gen, a) for f, a in _GENERATOR_SWITCHES.items()})
+    return FastPath(**values)
+
+
+def _write_switches(convs: Sequence[object], gen: object, values: dict[str, object]) -> None:
+    """Set the :class:`FastPath` fields ``values`` on ``convs`` and ``gen`` (instances or the classes)."""
+    for field_name, value in values.items():
+        if field_name in _CONV_SWITCHES:
+            for conv in convs:
+                setattr(conv, _CONV_SWITCHES[field_name], value)
+        else:
+            setattr(gen, _GENERATOR_SWITCHES[field_name], value)
+
+
 def get_default_fast_path() -> FastPath:
     """The process-wide fast-path switches (of every generator without its own :meth:`Generator.set_fast_path`)."""
-    conv, gen = ModulatedConv2d, Generator
-    return FastPath(conv.modconv, conv.fused_upsample, gen.precision, gen.compile_synthesis, gen.cuda_graphs)
+    return _read_switches(ModulatedConv2d, Generator)
 
 
 def set_default_fast_path(
@@ -951,11 +961,9 @@ def set_default_fast_path(
     """
     previous = get_default_fast_path()
     new = replace(previous, **_given(modconv, fused_upsample, precision, compile, cuda_graphs))
-    ModulatedConv2d.modconv, ModulatedConv2d.fused_upsample = new.modconv, new.fused_upsample
     if new.changed() and new != previous:
         log.info("generator fast path: %s", ", ".join(f"{k}={v}" for k, v in new.changed().items()))
-    Generator.precision, Generator.compile_synthesis = new.precision, new.compile
-    Generator.cuda_graphs = new.cuda_graphs
+    _write_switches([ModulatedConv2d], Generator, {f.name: getattr(new, f.name) for f in fields(new)})
     return previous
 
 

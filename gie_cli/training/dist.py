@@ -29,18 +29,6 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _BUCKET = 1 << 25  # gradient elements per all-reduce (128 MiB of fp32)
 
 
-def env_world_size() -> int:
-    """``WORLD_SIZE`` as a launcher (torchrun) sets it; 1 without one.
-
-    Raises:
-        UsageError: not a positive integer.
-    """
-    raw = os.environ.get("WORLD_SIZE", "1")
-    if not raw.isdigit() or int(raw) < 1:
-        raise UsageError(f"environment WORLD_SIZE={raw!r} is not a positive integer", hint="launch with torchrun")
-    return int(raw)
-
-
 def is_distributed() -> bool:
     """Whether this process is one of several in an initialised process group."""
     return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
