@@ -490,3 +490,47 @@ def test_ood_mask_and_region_metrics_flow_into_the_report(files, isolated, tmp_p
     for k in ("psnr_ood", "ssim_ood", "psnr_face", "ssim_face", "mask_iou", "aoa", "edit_ood_mse"):
         assert sum(line.startswith(f"- {k}: ") for line in lines) == 1, k
     assert "- aoa: average OOD area in percent" in md
+
+
+def test_benchmark_ranks_deal_the_methods_and_rank0_reports_them_in_order(files, isolated, tmp_path, tiny_e4e):
+    """``--nproc 2``: two processes (gloo rendezvous), methods dealt in turn; the gathered report lists every method in
+    the ``--methods`` order with the same metrics as one process, each row naming the rank that ran it, and a method
+    failing on rank 1 fails the run as in one process."""
+    import os
+    import subprocess
+    import sys
+
+    other = tmp_path / "other.safetensors"
+    with torch.no_grad():
+        tiny_e4e.latent_avg.add_(0.5)
+    tiny_e4e.save(other)
+    common = [
+        "benchmark", "--methods", "a=e4e,b=e4e,c=e4e", "--data", "synthface", "--n", 4, "--seed", SEED,
+        "--edits", "smile:1", "--weights", f"a={files['e4e']}", "--weights", f"b={tmp_path / 'missing.safetensors'}",
+        "--weights", f"c={other}", "--weights", f"attributes={files['est']}", "--metrics", "mse,psnr",
+        "-b", 2, "--sheet", 2, "--device", "cpu", "--json",
+    ]  # fmt: skip
+    one = runner.invoke(app, [str(a) for a in [*common, "-o", tmp_path / "one"]])
+    assert one.exit_code == 1, one.output  # b fails
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "gie_cli", *[str(a) for a in [*common, "-o", tmp_path / "two", "--nproc", 2]]]
+    two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 1, two.stderr[-3000:]
+    lines = [json.loads(x) for x in two.stdout.splitlines()]
+    assert [r["method"] for r in lines[:3]] == ["a", "b", "c"] and "summary" in lines[3]  # only rank 0 printed
+    doc_one = json.loads((tmp_path / "one" / "benchmark.json").read_text())
+    doc_two = json.loads((tmp_path / "two" / "benchmark.json").read_text())
+    assert doc_two["settings"]["ranks"] == 2 and "ranks" not in doc_one["settings"]
+    assert [(r["method"], r["rank"]) for r in doc_two["results"]] == [("a", 0), ("b", 1), ("c", 0)]
+    assert [r["status"] for r in doc_two["results"]] == ["ok", "failed", "ok"]
+    assert lines[3]["summary"]["failed"] == ["b"] and "missing.safetensors" in doc_two["results"][1]["reason"]
+    for r1, r2 in zip(doc_one["results"][::2], doc_two["results"][::2], strict=True):
+        assert r2["device"] == "cpu"
+        for key in ("mse", "psnr"):
+            assert r2["metrics"][key] == pytest.approx(r1["metrics"][key], rel=1e-5)
+        e1, e2 = r1["edits"][0]["metrics"], r2["edits"][0]["metrics"]
+        assert e2["gt_mse"] == pytest.approx(e1["gt_mse"], rel=1e-5)
+        assert e2["edit_change_face"] == pytest.approx(e1["edit_change_face"], rel=1e-5)
+    assert doc_two["results"][0]["metrics"]["mse"] != doc_two["results"][2]["metrics"]["mse"]  # c ran its own model
+    report = (tmp_path / "two" / "benchmark.md").read_text()
+    assert (tmp_path / "two" / "contact_sheet.png").exists() and "| c (e4e) |" in report

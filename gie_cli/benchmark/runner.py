@@ -18,6 +18,7 @@ from torch import Tensor
 from gie_cli.benchmark.data import BenchData
 from gie_cli.benchmark.metrics import Accumulator, MetricSuite, to_size
 from gie_cli.benchmark.world import WorldJudge, target_attribute
+from gie_cli.device import to_device
 from gie_cli.errors import GieError, UsageError
 from gie_cli.methods import EDIT_MASK_KEY, invert_and_render, synchronize
 from gie_cli.metrics.regions import mask_iou, masked_mse, masked_psnr, masked_ssim
@@ -573,7 +574,7 @@ def run_method(
     schedule += [(bounds[0], False, True)] if len(bounds) == 1 else [(b, True, True) for b in bounds[1:]]
     try:
         for k, ((i0, i1), measure, timed) in enumerate(schedule):
-            x = data.images[i0:i1].to(device, dtype)
+            x = to_device(data.images[i0:i1], device, dtype)
             recon, edited, secs, blend = _forward(method, x, prepared, device, None if masks is None else masks[i0:i1])
             if timed:
                 times.encode += secs["encode"]

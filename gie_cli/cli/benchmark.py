@@ -230,6 +230,15 @@ def benchmark(
     precision: PrecisionOpt = Precision.fp32,
     compile_synthesis: CompileOpt = False,
     cuda_graphs: CudaGraphsOpt = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Run as N processes on this machine (one per GPU, as torchrun --nproc-per-node N): rank r runs "
+            "methods r, r + N, ... on its own device; rank 0 writes the reports.",
+        ),
+    ] = 1,
     json_out: JsonOpt = False,
 ) -> None:
     """Run several inversion methods on the same images and compare quality and speed.
@@ -244,15 +253,20 @@ def benchmark(
     unavailable with the file to fetch (exit code 0); a method that fails gets a row with the reason and exit code 1.
     Writes OUTPUT/benchmark.json, OUTPUT/benchmark.md and OUTPUT/contact_sheet.png (--sheet faces); the table goes
     to stdout, or to stderr with --json (then stdout has one JSON line per method and a final summary line).
+
+    Under torchrun (or with --nproc N) the methods are dealt to the ranks in turn, each rank on its own device
+    (cuda:LOCAL_RANK with --device auto); every rank measures the same images, and rank 0 gathers the rows, in the
+    --methods order, and writes the reports (each row names its rank and device).
     """
     from rich.console import Console
 
     from gie_cli.benchmark.data import SYNTH_SIZE, folder_data, synthface_data
     from gie_cli.benchmark.metrics import DEFINITIONS, MetricSuite, parse_metric_names
-    from gie_cli.benchmark.report import BENCHMARK_FORMAT, environment, json_safe, rich_tables, write_reports
+    from gie_cli.benchmark.report import BENCHMARK_FORMAT, environment, rich_tables, write_reports
     from gie_cli.benchmark.runner import MethodSpec, load_directions, run_method
     from gie_cli.benchmark.sheet import sheet_columns, write_contact_sheet
     from gie_cli.benchmark.world import load_judge
+    from gie_cli.cli.ranks import gather_to_first, launch_local, rank_device, ranks_from_env
     from gie_cli.device import check_cuda_graphs, resolve_device, resolve_dtype, resolve_precision
     from gie_cli.methods import list_methods
     from gie_cli.models.stylegan2 import use_fast_path
@@ -265,7 +279,12 @@ def benchmark(
     metric_names = parse_metric_names(metrics)
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output {output} is a file", hint="pass a folder")
-    dev = resolve_device(device)
+    ranks = ranks_from_env()
+    if nproc > 1:
+        if ranks is not None:
+            raise UsageError("--nproc inside a torchrun rank", hint="drop --nproc (torchrun starts the processes)")
+        raise typer.Exit(launch_local(nproc, process_group=True))
+    dev = resolve_device(rank_device(device, ranks))
     dt = resolve_dtype(dtype, dev)
     fast = {
         "precision": resolve_precision(precision, dev, dt),
@@ -301,18 +320,31 @@ def benchmark(
     directions = load_directions(edit_specs, metric_weights.get("editor"))
 
     specs = [MethodSpec(name, kinds[name], method_weights.get(name), options[name]) for name in names]
+    if ranks is not None:  # rank r runs methods r, r + W, ...
+        specs = specs[ranks.rank :: ranks.world]
+        log.info("rank %d of %d on %s: %s", ranks.rank, ranks.world, dev, ", ".join(s.label for s in specs) or "idle")
     results = []
     with use_fast_path(**fast):  # the generators the runner builds take these switches
         for spec in specs:
             name = spec.label
             log.info("benchmark: %s", name)
             row = run_method(spec, bench, suite, judge, edit_specs, directions, batch_size, dev, dt, sheet)
+            if ranks is not None:
+                row.update(rank=ranks.rank, device=str(dev))
             results.append(row)
             if row["status"] == "ok":
                 log.info("%s: %.2f images/s", name, row["timing"]["images_per_s"] or 0.0)
-            if json_out:
-                sys.stdout.write(json.dumps(json_safe({k: v for k, v in row.items() if k != "_sheet"})) + "\n")
-                sys.stdout.flush()
+            if json_out and ranks is None:
+                _json_line(row)
+    if ranks is not None:
+        gathered = gather_to_first(results, ranks)
+        if gathered is None:  # rank > 0: rank 0 reports, failures included (a failing rank would stop it)
+            raise typer.Exit(0)
+        order = {name: i for i, name in enumerate(names)}
+        results = sorted((r for part in gathered for r in part), key=lambda r: order[r["method"]])
+        if json_out:
+            for row in results:
+                _json_line(row)
 
     doc = {
         "format": BENCHMARK_FORMAT,
@@ -330,6 +362,7 @@ def benchmark(
             "metric_weights": metric_weights,
             "method_options": options,
             **({"fast_path": fast} if fast else {}),
+            **({"ranks": ranks.world} if ranks is not None else {}),
         },
         "unavailable": unavailable,
         "definitions": {k: v for k, v in DEFINITIONS.items()},
@@ -361,6 +394,14 @@ def benchmark(
     wrote = ", ".join(str(paths[k]) for k in ("json", "markdown", "sheet") if k in paths)
     typer.echo(f"benchmark: {len(results) - len(failed)} ok, {len(failed)} failed; wrote {wrote}", err=True)
     raise typer.Exit(1 if failed else 0)
+
+
+def _json_line(row: dict) -> None:
+    """One result row as a JSON line on stdout (without the contact sheet's tensors)."""
+    from gie_cli.benchmark.report import json_safe
+
+    sys.stdout.write(json.dumps(json_safe({k: v for k, v in row.items() if k != "_sheet"})) + "\n")
+    sys.stdout.flush()
 
 
 def _entries(kinds: dict[str, str]) -> str:

@@ -21,7 +21,7 @@ from gie_cli.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Ranks", "launch_local", "rank_device", "rank_shard", "ranks_from_env", "setup_ranks"]
+__all__ = ["Ranks", "gather_to_first", "launch_local", "rank_device", "rank_shard", "ranks_from_env", "setup_ranks"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,36 @@ def setup_ranks(nproc: int, shard: str | None, device: str) -> tuple[Shard | Non
     if ranks is not None:
         log.info("rank %d of %d: shard %s", ranks.rank, ranks.world, rank_shard(parsed, ranks))
     return rank_shard(parsed, ranks), rank_device(device, ranks), ranks.rank if ranks else None
+
+
+def gather_to_first(obj: object, ranks: Ranks) -> list | None:
+    """Collect every rank's picklable ``obj`` on rank 0 (a gloo group over the launcher's ``MASTER_ADDR`` /
+    ``MASTER_PORT``, whatever the ranks compute on; joined and left here).
+
+    Returns:
+        On rank 0 the ranks' objects in rank order; None on the other ranks.
+
+    Raises:
+        UsageError: the environment names no rendezvous (not launched by torchrun or ``--nproc``).
+    """
+    import torch.distributed as tdist
+
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise UsageError(
+            f"WORLD_SIZE={ranks.world} but {', '.join(missing)} is not set",
+            hint="launch with torchrun --nproc-per-node N or --nproc N",
+        )
+    joined = not tdist.is_initialized()
+    if joined:
+        tdist.init_process_group("gloo", rank=ranks.rank, world_size=ranks.world)
+    try:
+        out: list | None = [None] * ranks.world if ranks.rank == 0 else None
+        tdist.gather_object(obj, out, dst=0)
+        return out
+    finally:
+        if joined:
+            tdist.destroy_process_group()
 
 
 def _child_args(argv: list[str]) -> list[str]:

@@ -57,9 +57,14 @@ class Inversion:
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Inversion:
+        """This inversion on ``device`` (floating tensors in ``dtype``); to CUDA through pinned memory without
+        blocking the host (:func:`~gie_cli.device.to_device`)."""
+        from gie_cli.device import to_device
+
+        dev = torch.device(device)
         return Inversion(
-            self.wplus.to(device, dtype),
-            {k: v.to(device, dtype if v.is_floating_point() else None) for k, v in self.extras.items()},
+            to_device(self.wplus, dev, dtype),
+            {k: to_device(v, dev, dtype if v.is_floating_point() else None) for k, v in self.extras.items()},
         )
 
 
