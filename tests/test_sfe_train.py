@@ -183,3 +183,49 @@ def test_phase1_learns_a_feature_that_reconstructs_better_than_its_own_codes(wor
         sfe = (m.render(inv) - x).square().mean()
         w_only = (m.generator(inv.wplus, noise_mode="const") - x).square().mean()
     assert sfe < 0.9 * w_only, (float(sfe), float(w_only))  # F_k carries what the codes miss
+
+
+def test_world_pairs_are_true_single_attribute_edits_and_train_the_editor(world, tmp_path):
+    """``world_pairs``: each pair is one random world face and the same face with one attribute of the edit set moved
+    by the renderer (within ``pair_change``), drawn from the seed and step alone; the pair loss trains the editor."""
+    from gie_cli.synth.params import ATTRIBUTE_NAMES, ATTRIBUTES, attribute_index
+
+    t1 = _trainer(world)
+    t1.export(tmp_path / "p1.safetensors")
+    g = t1.method.generator
+    dirs = tmp_path / "dirs"
+    dirs.mkdir()
+    for i, name in enumerate(("smile", "age")):
+        v = torch.randn(g.style_dim, generator=torch.Generator().manual_seed(20 + i))
+        Direction(name, "w", {"vector": v / v.norm()}, list(range(g.n_latent)), power_range=(-2.0, 2.0),
+                  generator=generator_binding(g, "tiny")).save(dirs)  # fmt: skip
+    names = ",".join(str(dirs / f"{n}.direction.safetensors") for n in ("smile", "age"))
+    settings = {"phase": "2", "directions": names, "world_pairs": "1", "pair_change": "0.4"}
+    t = SFETrainer(str(world["data"]), str(tmp_path / "p1.safetensors"), "cpu", 4, 3, **(BASE | settings))
+    assert t.pair_attributes == ["age", "smile"]
+    pairs = t.pair_params(5, 12)
+    moved = set()
+    for p, q in pairs:
+        changed = [a for a in ATTRIBUTE_NAMES if getattr(p, a) != getattr(q, a)]
+        assert len(changed) == 1 and changed[0] in ("age", "smile")
+        spec = ATTRIBUTES[attribute_index(changed[0])]
+        change = (getattr(q, changed[0]) - getattr(p, changed[0])) / ((spec.high - spec.low) / 2)
+        assert 0.05 <= abs(change) <= 0.4 + 1e-9
+        assert not p.ood and not q.ood
+        moved.add(changed[0])
+    assert moved == {"age", "smile"}
+    assert [p for p, _ in t.pair_params(5, 12)] == [p for p, _ in pairs]  # the seed and step alone decide
+    assert [p for p, _ in t.pair_params(6, 12)] != [p for p, _ in pairs]
+    x, x_edit = t.world_pairs(5, 3)
+    assert x.shape == x_edit.shape == (3, 3, g.size, g.size) and not torch.equal(x, x_edit)
+    m = t.method
+    frozen, before = _state(m.generator, m.e4e_encoder, m.inverter), _state(m.editor)
+    metrics = t.train_step(next(t.batches()), 0)
+    assert {"l2_pairs", "perceptual_pairs", "l2_edit", "l2_rec"} <= set(metrics)
+    assert not _moved(frozen, m.generator, m.e4e_encoder, m.inverter) and _moved(before, m.editor)
+    with pytest.raises(UsageError, match="named after a world attribute"):
+        SFETrainer(str(world["data"]), str(tmp_path / "p1.safetensors"), "cpu", 4, 0,
+                   **(BASE | {"phase": "2", "directions": world["directions"], "world_pairs": "1"}))  # fmt: skip
+    with pytest.raises(UsageError, match="pair_change"):
+        SFETrainer(str(world["data"]), str(tmp_path / "p1.safetensors"), "cpu", 4, 0,
+                   **(BASE | settings | {"pair_change": "3"}))  # fmt: skip

@@ -3,11 +3,13 @@ the Inverter, phase 2 the Feature Editor on synthesized edit pairs, with the gen
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -67,6 +69,14 @@ class SFETrainConfig(ImageLossSettings):
             identity blocks, the residual blocks' last BN at zero), so training starts from the generator's feature
             and a first-order edit instead of a random feature.
         init: an SFE checkpoint to continue from (phase 2: the phase-1 result; then ``-w`` is not needed).
+        world_pairs: phase 2, synthetic world only: weight of a second editing loss on the world renderer's true edit
+            pairs (0 = the supplement's recipe). The supplement's pairs ``(X_E, X'_E)`` are drawn by the generator,
+            so the Feature Editor never sees the detail a real photo's ``F_k`` carries; on the world that detail
+            weakened its smile edits to 58% of e4e's. Each step then also renders random world faces ``x`` and the
+            same faces with one attribute of the edit set moved (``x'``), and edits ``x`` by the e4e code difference
+            ``e4e(x') - e4e(x)`` towards ``x'``.
+        pair_change: phase 2 with ``world_pairs``: the largest attribute change of a pair on the attribute's [-1, 1]
+            scale (drawn uniformly from ``[0.05, pair_change]`` with a random sign).
     """
 
     phase: int = 1
@@ -80,6 +90,8 @@ class SFETrainConfig(ImageLossSettings):
     powers: str = ""
     zero_init: bool = True
     init: str = ""
+    world_pairs: float = 0.0
+    pair_change: float = 0.5
 
 
 def zero_init_feature_net(net: ContentLayerDeepFast, blocks: tuple[float, float]) -> None:
@@ -155,6 +167,7 @@ class SFETrainer(Trainer):
         sources = tuple(w for w in (weights, c.init) if w)
         self.losses = ImageLosses(c.loss_weights(), g.size, g.channels, self.device, sources, "sfe")
         self.edits = self._edit_set(c) if c.phase == 2 else []
+        self.pair_attributes = self._pair_attributes(c) if c.phase == 2 and c.world_pairs > 0 else []
         self.data = ImageFolder(data, max(g.size, self.method.input_size))
         self.batch_size, self.seed = batch_size, seed
         self._rng = torch.Generator().manual_seed(seed)
@@ -229,6 +242,24 @@ class SFETrainer(Trainer):
         log.info("sfe phase 2 edits: %s", ", ".join(f"{d.name} {ps}" for d, ps in out))
         return out
 
+    def _pair_attributes(self, c: SFETrainConfig) -> list[str]:
+        """The world attributes the edit set's directions move (the attributes of ``world_pairs``' true pairs).
+
+        Raises:
+            UsageError: a ``pair_change`` out of range, or no direction of the edit set names a world attribute.
+        """
+        from gie_cli.synth.params import ATTRIBUTE_NAMES
+
+        if not 0.05 < c.pair_change <= 2:
+            raise UsageError(f"sfe setting pair_change={c.pair_change}", hint="a change in (0.05, 2]")
+        names = sorted({d.name for d, _ in self.edits if d.name in ATTRIBUTE_NAMES})
+        if not names:
+            raise UsageError(
+                "sfe setting world_pairs: no direction of the edit set is named after a world attribute",
+                hint="train on the world's directions (--set directions=smile,age,...)",
+            )
+        return names
+
     # ----------------------------------------------------------------------------------------------- loop API
     def batches(self) -> Iterator[Tensor]:
         return endless(self.data, self.batch_size, self.seed)
@@ -264,6 +295,9 @@ class SFETrainer(Trainer):
             loss, fakes = self._phase1(x, target, adversarial, metrics)
         else:
             loss, fakes = self._phase2(x, target, metrics)
+            if self.pair_attributes:
+                pair_loss = self._world_pair_loss(step, x.shape[0], metrics)
+                loss = loss + self.cfg.world_pairs * pair_loss
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -319,6 +353,49 @@ class SFETrainer(Trainer):
         rec = self._draw(inv.wplus, editor(torch.cat([f_k, torch.zeros_like(f_k)], dim=1)))
         loss = loss + self.losses(rec, resize_to(rec, self.loss_size), target, metrics, "rec", True)
         return loss, [rec]
+
+    def pair_params(self, step: int, n: int) -> list[tuple[Any, Any]]:
+        """The ``n`` world faces of step ``step``'s true edit pairs: ``(p, q)`` with ``p`` a random face without objects
+        and ``q`` the same face with one of :attr:`pair_attributes` moved by ``c``, ``|c|`` uniform in ``[0.05,
+        pair_change]`` on the attribute's [-1, 1] scale (the renderer clips a value beyond the range). The draw depends
+        only on the seed and the step, so a resumed run draws the same pairs."""
+        from gie_cli.synth.params import ATTRIBUTES, attribute_index, sample_params
+
+        rng = np.random.default_rng([self.seed, step, 0x5FE])
+        out = []
+        for _ in range(n):
+            p = sample_params(rng, 0.0)
+            name = self.pair_attributes[int(rng.integers(len(self.pair_attributes)))]
+            spec = ATTRIBUTES[attribute_index(name)]
+            change = float(rng.uniform(0.05, self.cfg.pair_change)) * float(rng.choice([-1.0, 1.0]))
+            moved = float(getattr(p, name)) + change * (spec.high - spec.low) / 2
+            out.append((p, dataclasses.replace(p, **{name: moved})))
+        return out
+
+    def world_pairs(self, step: int, n: int) -> tuple[Tensor, Tensor]:
+        """Step ``step``'s true edit pairs (:meth:`pair_params`) drawn by the world's renderer at the generator's size:
+        ``(x, x')``, each ``[n, 3, S, S]`` in [-1, 1]."""
+        from gie_cli.synth.render import render
+
+        size = self.generator.size
+        pairs = self.pair_params(step, n)
+        x = torch.stack([render(p, size).to_tensor() for p, _ in pairs])
+        x_edit = torch.stack([render(q, size).to_tensor() for _, q in pairs])
+        return x.to(self.device), x_edit.to(self.device)
+
+    def _world_pair_loss(self, step: int, n: int, metrics: dict) -> Tensor:
+        """The editing loss (L2, perceptual, ID) of SFE's edit of true world pairs (see ``world_pairs``)."""
+        m, editor = self.method, self.trained
+        x, x_edit = self.world_pairs(step, n)
+        with torch.no_grad():
+            inv = m.invert(x)
+            f_k = inv.extras[FEATURE_KEY].float()
+            w_e4e = inv.extras[E4E_KEY]
+            w_e4e_edit = m._e4e().encode(m.prepare(x_edit))
+            diff = m.generator_feature(w_e4e) - m.generator_feature(w_e4e_edit)
+        edited = self._draw(inv.wplus + (w_e4e_edit - w_e4e), editor(torch.cat([f_k, diff], dim=1)))
+        small_target = resize_to(x_edit, self.loss_size)
+        return self.losses(edited, resize_to(edited, self.loss_size), small_target, metrics, "pairs", False)
 
     def export(self, path) -> None:
         self.trained.eval()
