@@ -297,3 +297,29 @@ def test_cli_precision_is_recorded_and_cuda_graphs_refused_on_cpu(cli_inputs, ti
                   "cpu", "--precision", "bf16", "--json")  # fmt: skip
     assert res.exit_code == 0 and json.loads(res.stdout.splitlines()[0])["status"] == "ok", res.output
     assert get_default_fast_path() == FastPath()
+
+
+@pytest.mark.parametrize("kind", ["e4e", "psp"])
+def test_channels_last_encoding_equals_the_default_format(kind, monkeypatch):
+    """CPU inference encodes in the channels-last format (faster with oneDNN): the codes and feature pyramid equal the
+    default format's to float rounding, the features come back contiguous, and encoding with gradients (training)
+    keeps the default format."""
+    from gie_cli.methods.e4e import EncoderMethod
+
+    m = make_tiny_e4e(kind).eval()
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    seen: list[bool] = []
+    first = next(mod for mod in m.encoder.modules() if isinstance(mod, torch.nn.Conv2d))
+    first.register_forward_pre_hook(lambda _m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+    results = {}
+    for fast in (False, True):
+        monkeypatch.setattr(EncoderMethod, "channels_last", fast)
+        with torch.no_grad():
+            results[fast] = m.encode(x, return_features=True)
+    assert seen == [False, True]
+    (c0, f0), (c1, f1) = results[False], results[True]
+    assert (c1 - c0).abs().max() <= 1e-6 * c0.abs().max()
+    assert f0.keys() == f1.keys() and all(f1[k].is_contiguous() for k in f1)
+    assert all(torch.allclose(f1[k], f0[k], rtol=1e-5, atol=1e-6 * f0[k].abs().max()) for k in f0)
+    m.encode(x).sum().backward()  # with gradients: the default format
+    assert seen[-1] is False and first.weight.grad is not None

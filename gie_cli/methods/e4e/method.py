@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from gie_cli.methods.base import Inversion, InversionMethod
@@ -26,7 +27,14 @@ class EncoderMethod(InversionMethod):
         encoder: ``Encoder4Editing`` or ``GradualStyleEncoder`` (images ``[B,3,S,S]`` -> codes ``[B,n_latent,D]``).
         latent_avg: ``[n_latent, D]`` added to the codes when ``start_from_latent_avg``.
         encoder_config: kwargs the encoder was built with (saved in gie checkpoints).
+
+    Attributes:
+        channels_last: on CPU, encode without gradients in the channels-last memory format (oneDNN's convolutions
+            run faster on it; equal to the default format up to float rounding, ``tests/test_fastpath.py``; speed:
+            ``benchmarks/bench_encoder.py``). A class-wide switch; training (with gradients) keeps the default format.
     """
+
+    channels_last: bool = True
 
     def __init__(
         self,
@@ -57,8 +65,13 @@ class EncoderMethod(InversionMethod):
     def encode(self, images: Tensor, return_features: bool = False):
         """Codes (with ``latent_avg``) ``[B, n_latent, D]`` and optionally the feature pyramid."""
         x = self.prepare(images)
+        fast = self.channels_last and x.device.type == "cpu" and not torch.is_grad_enabled()
+        if fast:
+            x = x.contiguous(memory_format=torch.channels_last)
         if return_features:
             codes, feats = self.encoder(x, return_features=True)
+            if fast:  # callers may view or flatten them
+                feats = {k: v.contiguous() for k, v in feats.items()}
         else:
             codes, feats = self.encoder(x), None
         if self.start_from_latent_avg:
