@@ -7,11 +7,13 @@
 # Usage: benchmarks/remeasure_speed.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python benchmarks/world_metrics.py --json benchmarks/results/world_zoo.json > benchmarks/results/world_zoo.md
+python benchmarks/world_metrics.py --json benchmarks/results/world_zoo.json > /tmp/world_zoo.md.$$
+mv /tmp/world_zoo.md.$$ benchmarks/results/world_zoo.md
 gie benchmark --methods e4e,gradstyle,unaligned=gradstyle --data synthface --n 32 --edits smile:2,age:2,yaw:1 \
     --set unaligned.use_gam=false -o benchmarks/results/gradstyle > /dev/null
 { echo '# `python benchmarks/bench_hfgi.py --configs world full --batches 1 8 --images 8`'; echo
-  python benchmarks/bench_hfgi.py --configs world full --batches 1 8 --images 8; } > benchmarks/results/hfgi/speed_cpu.md
+  python benchmarks/bench_hfgi.py --configs world full --batches 1 8 --images 8; } > /tmp/hfgi_speed.md.$$
+mv /tmp/hfgi_speed.md.$$ benchmarks/results/hfgi/speed_cpu.md
 benchmarks/style_transformer.sh > /dev/null
 benchmarks/sfe.sh > /dev/null
 benchmarks/ood.sh > /dev/null

@@ -106,9 +106,9 @@ class _Renderer:
     def __init__(self, g) -> None:
         self.generator = g
 
-    def render(self, inv: Inversion, delta: torch.Tensor | None = None) -> torch.Tensor:
+    def render(self, inv: Inversion, delta: torch.Tensor | None = None, style_offsets=None) -> torch.Tensor:
         w = inv.wplus if delta is None else inv.wplus + delta
-        return self.generator(w, noise_mode="const")
+        return self.generator(w, noise_mode="const", style_offsets=style_offsets)
 
 
 def _git() -> str:
@@ -160,8 +160,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def markdown(res: dict) -> str:
-    """The README tables."""
+    """The README tables, under a title and the command line that made them."""
+    a = res["args"]
     lines = [
+        "# Embedded demo zoo on the synthetic world",
+        "",
+        f"Command: `python benchmarks/world_metrics.py {' '.join(sys.argv[1:])}` (n {a['n']}, optim {a['optim_steps']} "
+        f"steps, projection {a['project_steps']} steps; the first batch's warm-up is inside images/s).",
+        "",
         f"Held-out world faces (64 px, fine detail), {res['args']['n']} images; commit {res['commit']}, "
         f"{res['date']}, {res['machine']}:",
         "",
