@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from gie_cli.cli import app
 from gie_cli.cli.batch import STATE_DIR, Shard, merge_rank_manifests, rank_manifest, shard_number
-from gie_cli.cli.ranks import Ranks, _child_args, rank_shard, ranks_from_env
+from gie_cli.cli.ranks import Ranks, _child_args, rank_shard, ranks_from_env, require_rendezvous
 from gie_cli.errors import UsageError
 from gie_cli.io.images import tensor_to_image
 from gie_cli.io.latents import load_latent
@@ -37,6 +37,21 @@ def test_ranks_from_env():
     ):
         with pytest.raises(UsageError):
             ranks_from_env(bad)
+
+
+def test_a_benchmark_rank_without_a_rendezvous_stops_before_any_work(monkeypatch, tmp_path):
+    """``gie benchmark`` ranks meet at the end (rank 0 gathers the rows): a rank that cannot meet fails at once."""
+    for key in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(UsageError, match="MASTER_ADDR, MASTER_PORT is not set"):
+        require_rendezvous(Ranks(0, 2, 0))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    res = CliRunner().invoke(app, ["benchmark", "--methods", "e4e", "--n", "2", "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "MASTER_ADDR" in res.output and not (tmp_path / "o").exists()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    require_rendezvous(Ranks(1, 2, 1))
 
 
 def test_rank_shards_split_a_job_array_shard_exactly(tmp_path):

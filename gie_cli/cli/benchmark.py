@@ -266,7 +266,7 @@ def benchmark(
     from gie_cli.benchmark.runner import MethodSpec, load_directions, run_method
     from gie_cli.benchmark.sheet import sheet_columns, write_contact_sheet
     from gie_cli.benchmark.world import load_judge
-    from gie_cli.cli.ranks import gather_to_first, launch_local, rank_device, ranks_from_env
+    from gie_cli.cli.ranks import gather_to_first, launch_local, rank_device, ranks_from_env, require_rendezvous
     from gie_cli.device import check_cuda_graphs, resolve_device, resolve_dtype, resolve_precision
     from gie_cli.methods import list_methods
     from gie_cli.models.stylegan2 import use_fast_path
@@ -284,6 +284,8 @@ def benchmark(
         if ranks is not None:
             raise UsageError("--nproc inside a torchrun rank", hint="drop --nproc (torchrun starts the processes)")
         raise typer.Exit(launch_local(nproc, process_group=True))
+    if ranks is not None:
+        require_rendezvous(ranks)  # before any work: rank 0 gathers the rows at the end
     dev = resolve_device(rank_device(device, ranks))
     dt = resolve_dtype(dtype, dev)
     fast = {

@@ -21,7 +21,16 @@ from gie_cli.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Ranks", "gather_to_first", "launch_local", "rank_device", "rank_shard", "ranks_from_env", "setup_ranks"]
+__all__ = [
+    "Ranks",
+    "gather_to_first",
+    "launch_local",
+    "rank_device",
+    "rank_shard",
+    "ranks_from_env",
+    "require_rendezvous",
+    "setup_ranks",
+]
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,20 @@ def setup_ranks(nproc: int, shard: str | None, device: str) -> tuple[Shard | Non
     return rank_shard(parsed, ranks), rank_device(device, ranks), ranks.rank if ranks else None
 
 
+def require_rendezvous(ranks: Ranks) -> None:
+    """Check that the ranks can meet (:func:`gather_to_first`): the launcher's ``MASTER_ADDR`` and ``MASTER_PORT``.
+
+    Raises:
+        UsageError: they are not set (not launched by torchrun or ``--nproc``).
+    """
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise UsageError(
+            f"WORLD_SIZE={ranks.world} but {', '.join(missing)} is not set",
+            hint="launch with torchrun --nproc-per-node N or --nproc N",
+        )
+
+
 def gather_to_first(obj: object, ranks: Ranks) -> list | None:
     """Collect every rank's picklable ``obj`` on rank 0 (a gloo group over the launcher's ``MASTER_ADDR`` /
     ``MASTER_PORT``, whatever the ranks compute on; joined and left here).
@@ -112,16 +135,11 @@ def gather_to_first(obj: object, ranks: Ranks) -> list | None:
         On rank 0 the ranks' objects in rank order; None on the other ranks.
 
     Raises:
-        UsageError: the environment names no rendezvous (not launched by torchrun or ``--nproc``).
+        UsageError: the environment names no rendezvous (:func:`require_rendezvous`).
     """
     import torch.distributed as tdist
 
-    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
-    if missing:
-        raise UsageError(
-            f"WORLD_SIZE={ranks.world} but {', '.join(missing)} is not set",
-            hint="launch with torchrun --nproc-per-node N or --nproc N",
-        )
+    require_rendezvous(ranks)
     joined = not tdist.is_initialized()
     if joined:
         tdist.init_process_group("gloo", rank=ranks.rank, world_size=ranks.world)
