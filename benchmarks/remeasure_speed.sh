@@ -15,5 +15,7 @@ gie benchmark --methods e4e,gradstyle,unaligned=gradstyle --data synthface --n 3
   python benchmarks/bench_hfgi.py --configs world full --batches 1 8 --images 8; } > /tmp/hfgi_speed.md.$$
 mv /tmp/hfgi_speed.md.$$ benchmarks/results/hfgi/speed_cpu.md
 benchmarks/style_transformer.sh > /dev/null
+python benchmarks/bench_style_transformer.py --images 8 > /tmp/st_speed.md.$$
+mv /tmp/st_speed.md.$$ benchmarks/results/style_transformer/speed_cpu.md
 benchmarks/sfe.sh > /dev/null
 benchmarks/ood.sh > /dev/null
