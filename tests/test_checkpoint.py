@@ -291,3 +291,39 @@ def test_mismatch_listing_is_capped() -> None:
     err = StateDictMismatchError("big.pt", [f"k{i}" for i in range(25)], [], [])
     s = str(err)
     assert "25 missing" in s and "k9" in s and "k10" not in s and "and 15 more" in s
+
+
+def test_save_safetensors_rows_writes_the_stacked_tensors_row_by_row(tmp_path):
+    """The row-by-row writer (latent packs) gives a file any safetensors reader loads as the stacked tensors, in every
+    dtype gie stores, and refuses rows that do not fit its layout without leaving a file behind."""
+    from safetensors.torch import load_file
+
+    from gie_cli.io.checkpoint import load_safetensors, save_safetensors_rows
+
+    g = torch.Generator().manual_seed(0)
+    full = {
+        "wplus": torch.randn(5, 3, 4, generator=g),
+        "extra.feature": torch.randn(5, 2, 3, 3, generator=g).to(torch.float16),
+        "extra.bf": torch.randn(5, 7, generator=g).to(torch.bfloat16),
+        "extra.ids": torch.arange(5, dtype=torch.int64)[:, None],
+    }
+    layout = {k: (v.dtype, tuple(v.shape)) for k, v in full.items()}
+    path = tmp_path / "rows.safetensors"
+    n = save_safetensors_rows(path, layout, ({k: v[i : i + 1] for k, v in full.items()} for i in range(5)), {"a": 1})
+    assert n == 5
+    loaded = load_file(str(path))
+    assert loaded.keys() == full.keys() and all(torch.equal(loaded[k], full[k]) for k in full)
+    tensors, config = load_safetensors(path)
+    assert config == {"a": 1} and torch.equal(tensors["extra.bf"], full["extra.bf"])
+    bad_rows = [
+        ({k: v[i : i + 1] for k, v in full.items() if k != "extra.ids"} for i in range(5)),  # a tensor missing
+        ({**{k: v[i : i + 1] for k, v in full.items()}, "wplus": full["wplus"][i, :2]} for i in range(5)),  # shape
+        ({k: v[i : i + 1].double() for k, v in full.items()} for i in range(5)),  # dtype
+        ({k: v[i : i + 1] for k, v in full.items()} for i in range(4)),  # too few rows
+        ({k: v[i % 5 : i % 5 + 1] for k, v in full.items()} for i in range(6)),  # too many
+    ]
+    for j, rows in enumerate(bad_rows):
+        out = tmp_path / f"bad{j}.safetensors"
+        with pytest.raises(CheckpointError, match="cannot save"):
+            save_safetensors_rows(out, layout, rows, {})
+        assert not out.exists() and not list(tmp_path.glob(f"bad{j}*"))

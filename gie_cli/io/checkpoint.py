@@ -6,13 +6,14 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import pickle
 import re
 import struct
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save as _safetensors_save
 
 from gie_cli.errors import CheckpointError, StateDictMismatchError
-from gie_cli.io.atomic import atomic_write_bytes
+from gie_cli.io.atomic import atomic_write, atomic_write_bytes
 
 __all__ = [
     "GIE_CHECKPOINT_FORMAT",
@@ -388,6 +389,85 @@ def save_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor], conf
     except OSError as e:
         raise CheckpointError(p, f"cannot write ({e.strerror or e})") from e
     logger.debug("saved %d tensors to %s", len(prepared), p)
+
+
+#: safetensors dtype names of the torch dtypes gie writes.
+_ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+    torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+
+
+def save_safetensors_rows(
+    path: str | Path,
+    layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+    rows: Iterable[Mapping[str, torch.Tensor]],
+    config: Mapping[str, Any],
+) -> int:
+    """Atomically write a safetensors file of stacked tensors one row at a time, never holding them whole.
+
+    The file is what :func:`save_safetensors` of the stacked tensors would hold (the same tensors and metadata; the
+    byte layout may differ): the header is written from ``layout`` first, then each row's slices at their offsets.
+
+    Args:
+        path: Output file.
+        layout: Name -> ``(dtype, shape)`` of the stacked tensor, ``shape[0]`` = the number of rows.
+        rows: Per row, name -> tensor of shape ``shape[1:]`` (or ``[1, *shape[1:]]``) and the layout's dtype.
+        config: JSON-serialisable dict (metadata key ``"gie_config"``).
+
+    Returns:
+        The number of rows written.
+
+    Raises:
+        CheckpointError: the config is not JSON-serialisable, a row does not match the layout, the rows are fewer or
+            more than the layout says, or the file cannot be written.
+    """
+    p = Path(path)
+    try:
+        cfg = json.dumps(dict(config), sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(p, f"cannot save: config is not JSON-serialisable ({e})") from e
+    counts = {int(shape[0]) for _, shape in layout.values()}
+    if len(counts) != 1:
+        raise CheckpointError(p, f"cannot save: the tensors have different row counts {sorted(counts)}")
+    n = counts.pop()
+    header: dict[str, Any] = {"__metadata__": {"format": "pt", GIE_CONFIG_KEY: cfg}}
+    starts, row_bytes, offset = {}, {}, 0
+    for name in sorted(layout):
+        dtype, shape = layout[name]
+        size = torch.empty((), dtype=dtype).element_size() * math.prod(shape)
+        header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        starts[name], row_bytes[name] = offset, size // max(n, 1)
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    base = 8 + len(raw)
+    written = 0
+    try:
+        with atomic_write(p, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            for i, row in enumerate(rows):
+                if i >= n or set(row) != set(layout):
+                    raise CheckpointError(
+                        p, f"cannot save: row {i} does not match the layout ({n} rows of {sorted(layout)})"
+                    )
+                for name, t in row.items():
+                    dtype, shape = layout[name]
+                    t = t.detach().cpu()
+                    if t.dtype != dtype or t.numel() * t.element_size() != row_bytes[name]:
+                        raise CheckpointError(p, f"cannot save: row {i} of {name!r} is {t.dtype} {tuple(t.shape)}, "
+                                                 f"expected {dtype} {tuple(shape[1:])}")  # fmt: skip
+                    f.seek(base + starts[name] + i * row_bytes[name])
+                    f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                written = i + 1
+            if written != n:
+                raise CheckpointError(p, f"cannot save: {written} rows given, the layout has {n}")
+            f.seek(base + offset)
+            f.truncate()
+    except OSError as e:
+        raise CheckpointError(p, f"cannot write ({e.strerror or e})") from e
+    logger.debug("saved %d rows of %d tensors to %s", n, len(layout), p)
+    return n
 
 
 def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from gie_cli.errors import CheckpointError
-from gie_cli.io.checkpoint import load_safetensors, save_safetensors
+from gie_cli.io.checkpoint import load_safetensors, save_safetensors, save_safetensors_rows
 from gie_cli.io.writer import run_or_defer
 
 log = logging.getLogger(__name__)
@@ -107,62 +107,63 @@ class PackedLatents:
         return len(self.names)
 
 
-def save_packed_latents(path: str | Path, entries: Sequence[tuple[str, str | Path]]) -> PackedLatents:
-    """Pack per-item latent files into one safetensors file, atomically.
+def save_packed_latents(path: str | Path, entries: Sequence[tuple[str, str | Path]]) -> int:
+    """Pack per-item latent files into one safetensors file, atomically, one item in memory at a time.
 
     ``wplus`` is stacked ``[N, n_latent, D]`` in ``entries`` order; an extra is stacked when every item has it with
     one shape and dtype, else left out with a warning. The metadata (``gie_config``) is a JSON index: ``format``,
-    ``names``, ``sources``, ``source_sha256``, ``records`` (each item's latent record) and ``extras``.
+    ``names``, ``sources``, ``source_sha256``, ``records`` (each item's latent record) and ``extras``. The files are
+    read twice (shapes and records first, then the tensors, written row by row), so memory stays one item's whatever
+    the pack's size.
 
     Args:
         path: destination file.
         entries: ``(name, latent file)`` per item, in order (at least one).
 
     Returns:
-        What was written.
+        The number of items packed.
 
     Raises:
-        CheckpointError: a latent file is unreadable, or the W+ shapes differ.
+        CheckpointError: a latent file is unreadable, changes between the two reads, or the W+ shapes differ.
         ValueError: no entries.
     """
     if not entries:
         raise ValueError("save_packed_latents needs at least one latent")
-    names, wplus, extras, records = [], [], [], []
+    names, records, shapes, extra_specs = [], [], set(), []
     for name, file in entries:
         w, ex, meta = load_latent(file)
         names.append(str(name))
-        wplus.append(w)
-        extras.append(ex)
         records.append(meta)
-    shapes = sorted({tuple(w.shape[1:]) for w in wplus})
+        shapes.add((tuple(w.shape[1:]), w.dtype))
+        extra_specs.append({k: (v.dtype, tuple(v.shape[1:])) for k, v in ex.items()})
     if len(shapes) > 1:
-        raise CheckpointError(path, f"cannot pack latents of different W+ shapes {shapes}")
-    kept: dict[str, torch.Tensor] = {}
-    for key in sorted({k for ex in extras for k in ex}):
-        parts = [ex.get(key) for ex in extras]
-        if any(p is None for p in parts) or len({(tuple(p.shape), p.dtype) for p in parts}) > 1:
+        raise CheckpointError(path, f"cannot pack latents of different W+ shapes {sorted(s for s, _ in shapes)}")
+    (w_shape, w_dtype), n = shapes.pop(), len(entries)
+    layout = {"wplus": (w_dtype, (n, *w_shape))}
+    kept = []
+    for key in sorted({k for spec in extra_specs for k in spec}):
+        parts = {spec.get(key) for spec in extra_specs}
+        if None in parts or len(parts) > 1:
             log.warning("%s: extra %r is left out (not every item has it with one shape)", path, key)
             continue
-        kept[key] = torch.cat(parts)
-    pack = PackedLatents(
-        names,
-        [r.get("source") for r in records],
-        [r.get("source_sha256") for r in records],
-        torch.cat(wplus),
-        kept,
-        records,
-    )
+        dtype, shape = parts.pop()
+        layout[f"extra.{key}"] = (dtype, (n, *shape))
+        kept.append(key)
     index = {
         "format": PACK_FORMAT,
-        "names": pack.names,
-        "sources": pack.sources,
-        "source_sha256": pack.source_sha256,
-        "records": pack.records,
-        "extras": sorted(kept),
+        "names": names,
+        "sources": [r.get("source") for r in records],
+        "source_sha256": [r.get("source_sha256") for r in records],
+        "records": records,
+        "extras": kept,
     }
-    tensors = {"wplus": pack.wplus, **{f"extra.{k}": v for k, v in kept.items()}}
-    save_safetensors(path, tensors, index)
-    return pack
+
+    def rows():
+        for _, file in entries:
+            w, ex, _ = load_latent(file)
+            yield {"wplus": w, **{f"extra.{k}": ex[k] for k in kept if k in ex}}
+
+    return save_safetensors_rows(path, layout, rows(), index)
 
 
 def is_latent_pack(path: str | Path) -> bool:
