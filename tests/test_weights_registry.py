@@ -255,7 +255,7 @@ def test_cli_list_import_path_verify_rm(clean_env, monkeypatch):
     info = json.loads(res.stdout)
     assert info["name"] == "test.b" and info["check"] == "sha256" and os.path.samefile(info["path"], other)
     wrong = clean_env / "wrong.pt"
-    wrong.write_bytes(b"\x80" + a[1:])
+    wrong.write_bytes(bytes([a[0] ^ 0xFF]) + a[1:])
     res = runner.invoke(app, ["weights", "import", str(wrong), "--name", "test.a", "--force"])
     assert res.exit_code == 1 and "sha256" in res.stderr
     assert (cache / "test.a" / "a.pt").read_bytes() == a  # the good copy is untouched
@@ -266,7 +266,7 @@ def test_cli_list_import_path_verify_rm(clean_env, monkeypatch):
     res = runner.invoke(app, ["weights", "verify", "--json"])
     assert res.exit_code == 0, res.stderr
     assert [json.loads(line)["ok"] for line in res.stdout.splitlines()] == [True, True]
-    (cache / "test.a" / "a.pt").write_bytes(b"\x80" + a[1:])  # corrupt it in place
+    (cache / "test.a" / "a.pt").write_bytes(bytes([a[0] ^ 0xFF]) + a[1:])  # corrupt it in place
     res = runner.invoke(app, ["weights", "verify"])
     assert res.exit_code == 1 and "BAD\ttest.a" in res.stdout and "ok\ttest.b" in res.stdout
 
