@@ -517,6 +517,57 @@ def test_cuda_upfirdn2d_matches_ref():
 
 
 @needs_cuda
+def test_cuda_upfirdn2d_tiled_and_direct_kernels_match_ref():
+    """Both compiled kernels, forced, on maps of several 32x32 tiles and many planes, against the reference."""
+    plugin = _cuda.load_plugin()
+    VARIANT_DIRECT, VARIANT_TILED = upfirdn2d_mod.VARIANT_DIRECT, upfirdn2d_mod.VARIANT_TILED  # noqa: N806
+    for (up, down, pad), kind in itertools.product(
+        [((2, 2), (1, 1), (2, 1, 2, 1)), ((1, 1), (2, 2), (1, 1, 1, 1)), ((2, 1), (1, 2), (1, 0, -1, 3))],
+        ["sep4", "odd5x3"],
+    ):
+        x = torch.randn(3, 7, 70, 45, device="cuda")
+        k = _kernel(kind).cuda()
+        ref = upfirdn2d_ref(x, k, up, down, pad)
+        for variant in (VARIANT_DIRECT, VARIANT_TILED):
+            y = plugin.upfirdn2d(x, k.float().contiguous(), *up, *down, *pad, variant)
+            torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+
+
+class _FakePlugin:
+    """The compiled op's interface on the torch path; ``broken`` makes the tiled kernel wrong."""
+
+    def __init__(self, broken: bool) -> None:
+        self.broken, self.calls = broken, []
+
+    def upfirdn2d(self, x, k, upx, upy, downx, downy, px0, px1, py0, py1, variant):
+        self.calls.append(variant)
+        y = upfirdn2d(x.float(), k, (upx, upy), (downx, downy), (px0, px1, py0, py1), impl="torch").to(x.dtype)
+        return y + 1e-3 * y.abs().max() if self.broken and variant == upfirdn2d_mod.VARIANT_TILED else y
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_the_tiled_kernel_is_used_only_where_it_reproduced_the_direct_one(broken, monkeypatch):
+    """At the compiled op's first use on a device the tiled kernel is compared with the direct one on every probe:
+    agreement lets the op pick it (auto); any disagreement pins the direct kernel, with one warning."""
+    mod = upfirdn2d_mod
+    monkeypatch.setattr(mod, "_variants", {})
+    plugin = _FakePlugin(broken)
+    monkeypatch.setattr(_cuda, "load_plugin", lambda: plugin)
+    x, k = torch.randn(1, 2, 8, 8), SEP4
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = mod._cuda_primitive(x, k, 2, 2, 1, 1, 2, 1, 2, 1)
+        mod._cuda_primitive(x, k, 2, 2, 1, 1, 2, 1, 2, 1)
+    expected = mod.VARIANT_DIRECT if broken else mod.VARIANT_AUTO
+    assert plugin.calls[-2:] == [expected, expected]  # the op's two calls, after the probes
+    assert set(plugin.calls[:-2]) == {mod.VARIANT_DIRECT, mod.VARIANT_TILED}  # probed once, not again
+    assert len(plugin.calls) - 2 == (2 if broken else 2 * 2 * len(mod._TILED_PROBES))
+    messages = [str(w.message) for w in caught if "tiled upfirdn2d" in str(w.message)]
+    assert len(messages) == (1 if broken else 0)
+    torch.testing.assert_close(first, upfirdn2d_ref(x, k, 2, 1, (2, 1)))
+
+
+@needs_cuda
 def test_cuda_fused_leaky_relu_matches_ref():
     x = torch.randn(3, 6, 5, 4, device="cuda", requires_grad=True)
     b = torch.randn(6, device="cuda", requires_grad=True)

@@ -222,11 +222,60 @@ class _UpFirDn2dFunction(torch.autograd.Function):
         return grad_x, None, None, None
 
 
+#: The compiled op's kernels: AUTO lets it take the tiled kernel where that fits, DIRECT forces one thread per output.
+VARIANT_AUTO, VARIANT_DIRECT, VARIANT_TILED = 0, 1, 2
+#: (up, down, pad, kernel size, input side) probes of the tiled kernel's first-use check: StyleGAN2's upsample,
+#: downsample and blur, odd sizes and a crop, a 1x1 tap and an asymmetric kernel.
+_TILED_PROBES = (
+    ((2, 2), (1, 1), (2, 1, 2, 1), (4, 4), 37), ((1, 1), (2, 2), (1, 1, 1, 1), (4, 4), 70),
+    ((1, 1), (1, 1), (2, 1, 2, 1), (4, 4), 33), ((2, 1), (1, 2), (-1, 3, 0, 2), (3, 5), 41),
+    ((1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 35), ((4, 4), (1, 1), (5, 4, 5, 4), (8, 8), 19),
+)  # fmt: skip
+_variants: dict[object, int] = {}
+
+
+def _tiled_agrees(plugin, device: torch.device) -> str | None:
+    """Run the tiled and the direct kernel on :data:`_TILED_PROBES` (float32 and float16); None when every output
+    agrees to 1e-6 relative (they sum in the same order), else the first disagreement."""
+    gen = torch.Generator().manual_seed(0)
+    for (ux, uy), (dx, dy), pad, (kh, kw), side in _TILED_PROBES:
+        for dtype in (torch.float32, torch.float16):
+            x = torch.randn(2, 3, side, side + 3, generator=gen).to(device, dtype)
+            k = torch.randn(kh, kw, generator=gen).to(device)
+            args = (ux, uy, dx, dy, *pad)
+            try:
+                direct = plugin.upfirdn2d(x, k, *args, VARIANT_DIRECT).float()
+                tiled = plugin.upfirdn2d(x, k, *args, VARIANT_TILED).float()
+            except RuntimeError as e:
+                return f"up {ux}x{uy}, down {dx}x{dy}, kernel {kh}x{kw}: {str(e).splitlines()[0]}"
+            err = float((tiled - direct).abs().max()) if tiled.shape == direct.shape else float("inf")
+            if not err <= 1e-6 * max(float(direct.abs().max()), 1.0) * (1 if dtype == torch.float32 else 1e3):
+                return f"up {ux}x{uy}, down {dx}x{dy}, kernel {kh}x{kw}, {dtype}: max difference {err:.3g}"
+    return None
+
+
+def cuda_variant(plugin, device: torch.device) -> int:
+    """The compiled op's kernel choice on ``device``, decided at its first use there: :data:`VARIANT_AUTO` when the
+    tiled kernel reproduces the direct one on every probe (:func:`_tiled_agrees`), else :data:`VARIANT_DIRECT` with one
+    warning naming the disagreement (a kernel that has never run on this GPU model is never trusted blindly)."""
+    key = (device.type, device.index)
+    if key not in _variants:
+        reason = _tiled_agrees(plugin, device)
+        if reason is not None:
+            import warnings
+
+            warnings.warn(f"gie.ops: the tiled upfirdn2d kernel disagrees with the direct one on {device} ({reason}); "
+                          "using the direct kernel", RuntimeWarning, stacklevel=3)  # fmt: skip
+        _variants[key] = VARIANT_AUTO if reason is None else VARIANT_DIRECT
+    return _variants[key]
+
+
 def _cuda_primitive(x: Tensor, kernel: Tensor, *args: int) -> Tensor:
     plugin = _cuda.load_plugin()
     assert plugin is not None
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return plugin.upfirdn2d(x, kernel.to(device=x.device, dtype=acc).contiguous(), *args)
+    variant = cuda_variant(plugin, x.device)
+    return plugin.upfirdn2d(x, kernel.to(device=x.device, dtype=acc).contiguous(), *args, variant)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -5,14 +5,16 @@
 
 // Defined in the .cu files.
 at::Tensor upfirdn2d_cuda(const at::Tensor& x, const at::Tensor& kernel, int64_t up_x, int64_t up_y, int64_t down_x,
-                          int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0, int64_t pad_y1);
+                          int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0, int64_t pad_y1,
+                          int64_t variant);
 at::Tensor bias_act_cuda(const at::Tensor& x, const at::Tensor& bias, double negative_slope, double scale);
 
 // y = upfirdn2d(x, kernel): x [B, C, H, W] (float/double/half/bfloat16), kernel [kh, kw] float32 (float64 for
 // double x). Returns [B, C, out_h, out_w] with out_h = (H*up_y + pad_y0 + pad_y1 - kh) / down_y + 1 (same for w).
+// variant: 0 = the tiled kernel where it fits, else the direct one; 1 = direct; 2 = tiled.
 static torch::Tensor upfirdn2d(const torch::Tensor& x, const torch::Tensor& kernel, int64_t up_x, int64_t up_y,
                                int64_t down_x, int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0,
-                               int64_t pad_y1) {
+                               int64_t pad_y1, int64_t variant) {
   TORCH_CHECK(x.is_cuda(), "upfirdn2d: x must be a CUDA tensor");
   TORCH_CHECK(kernel.device() == x.device(), "upfirdn2d: kernel must be on the device of x");
   TORCH_CHECK(x.dim() == 4, "upfirdn2d: x must be [B, C, H, W]");
@@ -23,7 +25,7 @@ static torch::Tensor upfirdn2d(const torch::Tensor& x, const torch::Tensor& kern
   TORCH_CHECK(x.size(2) * up_y + pad_y0 + pad_y1 >= kernel.size(0) &&
                   x.size(3) * up_x + pad_x0 + pad_x1 >= kernel.size(1),
               "upfirdn2d: empty output");
-  return upfirdn2d_cuda(x, kernel, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1);
+  return upfirdn2d_cuda(x, kernel, up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1, variant);
 }
 
 // y = leaky_relu(x + bias, negative_slope) * scale, bias [C] broadcast on dim 1 (or empty for no bias).

@@ -1,6 +1,6 @@
-// Direct upfirdn2d CUDA kernel for gie's StyleGAN2 (Karras et al. 2020) ops (written for gie, MIT licence).
+// upfirdn2d CUDA kernels for gie's StyleGAN2 (Karras et al. 2020) ops (written for gie, MIT licence).
 //
-// One thread per output sample. Output (oy, ox) reads the padded, zero-inserted input at rows oy*down_y + i and
+// Direct kernel: one thread per output sample. Output (oy, ox) reads the padded, zero-inserted input at rows oy*down_y + i and
 // columns ox*down_x + j (i < kh, j < kw) and weights them with the flipped kernel (true convolution). Position u of
 // the padded signal is input sample (u - pad0) / up when (u - pad0) is a non-negative multiple of up that lands
 // inside the input, and zero otherwise; negative pads therefore crop without special cases.
@@ -57,11 +57,82 @@ __global__ void upfirdn2d_direct_kernel(const scalar_t* __restrict__ x, const ac
   }
 }
 
+// Tiled kernel: a block computes a kTileH x kTileW tile of outputs of one plane. It first stages the input rows and
+// columns the tile reads (zero outside the input) and the flipped filter taps in shared memory, then every thread
+// sums its outputs from there with the direct kernel's index arithmetic and summation order, so both kernels agree
+// bit for bit. in_y0 / in_x0 are the first staged input row / column; tile_in_h / tile_in_w the staged extent.
+constexpr int kTileH = 32;
+constexpr int kTileW = 32;
+
+template <typename scalar_t, typename acc_t>
+__global__ void upfirdn2d_tiled_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ kernel,
+                                       scalar_t* __restrict__ y, int64_t planes, int in_h, int in_w, int out_h,
+                                       int out_w, int kh, int kw, int up_x, int up_y, int down_x, int down_y,
+                                       int pad_x0, int pad_y0, int tile_in_h, int tile_in_w) {
+  extern __shared__ unsigned char smem_raw[];
+  acc_t* taps = reinterpret_cast<acc_t*>(smem_raw);  // kh * kw taps, flipped: taps[i * kw + j] = k[kh-1-i][kw-1-j]
+  acc_t* tile = taps + kh * kw;                      // tile_in_h * tile_in_w staged input samples
+  const int tiles_x = (out_w + kTileW - 1) / kTileW;
+  const int oy0 = (blockIdx.x / tiles_x) * kTileH;
+  const int ox0 = (blockIdx.x % tiles_x) * kTileW;
+  // first input row / column any output of this tile reads (floor division of a possibly negative position)
+  const int uy_lo = oy0 * down_y - pad_y0, ux_lo = ox0 * down_x - pad_x0;
+  const int in_y0 = uy_lo >= 0 ? (uy_lo + up_y - 1) / up_y : -((-uy_lo) / up_y);
+  const int in_x0 = ux_lo >= 0 ? (ux_lo + up_x - 1) / up_x : -((-ux_lo) / up_x);
+  const int threads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
+  for (int t = tid; t < kh * kw; t += threads) {
+    const int i = t / kw, j = t % kw;
+    taps[t] = kernel[static_cast<int64_t>(kh - 1 - i) * kw + (kw - 1 - j)];
+  }
+  for (int64_t plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+    const scalar_t* src = x + plane * in_h * in_w;
+    __syncthreads();  // the previous plane's tile is no longer read
+    for (int t = tid; t < tile_in_h * tile_in_w; t += threads) {
+      const int iy = in_y0 + t / tile_in_w, ix = in_x0 + t % tile_in_w;
+      tile[t] = (iy >= 0 && iy < in_h && ix >= 0 && ix < in_w)
+                    ? static_cast<acc_t>(src[static_cast<int64_t>(iy) * in_w + ix])
+                    : acc_t(0);
+    }
+    __syncthreads();
+    scalar_t* dst = y + plane * out_h * out_w;
+    for (int dy = threadIdx.y; dy < kTileH; dy += blockDim.y) {
+      const int oy = oy0 + dy;
+      if (oy >= out_h) break;
+      for (int dx = threadIdx.x; dx < kTileW; dx += blockDim.x) {
+        const int ox = ox0 + dx;
+        if (ox >= out_w) break;
+        acc_t acc = 0;
+        for (int i = 0; i < kh; ++i) {
+          const int uy = oy * down_y + i - pad_y0;
+          if (uy < 0 || uy % up_y != 0) continue;
+          const int iy = uy / up_y;
+          if (iy >= in_h) continue;
+          const acc_t* trow = taps + i * kw;
+          const acc_t* srow = tile + (iy - in_y0) * tile_in_w;
+          for (int j = 0; j < kw; ++j) {
+            const int ux = ox * down_x + j - pad_x0;
+            if (ux < 0 || ux % up_x != 0) continue;
+            const int ix = ux / up_x;
+            if (ix >= in_w) continue;
+            acc += srow[ix - in_x0] * trow[j];
+          }
+        }
+        dst[static_cast<int64_t>(oy) * out_w + ox] = static_cast<scalar_t>(acc);
+      }
+    }
+  }
+}
+
+// Input rows (or columns) a tile of `tile` outputs reads: from the first to the last sample its taps can land on.
+int64_t staged_extent(int64_t tile, int64_t down, int64_t k, int64_t up) { return ((tile - 1) * down + k - 1) / up + 2; }
+
 }  // namespace
 
+// variant: 0 = the tiled kernel where its shared memory fits, else the direct one; 1 = direct; 2 = tiled (error if it
+// does not fit).
 at::Tensor upfirdn2d_cuda(const at::Tensor& x_in, const at::Tensor& kernel_in, int64_t up_x, int64_t up_y,
                           int64_t down_x, int64_t down_y, int64_t pad_x0, int64_t pad_x1, int64_t pad_y0,
-                          int64_t pad_y1) {
+                          int64_t pad_y1, int64_t variant) {
   const at::cuda::OptionalCUDAGuard device_guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
   const at::Tensor kernel = kernel_in.contiguous();
@@ -77,10 +148,35 @@ at::Tensor upfirdn2d_cuda(const at::Tensor& x_in, const at::Tensor& kernel_in, i
   at::Tensor y = at::empty({batch, channels, out_h, out_w}, x.options());
   const int64_t total = y.numel();
   if (total == 0) return y;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  const int64_t tile_in_h = staged_extent(kTileH, down_y, kh, up_y), tile_in_w = staged_extent(kTileW, down_x, kw, up_x);
+  const int64_t acc_bytes = x.scalar_type() == at::kDouble ? 8 : 4;
+  const int64_t smem = (kh * kw + tile_in_h * tile_in_w) * acc_bytes;
+  const bool tiled_fits = smem <= 48 * 1024;
+  TORCH_CHECK(variant >= 0 && variant <= 2, "upfirdn2d: variant must be 0, 1 or 2");
+  TORCH_CHECK(variant != 2 || tiled_fits, "upfirdn2d: the tiled kernel's shared memory does not fit");
+  if (variant == 2 || (variant == 0 && tiled_fits)) {
+    const int64_t tiles = ((out_h + kTileH - 1) / kTileH) * ((out_w + kTileW - 1) / kTileW);
+    TORCH_CHECK(tiles < kIntMax, "upfirdn2d: too many tiles");
+    const dim3 block(32, 8);
+    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(std::min<int64_t>(batch * channels, 65535)));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upfirdn2d_tiled_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      TORCH_CHECK(kernel.scalar_type() == c10::CppTypeToScalarType<acc_t>::value, "upfirdn2d: wrong kernel dtype");
+      upfirdn2d_tiled_kernel<scalar_t, acc_t><<<grid, block, static_cast<size_t>(smem), stream>>>(
+          x.data_ptr<scalar_t>(), kernel.data_ptr<acc_t>(), y.data_ptr<scalar_t>(), batch * channels,
+          static_cast<int>(in_h), static_cast<int>(in_w), static_cast<int>(out_h), static_cast<int>(out_w),
+          static_cast<int>(kh), static_cast<int>(kw), static_cast<int>(up_x), static_cast<int>(up_y),
+          static_cast<int>(down_x), static_cast<int>(down_y), static_cast<int>(pad_x0), static_cast<int>(pad_y0),
+          static_cast<int>(tile_in_h), static_cast<int>(tile_in_w));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+    return y;
+  }
   constexpr int threads = 256;
   const int64_t max_blocks = static_cast<int64_t>(multiprocessor_count(x.device().index())) * 32;
   const int blocks = static_cast<int>(std::min<int64_t>((total + threads - 1) / threads, max_blocks));
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "upfirdn2d_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
