@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         "commit": _git(),
         "date": time.strftime("%Y-%m-%d"),
         "args": {k: str(v) for k, v in vars(args).items()},
+        "command": " ".join(["python", "benchmarks/world_metrics.py", *(sys.argv[1:] if argv is None else argv)]),
     }
     e4e = create_method("e4e", None, "cpu")
     g = e4e.generator
@@ -165,7 +166,7 @@ def markdown(res: dict) -> str:
     lines = [
         "# Embedded demo zoo on the synthetic world",
         "",
-        f"Command: `python benchmarks/world_metrics.py {' '.join(sys.argv[1:])}` (n {a['n']}, optim {a['optim_steps']} "
+        f"Command: `{res['command']}` (n {a['n']}, optim {a['optim_steps']} "
         f"steps, projection {a['project_steps']} steps; the first batch's warm-up is inside images/s).",
         "",
         f"Held-out world faces (64 px, fine detail), {res['args']['n']} images; commit {res['commit']}, "

@@ -249,7 +249,8 @@ def _tiled_agrees(plugin, device: torch.device) -> str | None:
             except RuntimeError as e:
                 return f"up {ux}x{uy}, down {dx}x{dy}, kernel {kh}x{kw}: {str(e).splitlines()[0]}"
             err = float((tiled - direct).abs().max()) if tiled.shape == direct.shape else float("inf")
-            if not err <= 1e-6 * max(float(direct.abs().max()), 1.0) * (1 if dtype == torch.float32 else 1e3):
+            rel = 1e-6 if dtype == torch.float32 else 1e-3  # the same sums; float16 outputs round at about 1e-3
+            if not err <= rel * max(float(direct.abs().max()), 1.0):
                 return f"up {ux}x{uy}, down {dx}x{dy}, kernel {kh}x{kw}, {dtype}: max difference {err:.3g}"
     return None
 
