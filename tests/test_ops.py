@@ -419,9 +419,9 @@ UPFIRDN_CASES = [
 ]
 
 
-def _compiled_upfirdn(up, down, pad):
+def _compiled_upfirdn(up, down, pad, kind="odd5x3"):
     args = upfirdn2d_mod._parse_args(up, down, pad)
-    k = _kernel("odd5x3").double()
+    k = torch.randn(3, dtype=torch.float64) if kind == "taps3" else _kernel(kind).double()
     x = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
 
     def f(x):
@@ -430,9 +430,10 @@ def _compiled_upfirdn(up, down, pad):
     return f, x, k
 
 
+@pytest.mark.parametrize("kind", ["odd5x3", "taps3"])  # taps3: a 1-D kernel, run as two passes by the compiled op
 @pytest.mark.parametrize(("up", "down", "pad"), UPFIRDN_CASES)
-def test_compiled_op_backward_math(up, down, pad):
-    f, x, k = _compiled_upfirdn(up, down, pad)
+def test_compiled_op_backward_math(up, down, pad, kind):
+    f, x, k = _compiled_upfirdn(up, down, pad, kind)
     torch.testing.assert_close(f(x), upfirdn2d_ref(x, k, up, down, pad))
     assert torch.autograd.gradcheck(f, (x,))
 
@@ -517,8 +518,8 @@ def test_cuda_upfirdn2d_matches_ref():
 
 
 @needs_cuda
-def test_cuda_upfirdn2d_tiled_and_direct_kernels_match_ref():
-    """Both compiled kernels, forced, on maps of several 32x32 tiles and many planes, against the reference."""
+def test_cuda_upfirdn2d_tiled_direct_and_separable_kernels_match_ref():
+    """The compiled kernels, forced, on maps of several 32x32 tiles and many planes, against the reference."""
     plugin = _cuda.load_plugin()
     VARIANT_DIRECT, VARIANT_TILED = upfirdn2d_mod.VARIANT_DIRECT, upfirdn2d_mod.VARIANT_TILED  # noqa: N806
     for (up, down, pad), kind in itertools.product(
@@ -531,40 +532,94 @@ def test_cuda_upfirdn2d_tiled_and_direct_kernels_match_ref():
         for variant in (VARIANT_DIRECT, VARIANT_TILED):
             y = plugin.upfirdn2d(x, k.float().contiguous(), *up, *down, *pad, variant)
             torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    # the separable kernel, with different taps per axis, and with taps too long for its shared memory (the 2-D
+    # kernels then run the outer product)
+    for (up, down, pad), (kh, kw) in itertools.product(
+        [((2, 2), (1, 1), (2, 1, 2, 1)), ((1, 1), (2, 2), (1, 1, 1, 1)), ((2, 1), (1, 2), (1, 0, -1, 3))],
+        [(4, 4), (5, 3), (1, 1), (150, 150)],
+    ):
+        x = torch.randn(3, 7, 240, 240, device="cuda")
+        ky, kx = torch.randn(kh, device="cuda"), torch.randn(kw, device="cuda")
+        ref = upfirdn2d_ref(x, torch.outer(ky, kx), up, down, pad)
+        y = plugin.upfirdn2d_separable(x, ky, kx, *up, *down, *pad, VARIANT_DIRECT)
+        torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
+    assert upfirdn2d_mod.kernel_choice(plugin, torch.device("cuda")) == (upfirdn2d_mod.VARIANT_AUTO, True)
 
 
 class _FakePlugin:
-    """The compiled op's interface on the torch path; ``broken`` makes the tiled kernel wrong."""
+    """The compiled op's interface on the torch path; ``broken`` names a kernel ("tiled" or "separable") made wrong."""
 
-    def __init__(self, broken: bool) -> None:
+    def __init__(self, broken: str | None) -> None:
         self.broken, self.calls = broken, []
 
-    def upfirdn2d(self, x, k, upx, upy, downx, downy, px0, px1, py0, py1, variant):
+    def _run(self, x, k, args, wrong):
+        y = upfirdn2d(x.float(), k, args[:2], args[2:4], args[4:], impl="torch").to(x.dtype)
+        return y + 1e-3 * y.abs().max() if wrong else y
+
+    def upfirdn2d(self, x, k, *args):
+        *args, variant = args
         self.calls.append(variant)
-        y = upfirdn2d(x.float(), k, (upx, upy), (downx, downy), (px0, px1, py0, py1), impl="torch").to(x.dtype)
-        return y + 1e-3 * y.abs().max() if self.broken and variant == upfirdn2d_mod.VARIANT_TILED else y
+        return self._run(x, k, args, self.broken == "tiled" and variant == upfirdn2d_mod.VARIANT_TILED)
+
+    def upfirdn2d_separable(self, x, ky, kx, *args):
+        *args, variant = args
+        self.calls.append("separable")
+        return self._run(x, torch.outer(ky, kx), args, self.broken == "separable")
 
 
-@pytest.mark.parametrize("broken", [False, True])
-def test_the_tiled_kernel_is_used_only_where_it_reproduced_the_direct_one(broken, monkeypatch):
-    """At the compiled op's first use on a device the tiled kernel is compared with the direct one on every probe:
-    agreement lets the op pick it (auto); any disagreement pins the direct kernel, with one warning."""
+@pytest.mark.parametrize("broken", [None, "tiled", "separable"])
+def test_the_tiled_and_separable_kernels_are_used_only_where_they_reproduced_the_direct_one(broken, monkeypatch):
+    """At the compiled op's first use on a device the tiled and the separable kernel are compared with the direct one
+    on every probe: agreement lets the op pick them (a 1-D kernel runs the separable one); a disagreement pins the
+    direct kernel (and the 2-D path for 1-D kernels), with one warning naming that kernel."""
     mod = upfirdn2d_mod
-    monkeypatch.setattr(mod, "_variants", {})
+    monkeypatch.setattr(mod, "_choices", {})
     plugin = _FakePlugin(broken)
     monkeypatch.setattr(_cuda, "load_plugin", lambda: plugin)
-    x, k = torch.randn(1, 2, 8, 8), SEP4
+    x = torch.randn(1, 2, 8, 8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        first = mod._cuda_primitive(x, k, 2, 2, 1, 1, 2, 1, 2, 1)
-        mod._cuda_primitive(x, k, 2, 2, 1, 1, 2, 1, 2, 1)
-    expected = mod.VARIANT_DIRECT if broken else mod.VARIANT_AUTO
-    assert plugin.calls[-2:] == [expected, expected]  # the op's two calls, after the probes
-    assert set(plugin.calls[:-2]) == {mod.VARIANT_DIRECT, mod.VARIANT_TILED}  # probed once, not again
-    assert len(plugin.calls) - 2 == (2 if broken else 2 * 2 * len(mod._TILED_PROBES))
-    messages = [str(w.message) for w in caught if "tiled upfirdn2d" in str(w.message)]
-    assert len(messages) == (1 if broken else 0)
-    torch.testing.assert_close(first, upfirdn2d_ref(x, k, 2, 1, (2, 1)))
+        first = mod._cuda_primitive(x, SEP4, 2, 2, 1, 1, 2, 1, 2, 1)
+        probes = len(plugin.calls) - 1
+        two_d = mod._cuda_primitive(x, SEP4, 2, 2, 1, 1, 2, 1, 2, 1)
+        one_d = mod._cuda_primitive(x, K1 / 8, 2, 2, 1, 1, 2, 1, 2, 1)
+    variant = mod.VARIANT_DIRECT if broken == "tiled" else mod.VARIANT_AUTO
+    assert plugin.calls[-3:] == [variant, variant, variant if broken == "separable" else "separable"]
+    # probed once, not again: the direct and tiled kernels, then the direct and separable ones, up to a disagreement
+    n = 2 * len(mod._PROBES)  # float32 and float16 per probe
+    assert probes == {None: 4 * n, "tiled": 2 + 2 * n, "separable": 2 * n + 2}[broken]
+    messages = [str(w.message) for w in caught if "upfirdn2d kernel disagrees" in str(w.message)]
+    assert len(messages) == (0 if broken is None else 1)
+    assert broken is None or f"the {broken} upfirdn2d kernel" in messages[0]
+    for y in (first, two_d, one_d):
+        torch.testing.assert_close(y, upfirdn2d_ref(x, SEP4, 2, 1, (2, 1)))
+
+
+def test_separable_taps_reproduce_stylegan2_kernels_exactly():
+    from gie_cli.models.stylegan2 import Blur, Upsample, make_kernel
+
+    for k, gain in itertools.product([[1, 3, 3, 1], [1, 2, 1], [1]], [1, 4]):
+        kernel = make_kernel(k) * gain
+        taps = ops.separable_taps(kernel)
+        assert taps is not None and torch.equal(torch.outer(taps, taps), kernel)
+    g = torch.Generator().manual_seed(0)
+    for kernel in [torch.randn(4, 4, generator=g), -SEP4, torch.zeros(4, 4), SEP4[:3], K1, SEP4.to(torch.int64)]:
+        assert ops.separable_taps(kernel) is None
+    # the filters pass the taps: the same result as their kernel, on the fast path and the reference
+    x = torch.randn(2, 3, 9, 7)
+    for module, kw in [(Blur([1, 3, 3, 1], (2, 1), 2), {}), (Upsample([1, 3, 3, 1]), {"up": 2})]:
+        assert module.filter_kernel().ndim == 1
+        for impl in ("torch", "ref"):
+            with use_impl(impl):
+                assert torch.equal(module(x), upfirdn2d(x, module.kernel, pad=module.pad, impl=impl, **kw))
+        # a checkpoint's kernel that is no outer product replaces the taps
+        other = torch.randn(4, 4, generator=g)
+        module.load_state_dict({"kernel": other})
+        assert module.filter_kernel() is module.kernel
+        torch.testing.assert_close(module(x), upfirdn2d_ref(x, other, pad=module.pad, **kw))
+        module.load_state_dict({"kernel": SEP4 * 4})
+        assert module.filter_kernel().ndim == 1
+        assert "taps" not in module.state_dict()
 
 
 @needs_cuda

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gie_cli.device import PRECISIONS, autocast
-from gie_cli.ops import FusedLeakyReLU, fused_leaky_relu, get_default_impl, upfirdn2d
+from gie_cli.ops import FusedLeakyReLU, fused_leaky_relu, get_default_impl, separable_taps, upfirdn2d
 
 log = logging.getLogger(__name__)
 
@@ -194,30 +194,48 @@ class EqualConv2d(nn.Module):
         return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
 
 
-class Blur(nn.Module):
+class _FIRFilter(nn.Module):
+    """A module with an FIR ``kernel`` buffer (the checkpoint's) and, where that kernel is an outer product ``t t^T``,
+    its 1-D taps ``t`` (not saved; refreshed when a state dict is loaded), which the filter passes instead."""
+
+    def __init__(self, kernel: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("kernel", kernel)
+        self.register_buffer("taps", separable_taps(kernel), persistent=False)
+        self.register_load_state_dict_post_hook(_FIRFilter._refresh_taps)
+
+    @staticmethod
+    def _refresh_taps(module: nn.Module, incompatible_keys: object) -> None:
+        module.taps = separable_taps(module.kernel)
+
+    def filter_kernel(self) -> Tensor:
+        """``[k]`` taps when the kernel is their outer product (the same result, two 1-D passes on CUDA), else the
+        ``[k, k]`` kernel."""
+        return self.kernel if self.taps is None else self.taps
+
+
+class Blur(_FIRFilter):
     """FIR low-pass filter (``kernel`` buffer, scaled by ``factor**2`` after an upsampling conv)."""
 
     def __init__(self, kernel: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1) -> None:
-        super().__init__()
-        self.register_buffer("kernel", make_kernel(kernel) * upsample_factor**2)
+        super().__init__(make_kernel(kernel) * upsample_factor**2)
         self.pad = pad
 
     def forward(self, x: Tensor) -> Tensor:
-        return upfirdn2d(x, self.kernel, pad=self.pad)
+        return upfirdn2d(x, self.filter_kernel(), pad=self.pad)
 
 
-class Upsample(nn.Module):
+class Upsample(_FIRFilter):
     """2x FIR upsampling (used on the RGB skip path)."""
 
     def __init__(self, kernel: Sequence[float], factor: int = 2) -> None:
-        super().__init__()
+        super().__init__(make_kernel(kernel) * factor**2)
         self.factor = factor
-        self.register_buffer("kernel", make_kernel(kernel) * factor**2)
         p = self.kernel.shape[0] - factor
         self.pad = ((p + 1) // 2 + factor - 1, p // 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
+        return upfirdn2d(x, self.filter_kernel(), up=self.factor, pad=self.pad)
 
 
 class ModulatedConv2d(nn.Module):

@@ -7,7 +7,7 @@ variable ``GIE_OPS_IMPL``) forces what ``"auto"`` means for the whole process, e
 
 from gie_cli.ops._cuda import IMPLS, active_impl, build_error, get_default_impl, set_default_impl, use_impl
 from gie_cli.ops.bias_act import FusedLeakyReLU, fused_leaky_relu, fused_leaky_relu_ref
-from gie_cli.ops.upfirdn2d import upfirdn2d, upfirdn2d_ref
+from gie_cli.ops.upfirdn2d import separable_taps, upfirdn2d, upfirdn2d_ref
 
 __all__ = [
     "IMPLS",
@@ -18,6 +18,7 @@ __all__ = [
     "fused_leaky_relu_ref",
     "get_default_impl",
     "set_default_impl",
+    "separable_taps",
     "upfirdn2d",
     "upfirdn2d_ref",
     "use_impl",

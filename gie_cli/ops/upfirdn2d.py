@@ -57,6 +57,26 @@ def _as_2d_kernel(kernel: Tensor) -> Tensor:
     return kernel
 
 
+def separable_taps(kernel: Tensor) -> Tensor | None:
+    """The 1-D taps ``t`` with ``outer(t, t) == kernel`` exactly, or None (the kernel is not such a product, or its
+    sum is not positive). StyleGAN2's filters are: passing ``t`` instead of the kernel gives the same result on every
+    path, and lets the compiled op run its separable kernel.
+
+    Args:
+        kernel: ``[k, k]`` FIR kernel.
+
+    Returns:
+        ``[k]`` taps in the kernel's dtype and device, or None.
+    """
+    if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or not kernel.is_floating_point() or kernel.is_meta:
+        return None
+    total = kernel.sum()
+    if not total > 0:
+        return None
+    taps = kernel.sum(1) / total.sqrt()
+    return taps if torch.equal(torch.outer(taps, taps), kernel) else None
+
+
 def _out_size(n: int, up: int, down: int, pad0: int, pad1: int, k: int) -> int:
     return (n * up + pad0 + pad1 - k) // down + 1
 
@@ -217,66 +237,93 @@ class _UpFirDn2dFunction(torch.autograd.Function):
         (kernel,) = ctx.saved_tensors
         grad_x = None
         if ctx.needs_input_grad[0]:
-            gargs = _grad_args(ctx.args, ctx.in_hw, ctx.out_hw, (kernel.shape[0], kernel.shape[1]))
-            grad_x = _UpFirDn2dFunction.apply(grad, torch.flip(kernel, [0, 1]), gargs, ctx.prim)
+            kh, kw = (kernel.shape[0], kernel.shape[-1])  # a 1-D kernel k means outer(k, k)
+            gargs = _grad_args(ctx.args, ctx.in_hw, ctx.out_hw, (kh, kw))
+            flipped = torch.flip(kernel, list(range(kernel.ndim)))
+            grad_x = _UpFirDn2dFunction.apply(grad, flipped, gargs, ctx.prim)
         return grad_x, None, None, None
 
 
-#: The compiled op's kernels: AUTO lets it take the tiled kernel where that fits, DIRECT forces one thread per output.
+#: The compiled op's 2-D kernels: AUTO lets it take the tiled kernel where that fits, DIRECT forces one thread per
+#: output, TILED forces the tiled kernel. A 1-D kernel (``outer(k, k)``) may also run the separable kernel.
 VARIANT_AUTO, VARIANT_DIRECT, VARIANT_TILED = 0, 1, 2
-#: (up, down, pad, kernel size, input side) probes of the tiled kernel's first-use check: StyleGAN2's upsample,
-#: downsample and blur, odd sizes and a crop, a 1x1 tap and an asymmetric kernel.
-_TILED_PROBES = (
+#: (up, down, pad, kernel size, input side) probes of the first-use check of the tiled and separable kernels:
+#: StyleGAN2's upsample, downsample and blur, odd sizes and a crop, a 1x1 tap and an asymmetric kernel.
+_PROBES = (
     ((2, 2), (1, 1), (2, 1, 2, 1), (4, 4), 37), ((1, 1), (2, 2), (1, 1, 1, 1), (4, 4), 70),
     ((1, 1), (1, 1), (2, 1, 2, 1), (4, 4), 33), ((2, 1), (1, 2), (-1, 3, 0, 2), (3, 5), 41),
     ((1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 35), ((4, 4), (1, 1), (5, 4, 5, 4), (8, 8), 19),
 )  # fmt: skip
-_variants: dict[object, int] = {}
+#: Largest difference from the direct kernel, relative to the output's magnitude, that the tiled kernel (the same
+#: sums) and the separable kernel (the same products summed in another order) may show, per probe dtype.
+_PROBE_TOLERANCE = {
+    "tiled": {torch.float32: 1e-6, torch.float16: 1e-3},
+    "separable": {torch.float32: 1e-5, torch.float16: 2e-3},
+}
+_choices: dict[object, tuple[int, bool]] = {}  # (device type, index) -> (2-D variant, separable kernel trusted)
 
 
-def _tiled_agrees(plugin, device: torch.device) -> str | None:
-    """Run the tiled and the direct kernel on :data:`_TILED_PROBES` (float32 and float16); None when every output
-    agrees to 1e-6 relative (they sum in the same order), else the first disagreement."""
+def _kernel_agrees(plugin, device: torch.device, name: str) -> str | None:
+    """Run the ``name`` kernel ("tiled" or "separable") and the direct kernel on :data:`_PROBES` (float32 and float16,
+    rank-1 kernels outer(ky, kx)); None when every output agrees within :data:`_PROBE_TOLERANCE`, else the first
+    disagreement."""
     gen = torch.Generator().manual_seed(0)
-    for (ux, uy), (dx, dy), pad, (kh, kw), side in _TILED_PROBES:
+    for (ux, uy), (dx, dy), pad, (kh, kw), side in _PROBES:
         for dtype in (torch.float32, torch.float16):
             x = torch.randn(2, 3, side, side + 3, generator=gen).to(device, dtype)
-            k = torch.randn(kh, kw, generator=gen).to(device)
+            ky, kx = (torch.randn(n, generator=gen).to(device) for n in (kh, kw))
+            k = torch.outer(ky, kx).contiguous()
             args = (ux, uy, dx, dy, *pad)
             try:
                 direct = plugin.upfirdn2d(x, k, *args, VARIANT_DIRECT).float()
-                tiled = plugin.upfirdn2d(x, k, *args, VARIANT_TILED).float()
+                if name == "tiled":
+                    other = plugin.upfirdn2d(x, k, *args, VARIANT_TILED).float()
+                else:
+                    other = plugin.upfirdn2d_separable(x, ky, kx, *args, VARIANT_DIRECT).float()
             except RuntimeError as e:
                 return f"up {ux}x{uy}, down {dx}x{dy}, kernel {kh}x{kw}: {str(e).splitlines()[0]}"
-            err = float((tiled - direct).abs().max()) if tiled.shape == direct.shape else float("inf")
-            rel = 1e-6 if dtype == torch.float32 else 1e-3  # the same sums; float16 outputs round at about 1e-3
-            if not err <= rel * max(float(direct.abs().max()), 1.0):
+            err = float((other - direct).abs().max()) if other.shape == direct.shape else float("inf")
+            if not err <= _PROBE_TOLERANCE[name][dtype] * max(float(direct.abs().max()), 1.0):
                 return f"up {ux}x{uy}, down {dx}x{dy}, kernel {kh}x{kw}, {dtype}: max difference {err:.3g}"
     return None
 
 
-def cuda_variant(plugin, device: torch.device) -> int:
-    """The compiled op's kernel choice on ``device``, decided at its first use there: :data:`VARIANT_AUTO` when the
-    tiled kernel reproduces the direct one on every probe (:func:`_tiled_agrees`), else :data:`VARIANT_DIRECT` with one
-    warning naming the disagreement (a kernel that has never run on this GPU model is never trusted blindly)."""
-    key = (device.type, device.index)
-    if key not in _variants:
-        reason = _tiled_agrees(plugin, device)
-        if reason is not None:
-            import warnings
+def kernel_choice(plugin, device: torch.device) -> tuple[int, bool]:
+    """The compiled op's kernels on ``device``, decided at its first use there (kernels that have never run on this
+    GPU model are never trusted blindly).
 
-            warnings.warn(f"gie.ops: the tiled upfirdn2d kernel disagrees with the direct one on {device} ({reason}); "
-                          "using the direct kernel", RuntimeWarning, stacklevel=3)  # fmt: skip
-        _variants[key] = VARIANT_AUTO if reason is None else VARIANT_DIRECT
-    return _variants[key]
+    Returns:
+        ``(variant, separable)``: :data:`VARIANT_AUTO` when the tiled kernel reproduces the direct one on every probe,
+        else :data:`VARIANT_DIRECT`; ``separable`` when the separable kernel does. Each disagreement gives one
+        warning that names it.
+    """
+    key = (device.type, device.index)
+    if key not in _choices:
+        import warnings
+
+        trusted = {}
+        for name in ("tiled", "separable"):
+            reason = _kernel_agrees(plugin, device, name)
+            trusted[name] = reason is None
+            if reason is not None:
+                warnings.warn(f"gie.ops: the {name} upfirdn2d kernel disagrees with the direct one on {device} "
+                              f"({reason}); using the direct kernel", RuntimeWarning, stacklevel=3)  # fmt: skip
+        _choices[key] = (VARIANT_AUTO if trusted["tiled"] else VARIANT_DIRECT, trusted["separable"])
+    return _choices[key]
 
 
 def _cuda_primitive(x: Tensor, kernel: Tensor, *args: int) -> Tensor:
+    """The compiled op; a 1-D ``kernel`` (``outer(kernel, kernel)``) runs the separable kernel where it is trusted."""
     plugin = _cuda.load_plugin()
     assert plugin is not None
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    variant = cuda_variant(plugin, x.device)
-    return plugin.upfirdn2d(x, kernel.to(device=x.device, dtype=acc).contiguous(), *args, variant)
+    variant, separable = kernel_choice(plugin, x.device)
+    kernel = kernel.to(device=x.device, dtype=acc).contiguous()
+    if kernel.ndim == 1:
+        if separable:
+            return plugin.upfirdn2d_separable(x, kernel, kernel, *args, variant)
+        kernel = torch.outer(kernel, kernel)
+    return plugin.upfirdn2d(x, kernel, *args, variant)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -296,7 +343,8 @@ def upfirdn2d(
 
     Args:
         x: Input maps ``[B, C, H, W]`` (float16/bfloat16/float32/float64).
-        kernel: FIR kernel ``[kh, kw]`` (a 1-D ``[k]`` kernel means ``outer(k, k)``), applied to every channel.
+        kernel: FIR kernel ``[kh, kw]`` (a 1-D ``[k]`` kernel means ``outer(k, k)``; the compiled op runs it as two
+            1-D passes, see :func:`separable_taps`), applied to every channel.
         up: Upsampling factor, ``int`` or ``(up_x, up_y)``.
         down: Downsampling factor, ``int`` or ``(down_x, down_y)``.
         pad: ``(pad0, pad1)`` for both axes or ``(x0, x1, y0, y1)``; negative values crop.
@@ -312,11 +360,11 @@ def upfirdn2d(
         with torch.autocast(x.device.type, enabled=False):
             return upfirdn2d(x, kernel, up, down, pad, impl)
     args = _parse_args(up, down, pad)
-    kernel = _as_2d_kernel(kernel)
-    _check(x, kernel, args)
+    kernel_2d = _as_2d_kernel(kernel)
+    _check(x, kernel_2d, args)
     which = _cuda.resolve_impl(impl, x.device, cuda_ok=not kernel.requires_grad)
     if which == "ref":
-        return upfirdn2d_ref(x, kernel, up, down, pad)
-    if which == "cuda":
+        return upfirdn2d_ref(x, kernel_2d, up, down, pad)
+    if which == "cuda":  # a 1-D kernel stays 1-D: the compiled op's separable kernel
         return _UpFirDn2dFunction.apply(x, kernel, args, _cuda_primitive)
-    return _upfirdn2d_torch(x, kernel, args)
+    return _upfirdn2d_torch(x, kernel_2d, args)
