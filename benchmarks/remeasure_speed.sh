@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Issue 21: re-run, one after another on an otherwise idle machine, the committed benchmark commands whose speed
 # figures the README quotes (each writes its own results folder, quality and speed in one run). Models these scripts
-# train are reused when present (style_transformer.sh: build/zoo/world-psp.safetensors, ood.sh:
-# build/zoo/ood-tight.safetensors). Not re-run here: benchmarks/gradstyle_ablation.sh (it trains seven variants) and
-# the 2026-11-21 `benchmarks/results/world/` table (its pSp file is no longer at the recorded path).
+# train are reused when present (world_psp.sh: build/zoo/world-psp.safetensors, ood.sh:
+# build/zoo/ood-tight.safetensors). Not re-run here: benchmarks/gradstyle_ablation.sh (it trains eight variants, about
+# an hour and a half on 2 cores; run it alone).
 # Usage: benchmarks/remeasure_speed.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+benchmarks/world_table.sh > /dev/null
 python benchmarks/world_metrics.py --json benchmarks/results/world_zoo.json > /tmp/world_zoo.md.$$
 mv /tmp/world_zoo.md.$$ benchmarks/results/world_zoo.md
 gie benchmark --methods e4e,gradstyle,unaligned=gradstyle --data synthface --n 32 --edits smile:2,age:2,yaw:1 \

@@ -4,20 +4,13 @@
 # regression directions), label-based edits of world.latent_classifier (first and second order) and reference-based
 # edits of world.edit_transformer. Writes benchmarks/results/style_transformer/ (benchmark.md/.json, contact sheet).
 # Usage: benchmarks/style_transformer.sh   (env: WORK=build/zoo OUT=benchmarks/results/style_transformer PSP_STEPS)
-# pSp is not in the zoo (11 MB): it is trained here once, like world.e4e (scripts/build_zoo.sh step 3), into $WORK.
+# pSp is world_psp.sh's (not in the zoo; trained once into $WORK, reused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-build/zoo}
 OUT=${OUT:-benchmarks/results/style_transformer}
-PSP_STEPS=${PSP_STEPS:-3000}
 LABEL_POWER=${LABEL_POWER:-3}
-psp="$WORK/world-psp.safetensors"
-if [ ! -f "$psp" ]; then
-    [ -d "$WORK/faces" ] || gie synth -o "$WORK/faces" --faces -n 4096 -s 64 --detail 1 --seed 1 >/dev/null
-    run=$(gie train --method psp --data "$WORK/faces" -w world.generator --set encoder=world --set lr=5e-4 \
-        --steps "$PSP_STEPS" -b 16 --run-dir "$WORK/runs" --no-progress)
-    cp "$run" "$psp"
-fi
+psp=$(WORK="$WORK" benchmarks/world_psp.sh)
 # label directions of the embedded latent classifier, first and second order, on a folder of the direction path
 dirs="$WORK/label-directions"
 mkdir -p "$dirs"
