@@ -54,6 +54,34 @@ def test_oom_halves_the_batch_and_every_item_ends_ok(tmp_path, caplog):
     assert "batch size reduced to 4" in caplog.text
 
 
+def test_oom_drops_the_cuda_graphs_before_the_retry(tmp_path, monkeypatch):
+    """A captured CUDA graph keeps its memory pool until it is dropped (``empty_cache`` cannot free it): out-of-memory
+    drops every generator's graphs, so the retry at half the batch size captures its own in freed memory."""
+    from gie_cli.models import stylegan2
+
+    class _Owner:  # stands in for a generator (the cache is keyed weakly by its generator)
+        pass
+
+    owner, cache = _Owner(), stylegan2._FastCache()
+    cache.graphs.update({("batch", 8): "graph", ("batch", 3): "graph"})
+    monkeypatch.setitem(stylegan2._FAST_CACHES, owner, cache)
+    seen: list[tuple[int, int]] = []
+
+    def compute(payloads: list[Item]) -> list[str]:
+        seen.append((len(payloads), len(cache.graphs)))
+        if len(payloads) > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        cache.graphs[("batch", len(payloads))] = "graph"  # this size's graph, captured anew
+        return ["r"] * len(payloads)
+
+    items = batch_items(tmp_path, 6)
+    code = _job(tmp_path, items).run(lambda todo: PerBatch(compute, lambda it, p, r: _write(it), batch_size=8))
+    assert code == 0 and {r["status"] for r in _manifest(tmp_path)} == {"ok"}
+    assert seen[0] == (6, 2)  # the first try saw the graphs captured before
+    assert seen[1] == (4, 0)  # the retry after out-of-memory: all dropped
+    assert stylegan2.drop_cuda_graphs() == 2 and not cache.graphs  # the graphs the retries captured (sizes 4 and 2)
+
+
 def test_oom_at_batch_size_one_fails_those_items_and_goes_on(tmp_path):
     items = batch_items(tmp_path, 3)
     calls: list[int] = []

@@ -818,6 +818,11 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 def _free_cuda_cache() -> None:
+    """After CUDA out-of-memory: drop the generators' CUDA graphs (their memory pools outlive ``empty_cache``; only
+    when the generator module is loaded, else there are none), then return the cached blocks to the device."""
+    generators = sys.modules.get("gie_cli.models.stylegan2")
+    if generators is not None:
+        generators.drop_cuda_graphs()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()

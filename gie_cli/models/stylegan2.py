@@ -927,6 +927,21 @@ class _FastCache:
 _FAST_CACHES: weakref.WeakKeyDictionary[Generator, _FastCache] = weakref.WeakKeyDictionary()
 
 
+def drop_cuda_graphs() -> int:
+    """Release every generator's captured CUDA graphs, and with them their private memory pools, which
+    ``torch.cuda.empty_cache`` cannot free while a graph lives. Batch commands call this on CUDA out-of-memory before
+    they retry at half the batch size (whose graph is captured anew).
+
+    Returns:
+        How many graphs were dropped.
+    """
+    dropped = 0
+    for cache in list(_FAST_CACHES.values()):
+        dropped += len(cache.graphs)
+        cache.graphs.clear()
+    return dropped
+
+
 def _given(*values: object) -> dict[str, object]:
     """The :class:`FastPath` fields given (not None), from values in field order."""
     return {f.name: v for f, v in zip(fields(FastPath), values, strict=True) if v is not None}
