@@ -26,7 +26,7 @@ import torch
 
 IMPLS = ("auto", "torch", "ref", "cuda")
 ENV_VAR = "GIE_OPS_IMPL"
-EXTENSION_NAME = "gie_ops_v2"  # bump when the C++/CUDA interface changes
+EXTENSION_NAME = "gie_ops_v3"  # bump when the C++/CUDA interface changes
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("ops.cpp", "upfirdn2d_kernel.cu", "bias_act_kernel.cu")
 
