@@ -95,6 +95,21 @@ __device__ void stage_tile(const scalar_t* __restrict__ src, acc_t* tile, int in
   }
 }
 
+// Call f(dy, oy, ox) for each of this thread's outputs of the tile from (oy0, ox0): the block's threads stride over
+// its rows and columns, stopping at the map's edge.
+template <typename F>
+__device__ void for_tile_outputs(int oy0, int ox0, int out_h, int out_w, F&& f) {
+  for (int dy = threadIdx.y; dy < kTileH; dy += blockDim.y) {
+    const int oy = oy0 + dy;
+    if (oy >= out_h) break;
+    for (int dx = threadIdx.x; dx < kTileW; dx += blockDim.x) {
+      const int ox = ox0 + dx;
+      if (ox >= out_w) break;
+      f(dy, oy, ox);
+    }
+  }
+}
+
 // Tiled kernel: a block computes a kTileH x kTileW tile of outputs of one plane. It first stages the input rows and
 // columns the tile reads (zero outside the input) and the flipped filter taps in shared memory, then every thread
 // sums its outputs from there with the direct kernel's index arithmetic and summation order, so both kernels agree
@@ -120,27 +135,21 @@ __global__ void upfirdn2d_tiled_kernel(const scalar_t* __restrict__ x, const acc
     stage_tile(src, tile, in_h, in_w, o, tile_in_h, tile_in_w, tid, threads);
     __syncthreads();
     scalar_t* dst = y + plane * out_h * out_w;
-    for (int dy = threadIdx.y; dy < kTileH; dy += blockDim.y) {
-      const int oy = oy0 + dy;
-      if (oy >= out_h) break;
-      for (int dx = threadIdx.x; dx < kTileW; dx += blockDim.x) {
-        const int ox = ox0 + dx;
-        if (ox >= out_w) break;
-        acc_t acc = 0;
-        for (int i = 0; i < kh; ++i) {
-          const int iy = tap_source(oy, i, down_y, up_y, pad_y0, in_h);
-          if (iy < 0) continue;
-          const acc_t* trow = taps + i * kw;
-          const acc_t* srow = tile + (iy - in_y0) * tile_in_w;
-          for (int j = 0; j < kw; ++j) {
-            const int ix = tap_source(ox, j, down_x, up_x, pad_x0, in_w);
-            if (ix < 0) continue;
-            acc += srow[ix - in_x0] * trow[j];
-          }
+    for_tile_outputs(oy0, ox0, out_h, out_w, [&](int, int oy, int ox) {
+      acc_t acc = 0;
+      for (int i = 0; i < kh; ++i) {
+        const int iy = tap_source(oy, i, down_y, up_y, pad_y0, in_h);
+        if (iy < 0) continue;
+        const acc_t* trow = taps + i * kw;
+        const acc_t* srow = tile + (iy - in_y0) * tile_in_w;
+        for (int j = 0; j < kw; ++j) {
+          const int ix = tap_source(ox, j, down_x, up_x, pad_x0, in_w);
+          if (ix < 0) continue;
+          acc += srow[ix - in_x0] * trow[j];
         }
-        dst[static_cast<int64_t>(oy) * out_w + ox] = static_cast<scalar_t>(acc);
       }
-    }
+      dst[static_cast<int64_t>(oy) * out_w + ox] = static_cast<scalar_t>(acc);
+    });
   }
 }
 
@@ -185,22 +194,16 @@ __global__ void upfirdn2d_separable_kernel(const scalar_t* __restrict__ x, const
     __syncthreads();
     // pass 2: the row filter on the column-filtered rows
     scalar_t* dst = y + plane * out_h * out_w;
-    for (int dy = threadIdx.y; dy < kTileH; dy += blockDim.y) {
-      const int oy = oy0 + dy;
-      if (oy >= out_h) break;
+    for_tile_outputs(oy0, ox0, out_h, out_w, [&](int dy, int oy, int ox) {
       const acc_t* row = mid + dy * tile_in_w;
-      for (int dx = threadIdx.x; dx < kTileW; dx += blockDim.x) {
-        const int ox = ox0 + dx;
-        if (ox >= out_w) break;
-        acc_t acc = 0;
-        for (int j = 0; j < kw; ++j) {
-          const int ix = tap_source(ox, j, down_x, up_x, pad_x0, in_w);
-          if (ix < 0) continue;
-          acc += row[ix - in_x0] * taps_x[j];
-        }
-        dst[static_cast<int64_t>(oy) * out_w + ox] = static_cast<scalar_t>(acc);
+      acc_t acc = 0;
+      for (int j = 0; j < kw; ++j) {
+        const int ix = tap_source(ox, j, down_x, up_x, pad_x0, in_w);
+        if (ix < 0) continue;
+        acc += row[ix - in_x0] * taps_x[j];
       }
-    }
+      dst[static_cast<int64_t>(oy) * out_w + ox] = static_cast<scalar_t>(acc);
+    });
   }
 }
 
